@@ -1,0 +1,131 @@
+/**
+ * The membership contract. Every store implements {@link MembershipStore}; the conformance suite
+ * in `hub-membership/testing` checks every rule written here.
+ *
+ * Names: a user id or group name is any well-formed string (no lone surrogates) of 1 to 1,024
+ * UTF-16 code units, the limit Azure SignalR Service gives group names. Names are case-sensitive
+ * and round-trip exactly: `Sports` and `sports` are two groups, and `/ \ # ? % '`, spaces,
+ * control characters, emoji and `__proto__` are ordinary characters. Anything else is rejected
+ * with {@link MembershipError} code `INVALID_ARGUMENT` before any storage call.
+ *
+ * @module
+ */
+
+/** One user's membership of one group, as stored. */
+export interface Membership {
+  readonly userId: string;
+  readonly group: string;
+  /** When the membership was last granted (a repeated grant moves it). */
+  readonly addedAt: Date;
+  /** When the membership stops counting; absent means it never expires. */
+  readonly expiresAt?: Date;
+}
+
+/** Options of {@link MembershipStore.addToGroup}. */
+export interface AddToGroupOptions {
+  /**
+   * When the membership expires: a valid `Date` in the future. Absent means never. Expired
+   * memberships are invisible to every read, exactly as if they had been removed.
+   */
+  expiresAt?: Date;
+}
+
+/**
+ * A change to one membership, delivered by {@link MembershipStore.watch}.
+ * `added` is delivered for every grant, including a repeated one that only moves `expiresAt`.
+ */
+export type MembershipChange =
+  | { type: "added"; userId: string; group: string; expiresAt?: Date }
+  | { type: "removed"; userId: string; group: string };
+
+/** Stable codes of {@link MembershipError}. */
+export type MembershipErrorCode =
+  /** A user id, group name or option is not valid. Nothing was changed or read. */
+  | "INVALID_ARGUMENT"
+  /** The storage did not answer, or answered with a fault. The operation may have been partly applied; repeating it is safe. */
+  | "STORE_UNAVAILABLE"
+  /** The store was closed with {@link MembershipStore.close}. */
+  | "CLOSED";
+
+/** The one error type of this package. `code` is stable; `cause` holds the underlying error, if any. */
+export class MembershipError extends Error {
+  override readonly name = "MembershipError";
+  readonly code: MembershipErrorCode;
+
+  constructor(code: MembershipErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+  }
+}
+
+/**
+ * Durable group membership, keyed both by user and by group.
+ *
+ * Every method validates its arguments first and throws {@link MembershipError} `INVALID_ARGUMENT`
+ * without touching storage; a storage outage is `STORE_UNAVAILABLE` with the storage error as
+ * `cause`, never an empty answer; after {@link close} every method throws `CLOSED`.
+ */
+export interface MembershipStore {
+  /**
+   * Grants `userId` membership of `group`. Idempotent: granting again replaces `expiresAt`
+   * (no `expiresAt` means the membership never expires) and moves `addedAt`.
+   * A group exists while it has a member: the first grant creates it.
+   * Emits an `added` change.
+   */
+  addToGroup(userId: string, group: string, options?: AddToGroupOptions): Promise<void>;
+
+  /**
+   * Revokes `userId`'s membership of `group`. Idempotent.
+   * @returns `true` when a live membership was removed (and a `removed` change emitted),
+   * `false` when there was none (never granted, already removed, or expired).
+   */
+  removeFromGroup(userId: string, group: string): Promise<boolean>;
+
+  /** @returns whether `userId` holds a live (unexpired) membership of `group`. */
+  isMember(userId: string, group: string): Promise<boolean>;
+
+  /**
+   * The live memberships of `userId`, sorted by group name in ordinal (UTF-16 code unit) order,
+   * as `Array.prototype.sort` orders strings. An unknown user has none: `[]`.
+   */
+  groupsOf(userId: string): Promise<Membership[]>;
+
+  /**
+   * Streams the live members of `group` in no particular order, paging internally, so any
+   * number of members can be read without holding them all. An unknown group yields nothing.
+   * Errors surface from the iteration.
+   */
+  membersOf(group: string): AsyncIterable<Membership>;
+
+  /** @returns the exact number of live members of `group` (0 for an unknown group). */
+  countMembers(group: string): Promise<number>;
+
+  /**
+   * Removes every membership of `userId`, emitting one `removed` change per live membership.
+   * @returns how many live memberships were removed.
+   */
+  removeUser(userId: string): Promise<number>;
+
+  /**
+   * Removes every membership of `group`, emitting one `removed` change per live membership.
+   * @returns how many live memberships were removed.
+   */
+  deleteGroup(group: string): Promise<number>;
+
+  /**
+   * Subscribes to every change made through any store instance pointed at the same storage,
+   * including instances in other processes where the implementation shares storage (the
+   * in-memory store shares nothing: the same instance only). Delivery is at least once and in
+   * order per user: a listener must tolerate seeing a change twice. A change made through this
+   * instance is delivered synchronously, after its write succeeded. A listener that throws does
+   * not stop delivery to the others; its error is rethrown asynchronously.
+   * @returns a function that unsubscribes; calling it again does nothing.
+   */
+  watch(listener: (change: MembershipChange) => void): () => void;
+
+  /**
+   * Stops watching, drops every listener and releases resources. Idempotent. Operations
+   * started before `close` finish; later ones throw `CLOSED`.
+   */
+  close(): Promise<void>;
+}

@@ -1,0 +1,46 @@
+import { type AddToGroupOptions, MembershipError } from "./contract.js";
+
+/** The longest user id or group name, in UTF-16 code units (Azure SignalR Service's group limit). */
+export const MAX_NAME_LENGTH = 1024;
+
+const describe = (value: unknown): string =>
+  typeof value === "string" ? `a string of ${value.length} code units` : typeof value;
+
+/** Throws `INVALID_ARGUMENT` unless `value` is a valid user id or group name. */
+export function assertName(kind: "userId" | "group", value: unknown): asserts value is string {
+  if (typeof value !== "string" || value.length === 0 || value.length > MAX_NAME_LENGTH) {
+    throw new MembershipError(
+      "INVALID_ARGUMENT",
+      `${kind} must be a string of 1 to ${MAX_NAME_LENGTH} UTF-16 code units, got ${describe(value)}`,
+    );
+  }
+  if (!value.isWellFormed()) {
+    throw new MembershipError("INVALID_ARGUMENT", `${kind} contains a lone surrogate`);
+  }
+}
+
+/** Throws `INVALID_ARGUMENT` unless `options` is absent or holds an absent or future `expiresAt`. */
+export function readExpiresAt(options: AddToGroupOptions | undefined, now = Date.now()) {
+  if (options === undefined) return undefined;
+  if (typeof options !== "object" || options === null) {
+    throw new MembershipError("INVALID_ARGUMENT", "options must be an object");
+  }
+  const { expiresAt } = options;
+  if (expiresAt === undefined) return undefined;
+  if (!(expiresAt instanceof Date) || Number.isNaN(expiresAt.getTime())) {
+    throw new MembershipError("INVALID_ARGUMENT", "expiresAt must be a valid Date");
+  }
+  if (expiresAt.getTime() <= now) {
+    throw new MembershipError("INVALID_ARGUMENT", "expiresAt must be in the future");
+  }
+  return new Date(expiresAt.getTime());
+}
+
+/** Throws `CLOSED` once the store is closed. */
+export function assertOpen(closed: boolean): void {
+  if (closed) throw new MembershipError("CLOSED", "the membership store is closed");
+}
+
+/** Ordinal (code unit) comparison, the order of `groupsOf`. */
+export const byGroup = (a: { group: string }, b: { group: string }) =>
+  a.group < b.group ? -1 : a.group > b.group ? 1 : 0;
