@@ -1,0 +1,15 @@
+export type {
+  AddToGroupOptions,
+  Membership,
+  MembershipChange,
+  MembershipErrorCode,
+  MembershipStore,
+} from "./contract.js";
+export { MembershipError } from "./contract.js";
+export {
+  AzureTableMembershipStore,
+  type AzureTableMembershipStoreOptions,
+  type TableCredential,
+} from "./stores/azure-table.js";
+export { InMemoryMembershipStore } from "./stores/memory.js";
+export { MAX_NAME_LENGTH } from "./validate.js";

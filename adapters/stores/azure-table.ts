@@ -1,0 +1,422 @@
+import {
+  isNamedKeyCredential,
+  isSASCredential,
+  type NamedKeyCredential,
+  type SASCredential,
+  type TokenCredential,
+} from "@azure/core-auth";
+import {
+  odata,
+  TableClient,
+  type TableServiceClientOptions,
+  type TransactionAction,
+} from "@azure/data-tables";
+import pLimit from "p-limit";
+import type {
+  AddToGroupOptions,
+  Membership,
+  MembershipChange,
+  MembershipStore,
+} from "../contract.js";
+import { Listeners } from "../listeners.js";
+import { assertName, assertOpen, byGroup, readExpiresAt } from "../validate.js";
+import { ChangeLog } from "./azure-change-log.js";
+import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
+import { groupPartition, toKey, userPartition } from "./azure-keys.js";
+
+export type TableCredential = NamedKeyCredential | SASCredential | TokenCredential;
+
+/** Options of {@link AzureTableMembershipStore}. */
+export interface AzureTableMembershipStoreOptions {
+  /** The table that holds memberships and the change log; created on first use. Default `HubMembership`. */
+  tableName?: string;
+  /** How often an instance with listeners polls the change log. Default 250 ms. */
+  pollIntervalMs?: number;
+  /** How long a change-log row may take to become visible after its storage `Timestamp`. Default 5 s. */
+  visibilityLagMs?: number;
+  /** How long change-log rows are kept before pollers trim them. Default 10 min. */
+  changeRetentionMs?: number;
+  /** Most requests in flight at once during `removeUser` and `deleteGroup`. Default 16. */
+  concurrency?: number;
+  /** Passed to the `TableClient`: retry options, extra pipeline policies, ... */
+  clientOptions?: TableServiceClientOptions;
+  /** Called once per outage of change-log polling (polling goes on). Default: a process warning. */
+  onWatchError?: (error: unknown) => void;
+}
+
+type ClientOnlyOptions = Omit<AzureTableMembershipStoreOptions, "tableName" | "clientOptions">;
+
+/** One membership row; the same shape on the user side and on the group side. */
+interface Row {
+  partitionKey: string;
+  rowKey: string;
+  etag?: string;
+  userId?: string;
+  group?: string;
+  addedAt?: Date;
+  expiresAt?: Date;
+}
+
+const MAX_BATCH = 100;
+const isHttp = (url: string) => /^http:/i.test(url);
+
+/**
+ * A {@link MembershipStore} in Azure Table Storage (or Azurite), shared by every process that
+ * points at the same table.
+ *
+ * Layout, one table:
+ * - `PartitionKey u:<user>`, `RowKey <group>`: the user side. It is **authoritative**: `isMember`
+ *   and `groupsOf` (what a hub rehydrates and enforces) read only this side.
+ * - `PartitionKey g:<group>`, `RowKey <user>`: the group side, an index for `membersOf`,
+ *   `countMembers` and `deleteGroup`.
+ * - `PartitionKey c:`: the change log behind `watch` (see {@link ChangeLog}).
+ *
+ * Write order keeps every failure on the side of less access. A grant writes the index, then the
+ * authoritative row, then the log: it takes effect with the second write, and is announced only
+ * after. A revoke appends to the log, then deletes the authoritative row, then the index row: it
+ * takes effect with the delete, and watchers drop access even if that delete then fails. A crash
+ * between two writes therefore never leaves a revoked membership live; it can leave an index row
+ * whose authoritative row is gone (listed by `membersOf` until the same call is retried or the
+ * pair is repaired), never the reverse.
+ */
+export class AzureTableMembershipStore implements MembershipStore {
+  readonly #client: TableClient;
+  readonly #log: ChangeLog;
+  readonly #listeners = new Listeners();
+  readonly #limit: ReturnType<typeof pLimit>;
+  #ready: Promise<void> | undefined;
+  #closed = false;
+
+  /** Connects with a connection string (an account key, a SAS, or `UseDevelopmentStorage=true`). */
+  static fromConnectionString(
+    connectionString: string,
+    options: AzureTableMembershipStoreOptions = {},
+  ): AzureTableMembershipStore {
+    const insecure =
+      /(TableEndpoint=http:|UseDevelopmentStorage=true|DefaultEndpointsProtocol=http;)/i;
+    const client = TableClient.fromConnectionString(
+      connectionString,
+      options.tableName ?? "HubMembership",
+      {
+        allowInsecureConnection: insecure.test(connectionString),
+        ...options.clientOptions,
+      },
+    );
+    return new AzureTableMembershipStore(client, options);
+  }
+
+  /** Connects to the table service at `endpoint` with any `@azure/data-tables` credential. */
+  constructor(
+    endpoint: string,
+    credential: TableCredential,
+    options?: AzureTableMembershipStoreOptions,
+  );
+  /** Uses a `TableClient` you configured yourself; its table holds the memberships. */
+  constructor(client: TableClient, options?: ClientOnlyOptions);
+  constructor(
+    target: string | TableClient,
+    credentialOrOptions?: TableCredential | ClientOnlyOptions,
+    maybeOptions?: AzureTableMembershipStoreOptions,
+  ) {
+    let options: AzureTableMembershipStoreOptions;
+    if (typeof target === "string") {
+      options = maybeOptions ?? {};
+      this.#client = createClient(target, options, credentialOrOptions as TableCredential);
+    } else {
+      options = (credentialOrOptions as ClientOnlyOptions | undefined) ?? {};
+      this.#client = target;
+    }
+    this.#limit = pLimit(options.concurrency ?? 16);
+    this.#log = new ChangeLog(this.#client, {
+      pollIntervalMs: options.pollIntervalMs ?? 250,
+      visibilityLagMs: options.visibilityLagMs ?? 5_000,
+      retentionMs: options.changeRetentionMs ?? 10 * 60_000,
+      deliver: (change) => this.#listeners.emit(change),
+      onError:
+        options.onWatchError ??
+        ((error) =>
+          process.emitWarning(`hub-membership: polling the change log failed: ${String(error)}`)),
+    });
+  }
+
+  async addToGroup(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
+    this.#open();
+    assertName("userId", userId);
+    assertName("group", group);
+    const expiresAt = readExpiresAt(options);
+    const change: MembershipChange = expiresAt
+      ? { type: "added", userId, group, expiresAt }
+      : { type: "added", userId, group };
+    await this.#run(async () => {
+      const fields = { userId, group, addedAt: new Date(), ...(expiresAt && { expiresAt }) };
+      await this.#client.upsertEntity(
+        { partitionKey: groupPartition(group), rowKey: toKey(userId), ...fields },
+        "Replace",
+      );
+      await this.#client.upsertEntity(
+        { partitionKey: userPartition(userId), rowKey: toKey(group), ...fields },
+        "Replace",
+      );
+      await this.#log.append([change]);
+    });
+    this.#listeners.emit(change);
+  }
+
+  async removeFromGroup(userId: string, group: string): Promise<boolean> {
+    this.#open();
+    assertName("userId", userId);
+    assertName("group", group);
+    const removed = await this.#run(async () => {
+      const row = await this.#get(userPartition(userId), toKey(group));
+      const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
+      if (live) await this.#log.append([{ type: "removed", userId, group }]);
+      let deleted = false;
+      if (row && row.userId === userId) {
+        // Conditional on the row read above: a grant that lands in between wins, rather than
+        // being deleted while watchers are told "added".
+        deleted = await this.#delete(row, row.etag);
+      }
+      // Also when there was no user row: a retry after a crash must finish the index side.
+      await this.#delete({ partitionKey: groupPartition(group), rowKey: toKey(userId) });
+      return live && deleted;
+    });
+    if (removed) this.#listeners.emit({ type: "removed", userId, group });
+    return removed;
+  }
+
+  async isMember(userId: string, group: string): Promise<boolean> {
+    this.#open();
+    assertName("userId", userId);
+    assertName("group", group);
+    return this.#run(async () => {
+      const row = await this.#get(userPartition(userId), toKey(group));
+      return row !== undefined && row.userId === userId && isLive(row, Date.now());
+    });
+  }
+
+  async groupsOf(userId: string): Promise<Membership[]> {
+    this.#open();
+    assertName("userId", userId);
+    return this.#run(async () => {
+      const now = Date.now();
+      const memberships: Membership[] = [];
+      for await (const row of this.#rows(userPartition(userId))) {
+        if (row.userId === userId && isLive(row, now)) memberships.push(toMembership(row));
+      }
+      return memberships.sort(byGroup);
+    });
+  }
+
+  membersOf(group: string): AsyncIterable<Membership> {
+    this.#open();
+    assertName("group", group);
+    const store = this;
+    return (async function* () {
+      const now = Date.now();
+      for await (const row of store.#guarded(store.#rows(groupPartition(group)))) {
+        if (row.group === group && isLive(row, now)) yield toMembership(row);
+      }
+    })();
+  }
+
+  async countMembers(group: string): Promise<number> {
+    this.#open();
+    assertName("group", group);
+    return this.#run(async () => {
+      const now = Date.now();
+      let count = 0;
+      for await (const row of this.#rows(groupPartition(group), ["group", "expiresAt"])) {
+        if (row.group === group && isLive(row, now)) count++;
+      }
+      return count;
+    });
+  }
+
+  async removeUser(userId: string): Promise<number> {
+    this.#open();
+    assertName("userId", userId);
+    return this.#removeAll(
+      userPartition(userId),
+      (row) => row.userId === userId,
+      (row) => ({ partitionKey: groupPartition(row.group as string), rowKey: toKey(userId) }),
+    );
+  }
+
+  async deleteGroup(group: string): Promise<number> {
+    this.#open();
+    assertName("group", group);
+    return this.#removeAll(
+      groupPartition(group),
+      (row) => row.group === group,
+      (row) => ({ partitionKey: userPartition(row.userId as string), rowKey: toKey(group) }),
+    );
+  }
+
+  watch(listener: (change: MembershipChange) => void): () => void {
+    this.#open();
+    const unsubscribe = this.#listeners.add(listener);
+    this.#log.start();
+    return () => {
+      unsubscribe();
+      if (this.#listeners.size === 0) this.#log.stop();
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    this.#log.stop();
+    this.#listeners.clear();
+  }
+
+  /**
+   * Removes every row of one partition and each row's twin in the other side's partitions.
+   * Same order as `removeFromGroup`: log, then the user side, then the group side. The listed
+   * partition is cleared in transactions of 100; the twins live in one partition each.
+   */
+  async #removeAll(
+    partitionKey: string,
+    owns: (row: Row) => boolean,
+    twinOf: (row: Row) => { partitionKey: string; rowKey: string },
+  ): Promise<number> {
+    const userSide = partitionKey.startsWith("u:");
+    const changes = await this.#run(async () => {
+      const now = Date.now();
+      const rows: Row[] = [];
+      for await (const row of this.#rows(partitionKey)) if (owns(row)) rows.push(row);
+      const changes = rows
+        .filter((row) => isLive(row, now))
+        .map(
+          (row): MembershipChange => ({
+            type: "removed",
+            userId: row.userId as string,
+            group: row.group as string,
+          }),
+        );
+      await this.#log.append(changes);
+      const listed = () => this.#deleteBatches(rows);
+      const twins = () =>
+        Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
+      if (userSide) {
+        await listed();
+        await twins();
+      } else {
+        await twins();
+        await listed();
+      }
+      return changes;
+    });
+    for (const change of changes) this.#listeners.emit(change);
+    return changes.length;
+  }
+
+  async #deleteBatches(rows: readonly Row[]): Promise<void> {
+    for (let i = 0; i < rows.length; i += MAX_BATCH) {
+      const batch = rows.slice(i, i + MAX_BATCH);
+      const actions = batch.map(
+        ({ partitionKey, rowKey }): TransactionAction => ["delete", { partitionKey, rowKey }],
+      );
+      try {
+        await this.#client.submitTransaction(actions);
+      } catch (error) {
+        // One row deleted by someone else fails the whole transaction; delete one by one.
+        if (!isNotFound(error)) throw error;
+        await Promise.all(batch.map((row) => this.#limit(() => this.#delete(row))));
+      }
+    }
+  }
+
+  /** Deletes one row; `false` when it was already gone or (with `etag`) had changed. */
+  async #delete(key: { partitionKey: string; rowKey: string }, etag?: string): Promise<boolean> {
+    try {
+      await this.#client.deleteEntity(key.partitionKey, key.rowKey, etag ? { etag } : undefined);
+      return true;
+    } catch (error) {
+      if (isNotFound(error) || (etag && isChanged(error))) return false;
+      throw error;
+    }
+  }
+
+  async #get(partitionKey: string, rowKey: string): Promise<Row | undefined> {
+    try {
+      return await this.#client.getEntity<Row>(partitionKey, rowKey);
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
+  #rows(partitionKey: string, select?: string[]): AsyncIterable<Row> {
+    const queryOptions = {
+      filter: odata`PartitionKey eq ${partitionKey}`,
+      ...(select && { select }),
+    };
+    return this.#client.listEntities<Row>({ queryOptions });
+  }
+
+  async *#guarded<T>(source: AsyncIterable<T>): AsyncIterable<T> {
+    await this.#ensureTable().catch((error: unknown) => {
+      throw toStoreError(error);
+    });
+    const iterator = source[Symbol.asyncIterator]();
+    while (true) {
+      let step: IteratorResult<T>;
+      try {
+        step = await iterator.next();
+      } catch (error) {
+        throw toStoreError(error);
+      }
+      if (step.done) return;
+      yield step.value;
+    }
+  }
+
+  async #run<T>(operation: () => Promise<T>): Promise<T> {
+    try {
+      await this.#ensureTable();
+      return await operation();
+    } catch (error) {
+      throw toStoreError(error);
+    }
+  }
+
+  #ensureTable(): Promise<void> {
+    this.#ready ??= this.#client.createTable().catch((error: unknown) => {
+      // A SAS scoped to one table may not create tables: go on, and let the first real request
+      // report whatever is wrong.
+      if (storageErrorCode(error) === "AuthorizationFailure") return;
+      this.#ready = undefined;
+      throw error;
+    });
+    return this.#ready;
+  }
+
+  #open(): void {
+    assertOpen(this.#closed);
+  }
+}
+
+function createClient(
+  url: string,
+  options: AzureTableMembershipStoreOptions,
+  credential: TableCredential,
+) {
+  const table = options.tableName ?? "HubMembership";
+  const clientOptions = { allowInsecureConnection: isHttp(url), ...options.clientOptions };
+  // TableClient has one overload per credential kind, so the union has to be taken apart.
+  if (isNamedKeyCredential(credential))
+    return new TableClient(url, table, credential, clientOptions);
+  if (isSASCredential(credential)) return new TableClient(url, table, credential, clientOptions);
+  return new TableClient(url, table, credential, clientOptions);
+}
+
+const isLive = (row: Row, now: number) =>
+  row.expiresAt === undefined || row.expiresAt.getTime() > now;
+
+function toMembership(row: Row): Membership {
+  const membership = {
+    userId: row.userId as string,
+    group: row.group as string,
+    addedAt: row.addedAt as Date,
+  };
+  return row.expiresAt ? { ...membership, expiresAt: row.expiresAt } : membership;
+}

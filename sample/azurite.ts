@@ -1,0 +1,99 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { once } from "node:events";
+import { createServer } from "node:net";
+import { fileURLToPath } from "node:url";
+
+/** Azurite's well-known development account (public, documented by Microsoft; not a secret). */
+const DEV_ACCOUNT = "devstoreaccount1";
+const DEV_KEY =
+  "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+const BIN = fileURLToPath(new URL("../node_modules/.bin/azurite-table", import.meta.url));
+
+export interface AzuriteOptions {
+  /** TCP port on 127.0.0.1; 0 or absent picks a free one. */
+  port?: number;
+  /** Workspace folder; absent means in-memory persistence (nothing written to disk). */
+  location?: string;
+}
+
+export interface Azurite {
+  readonly port: number;
+  readonly connectionString: string;
+  readonly process: ChildProcess;
+  /** Stops Azurite (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. */
+  stop(): Promise<void>;
+}
+
+/** The connection string of Azurite's table service on `port` (not `UseDevelopmentStorage`, which pins 10002). */
+export const azuriteConnectionString = (port: number) =>
+  `DefaultEndpointsProtocol=http;AccountName=${DEV_ACCOUNT};AccountKey=${DEV_KEY};` +
+  `TableEndpoint=http://127.0.0.1:${port}/${DEV_ACCOUNT};`;
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as { port: number };
+  server.close();
+  await once(server, "close");
+  return port;
+}
+
+/**
+ * Starts Azurite's table service as a child process (its package main is a VS Code extension, so
+ * it cannot be imported) and resolves once it listens. Telemetry off, access log off.
+ */
+export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurite> {
+  const fixedPort = options.port !== undefined && options.port !== 0;
+  for (let attempt = 1; ; attempt++) {
+    const port = fixedPort ? (options.port as number) : await freePort();
+    try {
+      return await launch(port, options.location);
+    } catch (error) {
+      // A free port can be taken between probing and binding: try another one.
+      if (fixedPort || attempt >= 5) throw error;
+    }
+  }
+}
+
+async function launch(port: number, location: string | undefined): Promise<Azurite> {
+  const args = [
+    "--tableHost",
+    "127.0.0.1",
+    "--tablePort",
+    String(port),
+    "--disableTelemetry",
+    "--silent",
+  ];
+  args.push(...(location ? ["--location", location] : ["--inMemoryPersistence"]));
+  const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+  let output = "";
+  const exited = once(child, "exit");
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      output += chunk.toString();
+      if (output.includes("successfully started")) resolve();
+    };
+    child.stdout?.on("data", onData);
+    child.stderr?.on("data", onData);
+    child.once("error", reject);
+    exited.then(([code]) =>
+      reject(
+        new Error(`Azurite exited (code ${code}) before listening on ${port}:\n${output.trim()}`),
+      ),
+    );
+  });
+  return {
+    port,
+    connectionString: azuriteConnectionString(port),
+    process: child,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
+      child.kill("SIGTERM");
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}

@@ -1,0 +1,151 @@
+import { odata, TableClient } from "@azure/data-tables";
+import { afterEach, describe, expect, inject, it, vi } from "vitest";
+import { type MembershipChange, MembershipError, type MembershipStore } from "../adapters/index.js";
+import { CHANGE_LOG_PARTITION } from "../adapters/stores/azure-keys.js";
+import { testMembershipStore } from "../adapters/testing/index.js";
+import { startAzurite } from "../sample/azurite.js";
+import { azureStore, requestCounter, tableNameOf } from "./support/azure.js";
+
+testMembershipStore("AzureTableMembershipStore on Azurite", {
+  create: () => azureStore(),
+  sibling: (store) => azureStore({ tableName: tableNameOf(store) }),
+});
+
+const opened: MembershipStore[] = [];
+const track = <T extends MembershipStore>(store: T) => (opened.push(store), store);
+afterEach(async () => {
+  vi.restoreAllMocks();
+  await Promise.all(opened.splice(0).map((store) => store.close()));
+});
+
+async function drain<T>(source: AsyncIterable<T>): Promise<number> {
+  let n = 0;
+  for await (const _ of source) n++;
+  return n;
+}
+
+describe("AzureTableMembershipStore storage requests per operation", () => {
+  it("matches the costs the README states", async () => {
+    const counter = requestCounter();
+    const store = track(azureStore({ policies: [counter.policy] }));
+    const cost = async (operation: () => Promise<unknown>) => {
+      const before = counter.count;
+      await operation();
+      return counter.count - before;
+    };
+
+    expect(await cost(() => store.isMember("warm", "up"))).toBe(2); // createTable once, then the read
+    expect(await cost(() => store.addToGroup("alice", "room"))).toBe(3);
+    expect(await cost(() => store.isMember("alice", "room"))).toBe(1);
+    expect(await cost(() => store.groupsOf("alice"))).toBe(1);
+    expect(await cost(() => store.removeFromGroup("alice", "room"))).toBe(4);
+    expect(await cost(() => store.removeFromGroup("alice", "room"))).toBe(2);
+
+    const many = Array.from({ length: 1_001 }, (_, i) => `m${i}`);
+    for (let i = 0; i < many.length; i += 50) {
+      await Promise.all(many.slice(i, i + 50).map((g) => store.addToGroup("big", g)));
+      await Promise.all(many.slice(i, i + 50).map((u) => store.addToGroup(u, "crowd")));
+    }
+    expect(await cost(() => store.groupsOf("big"))).toBe(2); // ceil(1,001 / 1,000) pages
+    expect(await cost(() => store.countMembers("crowd"))).toBe(2);
+    expect(await cost(() => drain(store.membersOf("crowd")))).toBe(2);
+
+    // list (2 pages) + log (11 transactions) + user side (11 transactions) + a delete per group row
+    expect(await cost(() => store.removeUser("big"))).toBe(2 + 11 + 11 + 1_001);
+    const groups = many.slice(0, 150);
+    await Promise.all(groups.map((g) => store.addToGroup("wide", g)));
+    expect(await cost(() => store.removeUser("wide"))).toBe(1 + 2 + 2 + 150);
+    // deleteGroup mirrors it: list + log + one delete per user row + group side in transactions
+    expect(await cost(() => store.deleteGroup("crowd"))).toBe(2 + 11 + 1_001 + 11);
+  });
+
+  it("sends no request for invalid input", async () => {
+    const counter = requestCounter();
+    const store = track(azureStore({ policies: [counter.policy] }));
+    await expect(store.addToGroup("", "room")).rejects.toBeInstanceOf(MembershipError);
+    await expect(store.addToGroup("a", "r", { expiresAt: new Date(0) })).rejects.toThrow(/future/);
+    await expect(store.groupsOf("\uD800")).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    expect(() => store.membersOf("x".repeat(1_025))).toThrow(MembershipError);
+    expect(counter.count).toBe(0);
+  });
+});
+
+describe("AzureTableMembershipStore when storage is down", () => {
+  it("reports STORE_UNAVAILABLE with the cause, never an empty answer", async () => {
+    const azurite = await startAzurite();
+    const store = track(
+      azureStore({
+        connectionString: azurite.connectionString,
+        clientOptions: {
+          retryOptions: { maxRetries: 1, retryDelayInMs: 10, maxRetryDelayInMs: 20 },
+        },
+      }),
+    );
+    await store.addToGroup("alice", "room");
+    await azurite.stop();
+
+    const settle = (promise: Promise<unknown>) =>
+      promise.then(
+        (value) => ({ value }),
+        (e: unknown) => e,
+      );
+    const errors = await Promise.all(
+      [
+        store.isMember("alice", "room"),
+        store.groupsOf("alice"),
+        store.countMembers("room"),
+        drain(store.membersOf("room")),
+        store.addToGroup("alice", "other"),
+        store.removeFromGroup("alice", "room"),
+        store.removeUser("alice"),
+        store.deleteGroup("room"),
+      ].map(settle),
+    );
+    for (const error of errors) {
+      expect(error).toBeInstanceOf(MembershipError);
+      expect((error as MembershipError).code).toBe("STORE_UNAVAILABLE");
+      expect((error as MembershipError).cause).toMatchObject({ name: "RestError" });
+    }
+  });
+});
+
+describe("AzureTableMembershipStore watch", () => {
+  it("delivers a change from a writer whose clock is an hour behind", async () => {
+    const reader = track(azureStore());
+    const writer = track(azureStore({ tableName: tableNameOf(reader) }));
+    const changes: MembershipChange[] = [];
+    reader.watch((change) => changes.push(change));
+    await writer.addToGroup("alice", "first");
+    await expect.poll(() => changes.length, { timeout: 10_000 }).toBe(1);
+
+    const realNow = Date.now;
+    vi.spyOn(Date, "now").mockImplementation(() => realNow() - 3_600_000);
+    await writer.addToGroup("alice", "skewed");
+    vi.restoreAllMocks();
+    await expect
+      .poll(() => changes.map((c) => c.group), { timeout: 10_000 })
+      .toEqual(["first", "skewed"]);
+  });
+
+  it("trims change-log rows older than the retention", async () => {
+    const store = track(azureStore({ changeRetentionMs: 1_000, visibilityLagMs: 200 }));
+    for (let i = 0; i < 5; i++) await store.addToGroup(`u${i}`, "room");
+    const client = TableClient.fromConnectionString(
+      inject("azuriteConnectionString"),
+      tableNameOf(store) as string,
+      { allowInsecureConnection: true },
+    );
+    const logRows = () =>
+      drain(
+        client.listEntities({
+          queryOptions: { filter: odata`PartitionKey eq ${CHANGE_LOG_PARTITION}` },
+        }),
+      );
+    expect(await logRows()).toBe(5);
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    const stop = store.watch(() => {});
+    await store.addToGroup("fresh", "room"); // a new row lets pollers see how late it is
+    await expect.poll(logRows, { timeout: 10_000, interval: 200 }).toBe(1);
+    stop();
+  });
+});

@@ -1,0 +1,57 @@
+import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import { inject } from "vitest";
+import {
+  AzureTableMembershipStore,
+  type AzureTableMembershipStoreOptions,
+} from "../../adapters/index.js";
+
+let tables = 0;
+
+/** A table name no other test uses. */
+export const freshTableName = () => `t${process.pid}x${Date.now().toString(36)}x${tables++}`;
+
+/** A pipeline policy that counts every storage request sent, retries included. */
+export function requestCounter() {
+  const counter = {
+    count: 0,
+    policy: {
+      name: "countRequests",
+      sendRequest(request, next) {
+        counter.count++;
+        return next(request);
+      },
+    } satisfies PipelinePolicy,
+  };
+  return counter;
+}
+
+const tableNames = new WeakMap<AzureTableMembershipStore, string>();
+
+/** The table an {@link azureStore} works on. */
+export const tableNameOf = (store: object) => tableNames.get(store as AzureTableMembershipStore);
+
+/** An Azure store on the Azurite of this run (or `connectionString`), on `tableName` (default: a fresh table). */
+export function azureStore(
+  options: AzureTableMembershipStoreOptions & {
+    policies?: PipelinePolicy[];
+    connectionString?: string;
+  } = {},
+): AzureTableMembershipStore {
+  const {
+    policies = [],
+    tableName = freshTableName(),
+    connectionString = inject("azuriteConnectionString"),
+    ...rest
+  } = options;
+  const store = AzureTableMembershipStore.fromConnectionString(connectionString, {
+    tableName,
+    pollIntervalMs: 100,
+    ...rest,
+    clientOptions: {
+      ...rest.clientOptions,
+      additionalPolicies: policies.map((policy) => ({ policy, position: "perRetry" as const })),
+    },
+  });
+  tableNames.set(store, tableName);
+  return store;
+}
