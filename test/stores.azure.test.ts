@@ -12,7 +12,10 @@ testMembershipStore("AzureTableMembershipStore on Azurite", {
 });
 
 const opened: MembershipStore[] = [];
-const track = <T extends MembershipStore>(store: T) => (opened.push(store), store);
+const track = <T extends MembershipStore>(store: T): T => {
+  opened.push(store);
+  return store;
+};
 afterEach(async () => {
   vi.restoreAllMocks();
   await Promise.all(opened.splice(0).map((store) => store.close()));
