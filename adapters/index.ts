@@ -12,4 +12,11 @@ export {
   type TableCredential,
 } from "./stores/azure-table.js";
 export { InMemoryMembershipStore } from "./stores/memory.js";
+export {
+  type HubBinding,
+  type JoinReason,
+  type LeaveReason,
+  MembershipSync,
+  type MembershipSyncOptions,
+} from "./sync/membership-sync.js";
 export { MAX_NAME_LENGTH } from "./validate.js";

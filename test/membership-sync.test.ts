@@ -1,0 +1,238 @@
+import { afterEach, describe, expect, it, vi } from "vitest";
+import {
+  type HubBinding,
+  InMemoryMembershipStore,
+  type Membership,
+  MembershipError,
+  MembershipSync,
+} from "../adapters/index.js";
+
+/** A hub that records what it was told, and the group sets that follow from it. */
+class RecordingHub implements HubBinding {
+  readonly calls: string[] = [];
+  readonly groups = new Map<string, Set<string>>();
+  join(connectionId: string, group: string, reason?: string) {
+    this.calls.push(`join ${connectionId} ${group} ${reason}`);
+    const set = this.groups.get(connectionId) ?? new Set();
+    this.groups.set(connectionId, set.add(group));
+  }
+  leave(connectionId: string, group: string, reason?: string) {
+    this.calls.push(`leave ${connectionId} ${group} ${reason}`);
+    this.groups.get(connectionId)?.delete(group);
+  }
+  of(connectionId: string) {
+    return [...(this.groups.get(connectionId) ?? [])].sort();
+  }
+}
+
+/** An in-memory store whose groupsOf takes its snapshot at once but answers only when released. */
+class HeldReadStore extends InMemoryMembershipStore {
+  readonly reads: Array<() => void> = [];
+  override async groupsOf(userId: string): Promise<Membership[]> {
+    const snapshot = await super.groupsOf(userId);
+    await new Promise<void>((release) => this.reads.push(release));
+    return snapshot;
+  }
+  releaseAll() {
+    for (const release of this.reads.splice(0)) release();
+  }
+}
+
+const syncs: MembershipSync[] = [];
+function setup<S extends InMemoryMembershipStore>(store: S) {
+  const hub = new RecordingHub();
+  const sync = new MembershipSync({ store, hub });
+  syncs.push(sync);
+  return { store, hub, sync };
+}
+afterEach(async () => {
+  vi.useRealTimers();
+  await Promise.all(syncs.splice(0).map((sync) => sync.close()));
+});
+
+/** Lets pending promise continuations run. */
+const settle = () => new Promise((resolve) => setImmediate(resolve));
+
+describe("MembershipSync", () => {
+  it("rehydrates a connection's groups from the store on connect", async () => {
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await store.addToGroup("alice", "b");
+    await store.addToGroup("alice", "a");
+    await store.addToGroup("bob", "c");
+    expect(await sync.connect("c1", "alice")).toEqual(["a", "b"]);
+    expect(hub.calls.sort()).toEqual(["join c1 a connect", "join c1 b connect"]);
+    expect(sync.connectionsOf("alice")).toEqual(["c1"]);
+    expect(sync.isInGroup("c1", "a")).toBe(true);
+    expect(sync.isInGroup("c1", "c")).toBe(false);
+  });
+
+  it("shares one store read among concurrent connects of one user", async () => {
+    const { store, sync } = setup(new InMemoryMembershipStore());
+    await store.addToGroup("alice", "a");
+    const groupsOf = vi.spyOn(store, "groupsOf");
+    const results = await Promise.all([
+      sync.connect("c1", "alice"),
+      sync.connect("c2", "alice"),
+      sync.connect("c3", "bob"),
+    ]);
+    expect(results).toEqual([["a"], ["a"], []]);
+    expect(groupsOf.mock.calls).toEqual([["alice"], ["bob"]]);
+    await sync.connect("c4", "alice");
+    expect(groupsOf).toHaveBeenCalledTimes(3);
+  });
+
+  it("grant and revoke reach every live connection of the user, and only theirs", async () => {
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    await sync.connect("a2", "alice");
+    await sync.connect("b1", "bob");
+    await sync.grant("alice", "room");
+    expect(await store.isMember("alice", "room")).toBe(true);
+    expect(hub.calls).toEqual(["join a1 room granted", "join a2 room granted"]);
+    hub.calls.length = 0;
+    expect(await sync.revoke("alice", "room")).toBe(true);
+    expect(await store.isMember("alice", "room")).toBe(false);
+    expect(hub.calls).toEqual(["leave a1 room revoked", "leave a2 room revoked"]);
+    expect(await sync.revoke("alice", "room")).toBe(false);
+    expect(hub.calls).toHaveLength(2);
+    expect(hub.of("b1")).toEqual([]);
+  });
+
+  it("tells the hub a user left by themselves", async () => {
+    const { hub, sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    await sync.grant("alice", "lobby");
+    expect(await sync.revoke("alice", "lobby", "left")).toBe(true);
+    expect(hub.calls.at(-1)).toBe("leave a1 lobby left");
+  });
+
+  it("applies changes made directly on the store (another process's, via watch), once", async () => {
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    await store.addToGroup("alice", "room");
+    await store.addToGroup("alice", "room");
+    await store.removeFromGroup("alice", "room");
+    await store.addToGroup("alice", "other");
+    await store.removeUser("alice");
+    expect(hub.calls).toEqual([
+      "join a1 room granted",
+      "leave a1 room revoked",
+      "join a1 other granted",
+      "leave a1 other revoked",
+    ]);
+  });
+
+  it("a revoke that lands while connect is reading leaves the connection out of the group", async () => {
+    const { store, hub, sync } = setup(new HeldReadStore());
+    await store.addToGroup("alice", "secret");
+    await store.addToGroup("alice", "kept");
+    const first = sync.connect("a1", "alice");
+    await settle();
+    expect(store.reads).toHaveLength(1); // the read has its snapshot, with "secret" in it
+    await sync.revoke("alice", "secret");
+    const second = sync.connect("a2", "alice"); // joins the read in flight
+    store.releaseAll();
+    expect(await first).toEqual(["kept"]);
+    expect(await second).toEqual(["kept"]);
+    expect(hub.calls.filter((c) => c.includes("secret"))).toEqual([]);
+    expect(hub.of("a1")).toEqual(["kept"]);
+    expect(hub.of("a2")).toEqual(["kept"]);
+  });
+
+  it("a grant that lands while connect is reading is not lost", async () => {
+    const { store, hub, sync } = setup(new HeldReadStore());
+    const connecting = sync.connect("a1", "alice");
+    await settle();
+    await sync.grant("alice", "new");
+    store.releaseAll();
+    expect(await connecting).toEqual(["new"]);
+    expect(hub.of("a1")).toEqual(["new"]);
+    await store.removeFromGroup("alice", "new");
+    expect(hub.of("a1")).toEqual([]);
+  });
+
+  it("leaves a group when its membership expires, and honours a later expiry", async () => {
+    vi.useFakeTimers();
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await store.addToGroup("alice", "brief", { expiresAt: new Date(Date.now() + 10_000) });
+    await sync.connect("a1", "alice");
+    await sync.connect("a2", "alice");
+    await sync.grant("alice", "extended", { expiresAt: new Date(Date.now() + 1_000) });
+    await sync.grant("alice", "extended", { expiresAt: new Date(Date.now() + 60_000) });
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(hub.calls.filter((c) => c.startsWith("leave"))).toEqual([
+      "leave a1 brief expired",
+      "leave a2 brief expired",
+    ]);
+    expect(sync.groupsOfConnection("a1")).toEqual(["extended"]);
+    await vi.advanceTimersByTimeAsync(50_000);
+    expect(sync.groupsOfConnection("a1")).toEqual([]);
+    expect(hub.of("a2")).toEqual([]);
+    expect(await sync.connect("a3", "alice")).toEqual([]);
+  });
+
+  it("expires memberships far in the future without overflowing the timer", async () => {
+    vi.useFakeTimers();
+    const { hub, sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    const days = (n: number) => n * 86_400_000;
+    await sync.grant("alice", "long", { expiresAt: new Date(Date.now() + days(30)) });
+    await vi.advanceTimersByTimeAsync(days(29));
+    expect(hub.of("a1")).toEqual(["long"]);
+    await vi.advanceTimersByTimeAsync(days(1) + 1);
+    expect(hub.of("a1")).toEqual([]);
+  });
+
+  it("does not call the hub for a connection that is gone, and survives a hub that throws", async () => {
+    const store = new InMemoryMembershipStore();
+    const errors: unknown[] = [];
+    const hub = new RecordingHub();
+    const sync = new MembershipSync({
+      store,
+      hub: {
+        join: (c, g, r) => hub.join(c, g, r),
+        leave: () => {
+          throw new Error("socket already closed");
+        },
+      },
+      onError: (error) => errors.push(error),
+    });
+    syncs.push(sync);
+    await sync.connect("a1", "alice");
+    await sync.connect("a2", "alice");
+    await sync.grant("alice", "room");
+    sync.disconnect("a1");
+    sync.disconnect("a1");
+    expect(await sync.revoke("alice", "room")).toBe(true);
+    await settle();
+    expect(errors).toHaveLength(1); // a2's leave threw; a1 was not asked
+    expect(sync.connectionsOf("alice")).toEqual(["a2"]);
+    expect(sync.isInGroup("a2", "room")).toBe(false);
+  });
+
+  it("fails connect when the store fails, and registers nothing", async () => {
+    const { store, sync } = setup(new InMemoryMembershipStore());
+    const outage = new MembershipError("STORE_UNAVAILABLE", "down");
+    vi.spyOn(store, "groupsOf").mockRejectedValueOnce(outage);
+    await expect(sync.connect("a1", "alice")).rejects.toBe(outage);
+    expect(sync.connectionsOf("alice")).toEqual([]);
+    expect(await sync.connect("a1", "alice")).toEqual([]);
+  });
+
+  it("rejects a duplicate connection id and a bad user id", async () => {
+    const { sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    await expect(sync.connect("a1", "bob")).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    await expect(sync.connect("b1", "")).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
+    expect(sync.connectionsOf("bob")).toEqual([]);
+  });
+
+  it("stops applying changes once closed", async () => {
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await sync.connect("a1", "alice");
+    await sync.close();
+    await store.addToGroup("alice", "room");
+    expect(hub.calls).toEqual([]);
+    await expect(sync.grant("alice", "room")).rejects.toMatchObject({ code: "CLOSED" });
+  });
+});
