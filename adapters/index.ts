@@ -19,4 +19,4 @@ export {
   MembershipSync,
   type MembershipSyncOptions,
 } from "./sync/membership-sync.js";
-export { MAX_NAME_LENGTH } from "./validate.js";
+export { isValidName, MAX_NAME_LENGTH } from "./validate.js";

@@ -6,8 +6,16 @@ export const MAX_NAME_LENGTH = 1024;
 const describe = (value: unknown): string =>
   typeof value === "string" ? `a string of ${value.length} code units` : typeof value;
 
+/** Whether `value` is a valid user id or group name: 1 to 1,024 code units, well-formed. */
+export const isValidName = (value: unknown): value is string =>
+  typeof value === "string" &&
+  value.length > 0 &&
+  value.length <= MAX_NAME_LENGTH &&
+  value.isWellFormed();
+
 /** Throws `INVALID_ARGUMENT` unless `value` is a valid user id or group name. */
 export function assertName(kind: "userId" | "group", value: unknown): asserts value is string {
+  if (isValidName(value)) return;
   if (typeof value !== "string" || value.length === 0 || value.length > MAX_NAME_LENGTH) {
     throw new MembershipError(
       "INVALID_ARGUMENT",

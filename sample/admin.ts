@@ -1,0 +1,203 @@
+/**
+ * `npm run admin -- <command>`: grant, revoke and inspect memberships while the sample runs, and
+ * mint tokens. Uses the same connection string as the server (AZURE_TABLES_CONNECTION_STRING,
+ * else the sample's Azurite on AZURITE_PORT). Exit 0 on success, 1 on failure, 2 on usage errors.
+ */
+import { parseArgs } from "node:util";
+import ms from "ms";
+import {
+  AzureTableMembershipStore,
+  isValidName,
+  type Membership,
+  MembershipError,
+} from "../adapters/index.js";
+import { mintToken } from "./auth.js";
+import { ConfigError, connectionStringOf, loadConfig } from "./config.js";
+
+class UsageError extends Error {}
+
+interface Command {
+  args: string[];
+  options?: Array<"expires" | "ttl">;
+  help: string;
+}
+
+const COMMANDS: Record<string, Command> = {
+  grant: {
+    args: ["user", "group"],
+    options: ["expires"],
+    help: "Grant <user> membership of <group>. --expires takes an ISO date or a duration (30m, 2h, 7d).",
+  },
+  revoke: {
+    args: ["user", "group"],
+    help: "Revoke <user>'s membership of <group>; live connections leave it.",
+  },
+  groups: { args: ["user"], help: "List <user>'s groups, sorted." },
+  members: { args: ["group"], help: "List the members of <group>." },
+  count: { args: ["group"], help: "Count the members of <group>." },
+  "remove-user": { args: ["user"], help: "Remove every membership of <user>." },
+  "delete-group": { args: ["group"], help: "Remove every membership of <group>." },
+  token: { args: ["user"], options: ["ttl"], help: "Mint a token for <user> (--ttl, default 1h)." },
+};
+
+const usage = (name?: string) => {
+  const lines = Object.entries(COMMANDS)
+    .filter(([command]) => name === undefined || command === name)
+    .map(([command, { args, options = [] }]) =>
+      [
+        command,
+        ...args.map((a) => `<${a}>`),
+        ...options.map((o) => `[--${o} <${o === "ttl" ? "duration" : "when"}>]`),
+      ].join(" "),
+    );
+  const details = name ? `\n\n${COMMANDS[name]?.help}` : "";
+  return `Usage: npm run admin -- ${lines.join("\n       npm run admin -- ")}${details}\n\nOptions: --json (machine-readable output), --help`;
+};
+
+/** An ISO date or a duration from now. */
+function parseWhen(value: string): Date {
+  const duration =
+    /^\d/.test(value) && !value.includes("-") ? ms(value as ms.StringValue) : undefined;
+  const when = typeof duration === "number" ? new Date(Date.now() + duration) : new Date(value);
+  if (Number.isNaN(when.getTime()) || when.getTime() <= Date.now()) {
+    throw new UsageError(
+      `--expires must be a future ISO date or a duration like 30m, 2h, 7d; got ${JSON.stringify(value)}`,
+    );
+  }
+  return when;
+}
+
+function parseTtl(value: string): number {
+  const duration = ms(value as ms.StringValue);
+  if (typeof duration !== "number" || duration < 1_000) {
+    throw new UsageError(
+      `--ttl must be a duration of at least 1s, like 15m or 1h; got ${JSON.stringify(value)}`,
+    );
+  }
+  return Math.floor(duration / 1_000);
+}
+
+const describe = (m: Membership) =>
+  m.expiresAt ? `expires ${m.expiresAt.toISOString()}` : "never expires";
+
+async function main(argv: string[]): Promise<void> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    strict: true,
+    options: {
+      json: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+      expires: { type: "string" },
+      ttl: { type: "string" },
+    },
+  });
+  const [name, ...rest] = positionals;
+  if (name === undefined || name === "help") {
+    if (values.help || name === "help") return void console.log(usage());
+    throw new UsageError("missing command");
+  }
+  const command = COMMANDS[name];
+  if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`);
+  if (values.help) return void console.log(usage(name));
+  if (rest.length !== command.args.length) {
+    throw new UsageError(`${name} takes ${command.args.map((a) => `<${a}>`).join(" ")}`);
+  }
+  for (const option of ["expires", "ttl"] as const) {
+    if (values[option] !== undefined && !command.options?.includes(option)) {
+      throw new UsageError(`${name} does not take --${option}`);
+    }
+  }
+  const expiresAt = values.expires === undefined ? undefined : parseWhen(values.expires);
+  const ttl = values.ttl === undefined ? 3600 : parseTtl(values.ttl);
+  const [first = "", second = ""] = rest;
+  const print = (json: unknown, text: string) =>
+    console.log(values.json ? JSON.stringify(json) : text);
+
+  const config = loadConfig();
+  if (name === "token") {
+    if (!isValidName(first))
+      throw new UsageError("<user> must be 1 to 1,024 UTF-16 code units, well-formed");
+    const token = mintToken(config.jwt, first, ttl);
+    return print({ token, userId: first, expiresIn: ttl }, token);
+  }
+
+  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
+    tableName: config.tableName,
+    // An admin command should answer or fail within seconds, not after minutes of retries.
+    clientOptions: {
+      retryOptions: { maxRetries: 2, retryDelayInMs: 200, maxRetryDelayInMs: 1_000 },
+    },
+  });
+  try {
+    switch (name) {
+      case "grant":
+        await store.addToGroup(first, second, expiresAt ? { expiresAt } : undefined);
+        return print(
+          { ok: true, userId: first, group: second, expiresAt: expiresAt?.toISOString() ?? null },
+          `granted ${first} → ${second}${expiresAt ? ` until ${expiresAt.toISOString()}` : ""}`,
+        );
+      case "revoke": {
+        const removed = await store.removeFromGroup(first, second);
+        return print(
+          { ok: true, removed, userId: first, group: second },
+          removed ? `revoked ${first} from ${second}` : `${first} was not a member of ${second}`,
+        );
+      }
+      case "groups": {
+        const groups = await store.groupsOf(first);
+        return print(
+          groups.map((m) => ({
+            group: m.group,
+            addedAt: m.addedAt,
+            expiresAt: m.expiresAt ?? null,
+          })),
+          groups.map((m) => `${m.group}\t${describe(m)}`).join("\n") || `${first} has no groups`,
+        );
+      }
+      case "members": {
+        const members: Membership[] = [];
+        for await (const m of store.membersOf(first)) members.push(m);
+        members.sort((a, b) => (a.userId < b.userId ? -1 : 1));
+        return print(
+          members.map((m) => ({
+            userId: m.userId,
+            addedAt: m.addedAt,
+            expiresAt: m.expiresAt ?? null,
+          })),
+          members.map((m) => `${m.userId}\t${describe(m)}`).join("\n") || `${first} has no members`,
+        );
+      }
+      case "count": {
+        const count = await store.countMembers(first);
+        return print({ group: first, count }, String(count));
+      }
+      case "remove-user": {
+        const removed = await store.removeUser(first);
+        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
+      }
+      case "delete-group": {
+        const removed = await store.deleteGroup(first);
+        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
+      }
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+/** The command named on the command line, if it is one, for a usage message about it alone. */
+const command = (argv: string[]) => argv.slice(2).find((arg) => arg in COMMANDS);
+
+main(process.argv.slice(2)).catch((error: unknown) => {
+  const usageError =
+    error instanceof UsageError ||
+    (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS") ||
+    (error instanceof MembershipError && error.code === "INVALID_ARGUMENT");
+  const message = error instanceof Error ? error.message : String(error);
+  const prefix = error instanceof ConfigError ? "configuration error: " : "error: ";
+  console.error(`${prefix}${message}`);
+  if (usageError && !(error instanceof MembershipError))
+    console.error(usage(command(process.argv)));
+  process.exitCode = usageError ? 2 : 1;
+});

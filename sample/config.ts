@@ -1,0 +1,111 @@
+import { randomBytes } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { isValidName } from "../adapters/index.js";
+import { azuriteConnectionString } from "./azurite.js";
+
+/** A configuration problem, reported as one clear line before anything starts. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+export interface SampleConfig {
+  /** Set when AZURE_TABLES_CONNECTION_STRING is; otherwise the sample's own Azurite is used. */
+  connectionString: string | undefined;
+  azuritePort: number;
+  azuriteLocation: string;
+  tableName: string;
+  host: string;
+  port: number;
+  openGroups: string[];
+  jwt: { secret: string; issuer: string; audience: string };
+  /** Whether GET /token?user=… mints tokens (the web page's dev sign-in). */
+  devSignIn: boolean;
+}
+
+function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
+  const raw = env[name];
+  if (raw === undefined || raw === "") return fallback;
+  const value = Number(raw);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new ConfigError(
+      `${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`,
+    );
+  }
+  return value;
+}
+
+/**
+ * The JWT secret: JWT_SECRET, or one generated on first use and kept in `.jwt-secret`
+ * (git-ignored, mode 0600) so the admin script mints tokens the server accepts.
+ */
+function jwtSecret(env: NodeJS.ProcessEnv): string {
+  const fromEnv = env.JWT_SECRET;
+  if (fromEnv !== undefined && fromEnv !== "") {
+    if (Buffer.byteLength(fromEnv) < 32) {
+      throw new ConfigError("JWT_SECRET must be at least 32 bytes (HS256 needs a 256-bit key)");
+    }
+    return fromEnv;
+  }
+  const file = env.JWT_SECRET_FILE || `${ROOT}.jwt-secret`;
+  try {
+    // "wx" fails if the file exists, so two processes starting at once agree on one secret.
+    writeFileSync(file, randomBytes(48).toString("base64url"), { flag: "wx", mode: 0o600 });
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+  }
+  const secret = readFileSync(file, "utf8").trim();
+  if (Buffer.byteLength(secret) < 32)
+    throw new ConfigError(`${file} holds a secret shorter than 32 bytes`);
+  return secret;
+}
+
+/** Reads and checks the sample's configuration from the environment. Throws {@link ConfigError}. */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
+  const connectionString = env.AZURE_TABLES_CONNECTION_STRING?.trim() || undefined;
+  const azuritePort = integer(env, "AZURITE_PORT", 10002, 0, 65535);
+  const openGroups = (env.OPEN_GROUPS ?? "lobby")
+    .split(",")
+    .map((g) => g.trim())
+    .filter((g) => g !== "");
+  for (const group of openGroups) {
+    if (!isValidName(group)) {
+      throw new ConfigError(`OPEN_GROUPS has an invalid group name: ${JSON.stringify(group)}`);
+    }
+  }
+  const tableName = env.MEMBERSHIP_TABLE || "HubMembership";
+  if (!/^[A-Za-z][A-Za-z0-9]{2,62}$/.test(tableName)) {
+    throw new ConfigError(
+      "MEMBERSHIP_TABLE must be 3-63 letters and digits, starting with a letter",
+    );
+  }
+  const host = env.HOST || "127.0.0.1";
+  const loopback = host === "127.0.0.1" || host === "::1" || host === "localhost";
+  const production = env.NODE_ENV === "production";
+  // Dev sign-in hands out tokens to anyone who asks: on by default only off production and on loopback.
+  const devSignIn =
+    env.DEV_SIGN_IN === undefined ? !production && loopback : env.DEV_SIGN_IN === "1";
+  if (devSignIn && production)
+    throw new ConfigError("DEV_SIGN_IN cannot be enabled when NODE_ENV=production");
+  return {
+    connectionString,
+    azuritePort,
+    azuriteLocation: env.AZURITE_LOCATION || `${ROOT}azurite-data`,
+    tableName,
+    host,
+    port: integer(env, "PORT", 3000, 0, 65535),
+    openGroups,
+    jwt: {
+      secret: jwtSecret(env),
+      issuer: env.JWT_ISSUER || "hub-membership-sample",
+      audience: env.JWT_AUDIENCE || "hub-membership-sample",
+    },
+    devSignIn,
+  };
+}
+
+/** The connection string the sample and the admin script use: the configured one, or the sample's Azurite. */
+export const connectionStringOf = (config: SampleConfig) =>
+  config.connectionString ?? azuriteConnectionString(config.azuritePort);
