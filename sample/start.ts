@@ -7,7 +7,7 @@ import { ConfigError, loadConfig } from "./config.js";
 import { startHubServer } from "./server.js";
 
 async function main() {
-  const config = loadConfig();
+  let config = loadConfig();
   let azurite: Azurite | undefined;
   if (config.connectionString === undefined) {
     azurite = await startAzurite({
@@ -22,6 +22,8 @@ async function main() {
     console.log(
       `Azurite table service on 127.0.0.1:${azurite.port}, data in ${config.azuriteLocation}`,
     );
+    // The port Azurite really got (AZURITE_PORT=0 picks a free one).
+    config = { ...config, connectionString: azurite.connectionString };
   }
   const server = await startHubServer(config).catch(async (error: unknown) => {
     await azurite?.stop();
