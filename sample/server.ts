@@ -214,11 +214,28 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         return json(503, { ok: false, error: e instanceof MembershipError ? e.code : "error" });
       }
     }
+    if (url.pathname === "/config") {
+      return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
+    }
+    if (url.pathname === "/whoami") {
+      // The page asks this after a failed WebSocket upgrade, whose 401 browsers do not expose.
+      const principal = await authenticate(auth, req);
+      if (principal === undefined || principal.expiresAt <= Date.now())
+        return json(401, { error: "unauthorized" });
+      return json(200, {
+        userId: principal.userId,
+        expiresAt: new Date(principal.expiresAt).toISOString(),
+      });
+    }
     if (url.pathname === "/token") {
       if (!config.devSignIn) return json(403, { error: "dev_sign_in_disabled" });
       const user = url.searchParams.get("user");
       if (!isValidName(user)) return json(400, { error: "bad_request" });
       return json(200, { token: mintToken(config.jwt, user, 3600) });
+    }
+    if (url.pathname === "/favicon.ico") {
+      res.writeHead(204);
+      return res.end();
     }
     if (url.pathname === "/") {
       const page = await readFile(PAGE).catch(() => undefined);

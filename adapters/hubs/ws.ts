@@ -4,7 +4,7 @@ import type { HubBinding, JoinReason, LeaveReason } from "../sync/membership-syn
 export interface GroupSocket {
   readonly readyState: number;
   readonly bufferedAmount: number;
-  send(data: Buffer | string): void;
+  send(data: Buffer | string, options: { binary: boolean }): void;
   terminate(): void;
 }
 
@@ -102,7 +102,8 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
       this.#options.onSlowConsumer?.(connectionId);
       return false;
     }
-    socket.send(data);
+    // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame.
+    socket.send(data, { binary: false });
     return true;
   }
 

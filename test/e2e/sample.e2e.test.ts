@@ -20,7 +20,10 @@ const connect = async (...args: Parameters<typeof Client.connect>) => {
   return client;
 };
 afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
+  for (const client of clients.splice(0)) {
+    client.close();
+    expect(client.messages.filter((m) => m.type === "BINARY FRAME")).toEqual([]);
+  }
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
