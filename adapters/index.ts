@@ -9,6 +9,8 @@ export { MembershipError } from "./contract.js";
 export {
   AzureTableMembershipStore,
   type AzureTableMembershipStoreOptions,
+  type MembershipPair,
+  type RepairReport,
   type TableCredential,
 } from "./stores/azure-table.js";
 export { InMemoryMembershipStore } from "./stores/memory.js";

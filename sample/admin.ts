@@ -18,7 +18,7 @@ class UsageError extends Error {}
 
 interface Command {
   args: string[];
-  options?: Array<"expires" | "ttl">;
+  options?: Array<"expires" | "ttl" | "dry-run">;
   help: string;
 }
 
@@ -38,6 +38,13 @@ const COMMANDS: Record<string, Command> = {
   "remove-user": { args: ["user"], help: "Remove every membership of <user>." },
   "delete-group": { args: ["group"], help: "Remove every membership of <group>." },
   token: { args: ["user"], options: ["ttl"], help: "Mint a token for <user> (--ttl, default 1h)." },
+  repair: {
+    args: [],
+    options: ["dry-run"],
+    help:
+      "Find rows whose twin is missing (after a crash between two writes) and fix them: the user\n" +
+      "side is authoritative. Also purges expired rows. --dry-run reports without changing anything.",
+  },
 };
 
 const usage = (name?: string) => {
@@ -47,7 +54,9 @@ const usage = (name?: string) => {
       [
         command,
         ...args.map((a) => `<${a}>`),
-        ...options.map((o) => `[--${o} <${o === "ttl" ? "duration" : "when"}>]`),
+        ...options.map((o) =>
+          o === "dry-run" ? "[--dry-run]" : `[--${o} <${o === "ttl" ? "duration" : "when"}>]`,
+        ),
       ].join(" "),
     );
   const details = name ? `\n\n${COMMANDS[name]?.help}` : "";
@@ -90,6 +99,7 @@ async function main(argv: string[]): Promise<void> {
       help: { type: "boolean", short: "h" },
       expires: { type: "string" },
       ttl: { type: "string" },
+      "dry-run": { type: "boolean" },
     },
   });
   const [name, ...rest] = positionals;
@@ -103,7 +113,7 @@ async function main(argv: string[]): Promise<void> {
   if (rest.length !== command.args.length) {
     throw new UsageError(`${name} takes ${command.args.map((a) => `<${a}>`).join(" ")}`);
   }
-  for (const option of ["expires", "ttl"] as const) {
+  for (const option of ["expires", "ttl", "dry-run"] as const) {
     if (values[option] !== undefined && !command.options?.includes(option)) {
       throw new UsageError(`${name} does not take --${option}`);
     }
@@ -175,6 +185,19 @@ async function main(argv: string[]): Promise<void> {
       case "remove-user": {
         const removed = await store.removeUser(first);
         return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
+      }
+      case "repair": {
+        const report = await store.repair({ dryRun: values["dry-run"] === true });
+        const pairs = (list: { userId: string; group: string }[]) =>
+          list.map((p) => `\n  ${JSON.stringify(p.userId)} in ${JSON.stringify(p.group)}`).join("");
+        const verb = report.dryRun ? "would be" : "were";
+        return print(
+          report,
+          `${report.indexRestored.length} missing group-side row(s) ${verb} restored${pairs(report.indexRestored)}\n` +
+            `${report.orphansRemoved.length} orphan group-side row(s) ${verb} removed${pairs(report.orphansRemoved)}\n` +
+            `${report.expiredPurged} expired membership row(s) ${verb} purged\n` +
+            `${report.orphansTooRecent} recent orphan(s) left alone (may be grants in flight)`,
+        );
       }
       case "delete-group": {
         const removed = await store.deleteGroup(first);

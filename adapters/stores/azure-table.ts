@@ -44,6 +44,25 @@ export interface AzureTableMembershipStoreOptions {
   onWatchError?: (error: unknown) => void;
 }
 
+/** One membership named in a {@link RepairReport}. */
+export interface MembershipPair {
+  userId: string;
+  group: string;
+}
+
+/** What {@link AzureTableMembershipStore.repair} found (and, unless `dryRun`, fixed). */
+export interface RepairReport {
+  dryRun: boolean;
+  /** Live memberships whose group-side row was missing or stale: rewritten from the user side. */
+  indexRestored: MembershipPair[];
+  /** Group-side rows without a user-side row: deleted (the user side is authoritative). */
+  orphansRemoved: MembershipPair[];
+  /** Group-side rows without a user-side row, left alone because they are younger than `minAgeMs`. */
+  orphansTooRecent: number;
+  /** Expired memberships whose rows were deleted from both sides. */
+  expiredPurged: number;
+}
+
 type ClientOnlyOptions = Omit<AzureTableMembershipStoreOptions, "tableName" | "clientOptions">;
 
 /** One membership row; the same shape on the user side and on the group side. */
@@ -77,7 +96,7 @@ const isHttp = (url: string) => /^http:/i.test(url);
  * takes effect with the delete, and watchers drop access even if that delete then fails. A crash
  * between two writes therefore never leaves a revoked membership live; it can leave an index row
  * whose authoritative row is gone (listed by `membersOf` until the same call is retried or the
- * pair is repaired), never the reverse.
+ * pair is repaired). Bulk removals differ in one point, see `#removeAll`.
  */
 export class AzureTableMembershipStore implements MembershipStore {
   readonly #client: TableClient;
@@ -252,6 +271,73 @@ export class AzureTableMembershipStore implements MembershipStore {
     );
   }
 
+  /**
+   * Makes the two sides agree again after crashes between writes: a live user-side row gets its
+   * group-side twin (re)written; a group-side row without a user-side row is deleted (the user
+   * side is authoritative); expired rows are purged from both sides. Scans the whole table.
+   * An orphan younger than `minAgeMs` (default 60 s) is left alone: it may be a grant in flight,
+   * whose user-side write is about to land. Idempotent; safe while the store is in use.
+   */
+  async repair(options: { dryRun?: boolean; minAgeMs?: number } = {}): Promise<RepairReport> {
+    this.#open();
+    const { dryRun = false, minAgeMs = 60_000 } = options;
+    return this.#run(async () => {
+      const now = Date.now();
+      const side = async (prefix: string) => {
+        const rows = new Map<string, Row>();
+        const filter = odata`PartitionKey ge ${prefix} and PartitionKey lt ${`${prefix.slice(0, -1)};`}`;
+        for await (const row of this.#client.listEntities<Row>({ queryOptions: { filter } })) {
+          rows.set(`${row.partitionKey}\u0000${row.rowKey}`, row);
+        }
+        return rows;
+      };
+      const users = await side("u:");
+      const groups = await side("g:");
+      const report: RepairReport = {
+        dryRun,
+        indexRestored: [],
+        orphansRemoved: [],
+        orphansTooRecent: 0,
+        expiredPurged: 0,
+      };
+      const work: Array<() => Promise<unknown>> = [];
+      for (const row of users.values()) {
+        const { userId, group } = row;
+        if (typeof userId !== "string" || typeof group !== "string") continue;
+        const twinKey = { partitionKey: groupPartition(group), rowKey: toKey(userId) };
+        const twin = groups.get(`${twinKey.partitionKey}\u0000${twinKey.rowKey}`);
+        groups.delete(`${twinKey.partitionKey}\u0000${twinKey.rowKey}`);
+        if (!isLive(row, now)) {
+          report.expiredPurged++;
+          work.push(
+            () => this.#delete(row),
+            () => this.#delete(twinKey),
+          );
+        } else if (
+          twin?.userId !== userId ||
+          twin.group !== group ||
+          twin.expiresAt?.getTime() !== row.expiresAt?.getTime()
+        ) {
+          report.indexRestored.push({ userId, group });
+          const { partitionKey: _p, rowKey: _r, etag: _e, ...fields } = row;
+          work.push(() => this.#client.upsertEntity({ ...twinKey, ...fields }, "Replace"));
+        }
+      }
+      for (const orphan of groups.values()) {
+        const { userId, group } = orphan;
+        if (typeof userId !== "string" || typeof group !== "string") continue;
+        if (!isLive(orphan, now)) report.expiredPurged++;
+        else if ((orphan.addedAt?.getTime() ?? 0) > now - minAgeMs) {
+          report.orphansTooRecent++;
+          continue;
+        } else report.orphansRemoved.push({ userId, group });
+        work.push(() => this.#delete(orphan));
+      }
+      if (!dryRun) await Promise.all(work.map((task) => this.#limit(task)));
+      return report;
+    });
+  }
+
   watch(listener: (change: MembershipChange) => void): () => void {
     this.#open();
     const unsubscribe = this.#listeners.add(listener);
@@ -269,16 +355,18 @@ export class AzureTableMembershipStore implements MembershipStore {
   }
 
   /**
-   * Removes every row of one partition and each row's twin in the other side's partitions.
-   * Same order as `removeFromGroup`: log, then the user side, then the group side. The listed
-   * partition is cleared in transactions of 100; the twins live in one partition each.
+   * Removes every row of one partition and each row's twin on the other side. The change log
+   * comes first (watchers drop access at once), then the twins, one partition each, and the
+   * listed partition last, in transactions of 100: it is what a retry lists to find the work
+   * left, so an interrupted call always converges when repeated. For `deleteGroup` that is the
+   * user side first, as in `removeFromGroup`; for `removeUser` the user side goes last, so until
+   * the call completes its memberships still count (it failed, and says so).
    */
   async #removeAll(
     partitionKey: string,
     owns: (row: Row) => boolean,
     twinOf: (row: Row) => { partitionKey: string; rowKey: string },
   ): Promise<number> {
-    const userSide = partitionKey.startsWith("u:");
     const changes = await this.#run(async () => {
       const now = Date.now();
       const rows: Row[] = [];
@@ -293,16 +381,8 @@ export class AzureTableMembershipStore implements MembershipStore {
           }),
         );
       await this.#log.append(changes);
-      const listed = () => this.#deleteBatches(rows);
-      const twins = () =>
-        Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
-      if (userSide) {
-        await listed();
-        await twins();
-      } else {
-        await twins();
-        await listed();
-      }
+      await Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
+      await this.#deleteBatches(rows);
       return changes;
     });
     for (const change of changes) this.#listeners.emit(change);

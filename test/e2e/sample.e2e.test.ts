@@ -1,6 +1,7 @@
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { TableClient } from "@azure/data-tables";
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import {
   admin,
@@ -310,6 +311,40 @@ describe("npm start without a connection string", { timeout: 60_000 }, () => {
 });
 
 describe("admin script", { timeout: 60_000 }, () => {
+  it("repair finds rows whose twin is missing, --dry-run changes nothing", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    expect((await admin(env, "grant", "olga", "room")).code).toBe(0);
+    expect((await admin(env, "grant", "pete", "room")).code).toBe(0);
+    // What a crash between two writes leaves: a lost group-side row, and an orphan one.
+    const table = TableClient.fromConnectionString(
+      inject("azuriteConnectionString"),
+      env.MEMBERSHIP_TABLE,
+      {
+        allowInsecureConnection: true,
+      },
+    );
+    await table.deleteEntity("g:room", "olga");
+    await table.deleteEntity("u:pete", "room");
+    expect((await admin(env, "count", "room")).stdout.trim()).toBe("1"); // pete, wrongly
+
+    const dry = await admin(env, "repair", "--dry-run", "--json");
+    expect(dry.code).toBe(0);
+    expect(JSON.parse(dry.stdout)).toMatchObject({
+      dryRun: true,
+      indexRestored: [{ userId: "olga", group: "room" }],
+      orphansTooRecent: 1,
+    });
+    expect((await admin(env, "count", "room")).stdout.trim()).toBe("1");
+
+    const fixed = await admin(env, "repair");
+    expect(fixed.code).toBe(0);
+    expect(fixed.stdout).toMatch(
+      /1 missing group-side row\(s\) were restored\n {2}"olga" in "room"/,
+    );
+    expect((await admin(env, "members", "room")).stdout).toMatch(/^olga\t/);
+    expect((await admin(env, "members", "room")).stdout).toMatch(/^pete\t/m); // recent: left alone
+  });
+
   it("exits 0, 1 and 2 as documented, with --help and --json", async () => {
     const env = sampleEnv(inject("azuriteConnectionString"));
     const ok = await admin(env, "grant", "mike", "ops", "--expires", "2h", "--json");
