@@ -1,39 +1,26 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import {
-  type HubBinding,
   InMemoryMembershipStore,
   type Membership,
   MembershipError,
   MembershipSync,
 } from "../adapters/index.js";
+import { RecordingHub } from "./support/recording-hub.js";
 
-/** A hub that records what it was told, and the group sets that follow from it. */
-class RecordingHub implements HubBinding {
-  readonly calls: string[] = [];
-  readonly groups = new Map<string, Set<string>>();
-  join(connectionId: string, group: string, reason?: string) {
-    this.calls.push(`join ${connectionId} ${group} ${reason}`);
-    const set = this.groups.get(connectionId) ?? new Set();
-    this.groups.set(connectionId, set.add(group));
-  }
-  leave(connectionId: string, group: string, reason?: string) {
-    this.calls.push(`leave ${connectionId} ${group} ${reason}`);
-    this.groups.get(connectionId)?.delete(group);
-  }
-  of(connectionId: string) {
-    return [...(this.groups.get(connectionId) ?? [])].sort();
-  }
-}
-
-/** An in-memory store whose groupsOf takes its snapshot at once but answers only when released. */
+/**
+ * An in-memory store whose groupsOf takes its snapshot at once but, until released, answers
+ * only when released: a read that is still in flight while other things happen.
+ */
 class HeldReadStore extends InMemoryMembershipStore {
   readonly reads: Array<() => void> = [];
+  #holding = true;
   override async groupsOf(userId: string): Promise<Membership[]> {
     const snapshot = await super.groupsOf(userId);
-    await new Promise<void>((release) => this.reads.push(release));
+    if (this.#holding) await new Promise<void>((release) => this.reads.push(release));
     return snapshot;
   }
   releaseAll() {
+    this.#holding = false;
     for (const release of this.reads.splice(0)) release();
   }
 }
@@ -109,11 +96,16 @@ describe("MembershipSync", () => {
   it("applies changes made directly on the store (another process's, via watch), once", async () => {
     const { store, hub, sync } = setup(new InMemoryMembershipStore());
     await sync.connect("a1", "alice");
-    await store.addToGroup("alice", "room");
-    await store.addToGroup("alice", "room");
-    await store.removeFromGroup("alice", "room");
-    await store.addToGroup("alice", "other");
-    await store.removeUser("alice");
+    for (const step of [
+      () => store.addToGroup("alice", "room"),
+      () => store.addToGroup("alice", "room"),
+      () => store.removeFromGroup("alice", "room"),
+      () => store.addToGroup("alice", "other"),
+      () => store.removeUser("alice"),
+    ]) {
+      await step();
+      await settle();
+    }
     expect(hub.calls).toEqual([
       "join a1 room granted",
       "leave a1 room revoked",
@@ -129,9 +121,11 @@ describe("MembershipSync", () => {
     const first = sync.connect("a1", "alice");
     await settle();
     expect(store.reads).toHaveLength(1); // the read has its snapshot, with "secret" in it
-    await sync.revoke("alice", "secret");
+    const revoking = sync.revoke("alice", "secret");
+    await settle();
     const second = sync.connect("a2", "alice"); // joins the read in flight
     store.releaseAll();
+    expect(await revoking).toBe(true);
     expect(await first).toEqual(["kept"]);
     expect(await second).toEqual(["kept"]);
     expect(hub.calls.filter((c) => c.includes("secret"))).toEqual([]);
@@ -143,8 +137,11 @@ describe("MembershipSync", () => {
     const { store, hub, sync } = setup(new HeldReadStore());
     const connecting = sync.connect("a1", "alice");
     await settle();
-    await sync.grant("alice", "new");
+    expect(store.reads).toHaveLength(1); // the read has its snapshot, without "new"
+    const granting = sync.grant("alice", "new");
+    await settle();
     store.releaseAll();
+    await granting;
     expect(await connecting).toEqual(["new"]);
     expect(hub.of("a1")).toEqual(["new"]);
     await store.removeFromGroup("alice", "new");

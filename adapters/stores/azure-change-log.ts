@@ -5,6 +5,8 @@ import { isNotFound } from "./azure-errors.js";
 import { CHANGE_LOG_PARTITION } from "./azure-keys.js";
 
 export interface ChangeLogOptions {
+  /** Resolves once the table exists (the store creates it on first use). */
+  ready: () => Promise<void>;
   pollIntervalMs: number;
   visibilityLagMs: number;
   retentionMs: number;
@@ -107,6 +109,7 @@ export class ChangeLog {
 
   async #poll(generation: number): Promise<void> {
     const { visibilityLagMs, retentionMs } = this.#options;
+    await this.#options.ready();
     const priming = this.#newest === undefined;
     const from = priming ? undefined : new Date((this.#newest as number) - visibilityLagMs);
     const filter = from

@@ -92,8 +92,10 @@ const isHttp = (url: string) => /^http:/i.test(url);
  *
  * Write order keeps every failure on the side of less access. A grant writes the index, then the
  * authoritative row, then the log: it takes effect with the second write, and is announced only
- * after. A revoke appends to the log, then deletes the authoritative row, then the index row: it
- * takes effect with the delete, and watchers drop access even if that delete then fails. A crash
+ * after. A revoke appends to the log, deletes the authoritative row, appends again, then deletes
+ * the index row: it takes effect with the delete; watchers drop access on the first entry even
+ * if the delete then fails, and the second tells them it is done, so a watcher that re-reads
+ * the user's groups on it cannot read them from before the delete. A crash
  * between two writes therefore never leaves a revoked membership live; it can leave an index row
  * whose authoritative row is gone (listed by `membersOf` until the same call is retried or the
  * pair is repaired). Bulk removals differ in one point, see `#removeAll`.
@@ -147,6 +149,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     }
     this.#limit = pLimit(options.concurrency ?? 16);
     this.#log = new ChangeLog(this.#client, {
+      ready: () => this.#ensureTable(),
       pollIntervalMs: options.pollIntervalMs ?? 250,
       visibilityLagMs: options.visibilityLagMs ?? 5_000,
       retentionMs: options.changeRetentionMs ?? 10 * 60_000,
@@ -194,6 +197,9 @@ export class AzureTableMembershipStore implements MembershipStore {
         // Conditional on the row read above: a grant that lands in between wins, rather than
         // being deleted while watchers are told "added".
         deleted = await this.#delete(row, row.etag);
+        // Announced again once it is true: a watcher that re-read on the first announcement
+        // may have read before the delete; this one's re-read cannot.
+        if (live && deleted) await this.#log.append([{ type: "removed", userId, group }]);
       }
       // Also when there was no user row: a retry after a crash must finish the index side.
       await this.#delete({ partitionKey: groupPartition(group), rowKey: toKey(userId) });
@@ -383,6 +389,7 @@ export class AzureTableMembershipStore implements MembershipStore {
       await this.#log.append(changes);
       await Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
       await this.#deleteBatches(rows);
+      await this.#log.append(changes); // confirmed, as in removeFromGroup
       return changes;
     });
     for (const change of changes) this.#listeners.emit(change);

@@ -26,29 +26,31 @@ export interface MembershipSyncOptions {
   store: MembershipStore;
   hub: HubBinding;
   /**
-   * Called when the hub binding fails to join or leave, or a change cannot be applied.
-   * Default: a process warning. Never thrown into `grant`, `revoke` or a store listener.
+   * Called when the hub binding fails to join or leave, or a background re-read of a user's
+   * groups fails (it is retried). Default: a process warning. Never thrown into callers.
    */
   onError?: (error: unknown) => void;
+  /** Delay before a failed background re-read is retried. Default 2 s. */
+  retryDelayMs?: number;
 }
 
-/** Per connection: its user, and the groups it is in with their expiry (undefined = never). */
+/** Per connection: its user, and its groups with their expiry (undefined = never). */
 interface Connection {
   readonly userId: string;
   readonly groups: Map<string, number | undefined>;
+  /** Set by the first read applied to it; until `ready`, the hub is not called for it. */
+  initialized: boolean;
   ready: boolean;
-}
-
-/** A `groupsOf` in flight, shared by concurrent connects, with the changes seen meanwhile. */
-interface Read {
-  readonly memberships: Promise<Membership[]>;
-  readonly changes: MembershipChange[];
-  waiting: number;
 }
 
 interface User {
   readonly connections: Set<string>;
-  read: Read | undefined;
+  /** The running read loop, if any. */
+  loop: Promise<void> | undefined;
+  /** A change arrived since the current read started: read again. */
+  dirty: boolean;
+  /** Groups a hint removed since the current read started: that read must not bring them back. */
+  readonly removedDuringRead: Set<string>;
   readonly timers: Map<string, NodeJS.Timeout>;
 }
 
@@ -59,16 +61,24 @@ const MAX_TIMER = 2 ** 31 - 1;
  *
  * `connect` rehydrates a connection's groups from the store; `grant` and `revoke` persist first
  * and then join or leave every live connection of the user; changes from other processes arrive
- * through `store.watch` and are applied the same way. Applying a change twice is harmless, and
- * a membership's `expiresAt` makes its connections leave on time.
+ * through `store.watch` and are applied the same way; a membership's `expiresAt` makes its
+ * connections leave on time.
+ *
+ * Changes are hints, not facts: they arrive in delivery order, which is not the order they were
+ * stored in (another process's change comes with the next poll, this process's at once). So a
+ * `removed` hint takes effect at once (revocation must not wait), and every hint is followed by
+ * one read of the user's groups, shared by all hints and connects of that user meanwhile; the
+ * hub is then made to match that read. A removal hinted during a read is not undone by it; the
+ * read is repeated instead. Whatever the interleaving, connections end in the stored groups.
  */
 export class MembershipSync {
   readonly #store: MembershipStore;
   readonly #hub: HubBinding;
   readonly #onError: (error: unknown) => void;
+  readonly #retryDelayMs: number;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
-  /** Reasons of this instance's own revokes in flight, so their echo from `watch` carries it. */
+  /** Reasons of this instance's own revokes in flight, so their hint carries it. */
   readonly #reasons = new Map<string, LeaveReason>();
   readonly #unwatch: () => void;
   #closed = false;
@@ -76,19 +86,19 @@ export class MembershipSync {
   constructor(options: MembershipSyncOptions) {
     this.#store = options.store;
     this.#hub = options.hub;
+    this.#retryDelayMs = options.retryDelayMs ?? 2_000;
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
-    this.#unwatch = this.#store.watch((change) => this.#dispatch(change));
+    this.#unwatch = this.#store.watch((change) => this.#hint(change));
   }
 
   /**
    * Registers a connection of `userId` and joins it to every group the store holds for the user.
-   * Concurrent connects of one user share one `groupsOf`. A change that lands while the store is
-   * being read is applied after the read, so a revoke during connect is never lost.
+   * Concurrent connects of one user share one `groupsOf`.
    * @returns the groups the connection is in, sorted.
    * @throws MembershipError `INVALID_ARGUMENT` for a bad user id or a connection id already
-   * connected; `STORE_UNAVAILABLE` when the read fails (the connection is then not registered).
+   * connected; the store's error when the read fails (the connection is then not registered).
    */
   async connect(connectionId: string, userId: string): Promise<string[]> {
     this.#open();
@@ -96,48 +106,22 @@ export class MembershipSync {
     if (typeof connectionId !== "string" || this.#connections.has(connectionId)) {
       throw new MembershipError("INVALID_ARGUMENT", "connectionId must be a new, unique string");
     }
-    const connection: Connection = { userId, groups: new Map(), ready: false };
-    const user = this.#user(userId);
+    const connection: Connection = { userId, groups: new Map(), initialized: false, ready: false };
     this.#connections.set(connectionId, connection);
-    user.connections.add(connectionId);
-
-    // Registered before reading: from here on every change for this user is seen, either by
-    // the read or by `read.changes`.
-    let read = user.read;
-    if (read === undefined) {
-      read = { memberships: this.#store.groupsOf(userId), changes: [], waiting: 0 };
-      user.read = read;
-    }
-    read.waiting++;
-    let memberships: Membership[];
+    this.#user(userId).connections.add(connectionId);
     try {
-      memberships = await read.memberships;
+      // A read in flight covers this connection too; one that already applied does not.
+      await (this.#users.get(userId)?.loop ?? this.#read(userId));
+      if (!connection.initialized) await this.#read(userId);
     } catch (error) {
-      this.#release(user, read);
       this.disconnect(connectionId);
       throw error;
     }
-    this.#release(user, read);
     if (this.#connections.get(connectionId) !== connection) return [];
-
-    // The final state first (snapshot, then what changed during the read), so a group revoked
-    // meanwhile is never joined at all.
-    const now = Date.now();
-    for (const m of memberships) connection.groups.set(m.group, m.expiresAt?.getTime());
-    for (const change of read.changes) {
-      if (change.type === "added") connection.groups.set(change.group, change.expiresAt?.getTime());
-      else connection.groups.delete(change.group);
-    }
-    for (const [group, expiresAt] of connection.groups) {
-      if (expiresAt !== undefined && expiresAt <= now) connection.groups.delete(group);
-    }
     connection.ready = true;
-    const joins: Promise<void>[] = [];
-    for (const [group, expiresAt] of connection.groups) {
-      this.#schedule(userId, group, expiresAt);
-      joins.push(this.#join(connectionId, group, "connect"));
-    }
-    await Promise.all(joins);
+    await Promise.all(
+      [...connection.groups.keys()].map((g) => this.#join(connectionId, g, "connect")),
+    );
     return this.groupsOfConnection(connectionId);
   }
 
@@ -148,21 +132,18 @@ export class MembershipSync {
     this.#connections.delete(connectionId);
     const user = this.#users.get(connection.userId);
     user?.connections.delete(connectionId);
-    if (user && user.connections.size === 0 && user.read === undefined)
-      this.#dropUser(connection.userId);
+    if (user && user.connections.size === 0) this.#dropUser(connection.userId);
   }
 
   /**
    * Persists a grant, then joins every live connection of the user (a `granted` join).
-   * Idempotent; a repeated grant moves the expiry.
+   * Idempotent; a repeated grant moves the expiry. Resolves once this process's connections
+   * are in the group.
    */
   async grant(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
     this.#open();
     await this.#store.addToGroup(userId, group, options);
-    const expiresAt = options?.expiresAt;
-    this.#dispatch(
-      expiresAt ? { type: "added", userId, group, expiresAt } : { type: "added", userId, group },
-    );
+    await this.#settle({ type: "added", userId, group });
   }
 
   /**
@@ -178,13 +159,16 @@ export class MembershipSync {
     this.#open();
     const key = `${userId}\u0000${group}`;
     this.#reasons.set(key, reason);
+    let settled: Promise<void>;
+    let removed: boolean;
     try {
-      const removed = await this.#store.removeFromGroup(userId, group);
-      this.#dispatch({ type: "removed", userId, group });
-      return removed;
+      removed = await this.#store.removeFromGroup(userId, group);
+      settled = this.#settle({ type: "removed", userId, group });
     } finally {
       this.#reasons.delete(key);
     }
+    await settled;
+    return removed;
   }
 
   /** The live connections of `userId` (rehydrated or still connecting), in connect order. */
@@ -211,63 +195,123 @@ export class MembershipSync {
     this.#connections.clear();
   }
 
-  #dispatch(change: MembershipChange): void {
-    if (this.#closed) return;
+  /**
+   * After this instance's own write: the store has already emitted the change (the contract has
+   * it emit synchronously), so its read is under way; wait for it. Hint only if it is not.
+   */
+  #settle(change: MembershipChange): Promise<void> {
+    const loop = this.#users.get(change.userId)?.loop;
+    // A failed read is reported (and retried) by whoever started it, a hint or a connect; the
+    // write itself succeeded, so the caller is not told of it twice.
+    return loop ? loop.catch(() => undefined) : this.#hint(change);
+  }
+
+  /** Applies what a change says at once if it removes access, then re-reads the user's groups. */
+  #hint(change: MembershipChange): Promise<void> {
     const user = this.#users.get(change.userId);
-    if (user === undefined) return;
-    user.read?.changes.push(change);
+    if (this.#closed || user === undefined) return Promise.resolve();
+    if (change.type === "removed") {
+      const reason = this.#reasons.get(`${change.userId}\u0000${change.group}`) ?? "revoked";
+      user.removedDuringRead.add(change.group);
+      this.#clearTimer(user, change.group);
+      for (const connectionId of user.connections) this.#remove(connectionId, change.group, reason);
+    }
+    return this.#read(change.userId).catch((error: unknown) =>
+      this.#readFailed(change.userId, error),
+    );
+  }
+
+  /**
+   * Reads the user's groups and makes every connection of the user match, again while changes
+   * keep arriving. Reads are shared: calls during a read join the loop.
+   */
+  #read(userId: string): Promise<void> {
+    const user = this.#users.get(userId);
+    if (user === undefined) return Promise.resolve();
+    user.dirty = true;
+    user.loop ??= (async () => {
+      try {
+        await Promise.resolve(); // calls of the same tick share the read
+        while (user.dirty && !this.#closed && user.connections.size > 0) {
+          user.dirty = false;
+          user.removedDuringRead.clear();
+          this.#apply(user, await this.#store.groupsOf(userId));
+        }
+      } finally {
+        // In the same step as the last check of `dirty`: a call that comes after it must start
+        // a new loop, not join one that has already decided to stop.
+        user.loop = undefined;
+      }
+    })();
+    return user.loop;
+  }
+
+  #readFailed(userId: string, error: unknown): void {
+    this.#onError(error);
+    const user = this.#users.get(userId);
+    if (user === undefined || this.#closed) return;
+    // Removals were applied already; what may be missing is a grant. Read again later.
+    const retry = setTimeout(() => {
+      this.#read(userId).catch((e: unknown) => this.#readFailed(userId, e));
+    }, this.#retryDelayMs);
+    retry.unref();
+  }
+
+  #apply(user: User, memberships: Membership[]): void {
+    const now = Date.now();
+    const stored = new Map<string, number | undefined>();
+    for (const m of memberships) {
+      const expiresAt = m.expiresAt?.getTime();
+      if ((expiresAt === undefined || expiresAt > now) && !user.removedDuringRead.has(m.group)) {
+        stored.set(m.group, expiresAt);
+      }
+    }
     for (const connectionId of user.connections) {
       const connection = this.#connections.get(connectionId);
-      if (connection?.ready) this.#applyTo(connectionId, connection, change);
+      if (connection === undefined) continue;
+      connection.initialized = true;
+      for (const [group, expiresAt] of connection.groups) {
+        if (stored.has(group)) continue;
+        const expired = expiresAt !== undefined && expiresAt <= now;
+        this.#remove(connectionId, group, expired ? "expired" : "revoked");
+      }
+      for (const [group, expiresAt] of stored) {
+        const known = connection.groups.has(group);
+        connection.groups.set(group, expiresAt);
+        if (!known && connection.ready) void this.#join(connectionId, group, "granted");
+      }
     }
-    if (change.type === "added")
-      this.#schedule(change.userId, change.group, change.expiresAt?.getTime());
-    else this.#schedule(change.userId, change.group, undefined);
+    for (const group of user.timers.keys()) if (!stored.has(group)) this.#clearTimer(user, group);
+    for (const [group, expiresAt] of stored)
+      if (expiresAt !== undefined) this.#schedule(user, group, expiresAt);
   }
 
-  #applyTo(connectionId: string, connection: Connection, change: MembershipChange): void {
-    const { group } = change;
-    if (change.type === "added") {
-      const expiresAt = change.expiresAt?.getTime();
-      if (expiresAt !== undefined && expiresAt <= Date.now()) return;
-      const known = connection.groups.has(group);
-      connection.groups.set(group, expiresAt);
-      if (!known) void this.#join(connectionId, group, "granted");
-    } else if (connection.groups.delete(group)) {
-      const reason = this.#reasons.get(`${change.userId}\u0000${group}`) ?? "revoked";
-      void this.#leave(connectionId, group, reason);
-    }
+  #remove(connectionId: string, group: string, reason: LeaveReason): void {
+    const connection = this.#connections.get(connectionId);
+    if (!connection?.groups.delete(group)) return;
+    if (connection.ready) void this.#leave(connectionId, group, reason);
   }
 
-  /** One timer per user and group, at the latest expiry any of its connections holds. */
-  #schedule(userId: string, group: string, expiresAt: number | undefined): void {
-    const user = this.#users.get(userId);
-    if (user === undefined) return;
-    clearTimeout(user.timers.get(group));
-    user.timers.delete(group);
-    if (expiresAt === undefined) return;
-    const delay = expiresAt - Date.now();
-    // setTimeout overflows past 2^31-1 ms (about 24.8 days): wake up then and look again.
+  /** One timer per user and group; re-armed past setTimeout's limit of about 24.8 days. */
+  #schedule(user: User, group: string, expiresAt: number): void {
+    this.#clearTimer(user, group);
     const timer = setTimeout(
       () => {
         user.timers.delete(group);
-        if (Date.now() < expiresAt) return this.#schedule(userId, group, expiresAt);
-        this.#expire(userId, group, expiresAt);
+        if (Date.now() < expiresAt) return this.#schedule(user, group, expiresAt);
+        for (const connectionId of user.connections) {
+          const held = this.#connections.get(connectionId)?.groups.get(group);
+          if (held !== undefined && held <= expiresAt) this.#remove(connectionId, group, "expired");
+        }
       },
-      Math.max(0, Math.min(delay, MAX_TIMER)),
+      Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
     );
     user.timers.set(group, timer);
   }
 
-  #expire(userId: string, group: string, expiresAt: number): void {
-    for (const connectionId of this.connectionsOf(userId)) {
-      const connection = this.#connections.get(connectionId);
-      const held = connection?.groups.get(group);
-      if (connection && held !== undefined && held <= expiresAt) {
-        connection.groups.delete(group);
-        void this.#leave(connectionId, group, "expired");
-      }
-    }
+  #clearTimer(user: User, group: string): void {
+    clearTimeout(user.timers.get(group));
+    user.timers.delete(group);
   }
 
   async #join(connectionId: string, group: string, reason: JoinReason): Promise<void> {
@@ -289,15 +333,16 @@ export class MembershipSync {
   #user(userId: string): User {
     let user = this.#users.get(userId);
     if (user === undefined) {
-      user = { connections: new Set(), read: undefined, timers: new Map() };
+      user = {
+        connections: new Set(),
+        loop: undefined,
+        dirty: false,
+        removedDuringRead: new Set(),
+        timers: new Map(),
+      };
       this.#users.set(userId, user);
     }
     return user;
-  }
-
-  #release(user: User, read: Read): void {
-    read.waiting--;
-    if (read.waiting === 0 && user.read === read) user.read = undefined;
   }
 
   #dropUser(userId: string): void {
