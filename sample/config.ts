@@ -23,6 +23,8 @@ export interface SampleConfig {
   jwt: { secret: string; issuer: string; audience: string };
   /** Whether GET /token?user=… mints tokens (the web page's dev sign-in). */
   devSignIn: boolean;
+  /** Unsent bytes past which a client that does not read is disconnected. */
+  maxBufferedBytes: number;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -103,6 +105,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
       audience: env.JWT_AUDIENCE || "hub-membership-sample",
     },
     devSignIn,
+    maxBufferedBytes: integer(env, "MAX_BUFFERED_BYTES", 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
   };
 }
 

@@ -77,7 +77,15 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     if (queue) queue.push(frame);
     else groups.send(connectionId, frame);
   };
+  let slowConsumersDropped = 0;
   const groups = new WsGroups<WebSocket>({
+    maxBufferedBytes: config.maxBufferedBytes,
+    onSlowConsumer: (connectionId) => {
+      slowConsumersDropped++;
+      console.error(
+        `connection ${connectionId} dropped: over ${config.maxBufferedBytes} bytes unsent`,
+      );
+    },
     onJoin: (connectionId, group, reason) => {
       if (reason === "granted") deliver(connectionId, encode({ type: "joined", group }));
     },
@@ -213,6 +221,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       } catch (e) {
         return json(503, { ok: false, error: e instanceof MembershipError ? e.code : "error" });
       }
+    }
+    if (url.pathname === "/stats") {
+      const { heapUsed, rss } = process.memoryUsage();
+      return json(200, { connections: wss.clients.size, slowConsumersDropped, heapUsed, rss });
     }
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
