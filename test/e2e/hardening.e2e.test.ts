@@ -3,31 +3,24 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import jwt from "jsonwebtoken";
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AzureTableMembershipStore, MembershipError } from "../../adapters/index.js";
 import { HOSTILE_NAMES } from "../../adapters/testing/index.js";
 import { startAzurite } from "../../sample/azurite.js";
 import {
   admin,
-  Client,
+  type Client,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
   startSample,
   token,
   upgradeStatus,
+  useClients,
 } from "../support/sample.js";
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const clients: Client[] = [];
-const connect = async (...args: Parameters<typeof Client.connect>) => {
-  const client = await Client.connect(...args);
-  clients.push(client);
-  return client;
-};
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-});
+const connect = useClients();
 
 /** Connects again and again until a welcome arrives (the server may still be starting). */
 async function reconnect(

@@ -2,30 +2,19 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { TableClient } from "@azure/data-tables";
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import {
   admin,
-  Client,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
   startSample,
   token,
   upgradeStatus,
+  useClients,
 } from "../support/sample.js";
 
-const clients: Client[] = [];
-const connect = async (...args: Parameters<typeof Client.connect>) => {
-  const client = await Client.connect(...args);
-  clients.push(client);
-  return client;
-};
-afterEach(() => {
-  for (const client of clients.splice(0)) {
-    client.close();
-    expect(client.messages.filter((m) => m.type === "BINARY FRAME")).toEqual([]);
-  }
-});
+const connect = useClients();
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const isRemoved = (group: string) => (m: { type: string; group?: unknown }) =>

@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { fileURLToPath } from "node:url";
 import jwt from "jsonwebtoken";
+import { afterEach, expect } from "vitest";
 import WebSocket from "ws";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -216,4 +217,23 @@ export function upgradeStatus(
     });
     ws.once("error", (e) => reject(e));
   });
+}
+
+/**
+ * A `connect` for one test file: every client it opens is closed after each test, and fails the
+ * test if it received a binary frame (the protocol is JSON in text frames).
+ */
+export function useClients() {
+  const clients: Client[] = [];
+  afterEach(() => {
+    for (const client of clients.splice(0)) {
+      client.close();
+      expect(client.messages.filter((m) => m.type === "BINARY FRAME")).toEqual([]);
+    }
+  });
+  return async (...args: Parameters<typeof Client.connect>): Promise<Client> => {
+    const client = await Client.connect(...args);
+    clients.push(client);
+    return client;
+  };
 }
