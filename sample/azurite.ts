@@ -30,7 +30,7 @@ export const azuriteConnectionString = (port: number) =>
   `DefaultEndpointsProtocol=http;AccountName=${DEV_ACCOUNT};AccountKey=${DEV_KEY};` +
   `TableEndpoint=http://127.0.0.1:${port}/${DEV_ACCOUNT};`;
 
-async function freePort(): Promise<number> {
+export async function freePort(): Promise<number> {
   const server = createServer();
   server.listen(0, "127.0.0.1");
   await once(server, "listening");

@@ -25,6 +25,10 @@ export interface SampleConfig {
   devSignIn: boolean;
   /** Unsent bytes past which a client that does not read is disconnected. */
   maxBufferedBytes: number;
+  /** Which hub `npm start` runs: the `ws` sample (default) or the Socket.IO one. */
+  hub: "ws" | "socket.io";
+  /** Socket.IO only: servers sharing this Redis share broadcasts (`@socket.io/redis-adapter`). */
+  redisUrl: string | undefined;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -91,6 +95,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
     env.DEV_SIGN_IN === undefined ? !production && loopback : env.DEV_SIGN_IN === "1";
   if (devSignIn && production)
     throw new ConfigError("DEV_SIGN_IN cannot be enabled when NODE_ENV=production");
+  const hub = env.HUB || "ws";
+  if (hub !== "ws" && hub !== "socket.io")
+    throw new ConfigError(`HUB must be "ws" or "socket.io", got ${JSON.stringify(hub)}`);
+  const redisUrl = env.REDIS_URL?.trim() || undefined;
+  if (redisUrl !== undefined && hub !== "socket.io")
+    throw new ConfigError(
+      "REDIS_URL is only used with HUB=socket.io (the ws sample is one process)",
+    );
+  if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl))
+    throw new ConfigError(
+      `REDIS_URL must start with redis:// or rediss://, got ${JSON.stringify(redisUrl)}`,
+    );
   return {
     connectionString,
     azuritePort,
@@ -106,6 +122,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
     },
     devSignIn,
     maxBufferedBytes: integer(env, "MAX_BUFFERED_BYTES", 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
+    hub,
+    redisUrl,
   };
 }
 

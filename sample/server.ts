@@ -1,7 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { WsGroups } from "../adapters/hubs/ws.js";
@@ -12,8 +11,9 @@ import {
   type MembershipStore,
   MembershipSync,
 } from "../adapters/index.js";
-import { authenticate, configurePassport, mintToken, type Principal } from "./auth.js";
+import { authenticate, configurePassport, type Principal } from "./auth.js";
 import { connectionStringOf, type SampleConfig } from "./config.js";
+import { commonRoute, httpServer, listen, sendJson } from "./http.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 export const MAX_FRAME_BYTES = 64 * 1024;
@@ -208,24 +208,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
 
   async function onRequest(req: IncomingMessage, res: ServerResponse) {
     const url = new URL(req.url ?? "/", "http://localhost");
-    const json = (status: number, body: object) => {
-      res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
-      res.end(JSON.stringify(body));
-    };
+    const json = (status: number, body: object) => sendJson(res, status, body);
     if (req.method !== "GET" && req.method !== "HEAD")
       return json(405, { error: "method_not_allowed" });
-    if (url.pathname === "/healthz") {
-      try {
-        await store.isMember("healthz", "healthz");
-        return json(200, { ok: true });
-      } catch (e) {
-        return json(503, { ok: false, error: e instanceof MembershipError ? e.code : "error" });
-      }
-    }
-    if (url.pathname === "/stats") {
-      const { heapUsed, rss } = process.memoryUsage();
-      return json(200, { connections: wss.clients.size, slowConsumersDropped, heapUsed, rss });
-    }
+    const stats = () => ({ connections: wss.clients.size, slowConsumersDropped });
+    if (await commonRoute(req, res, { config, store, stats })) return;
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
     }
@@ -239,16 +226,6 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         expiresAt: new Date(principal.expiresAt).toISOString(),
       });
     }
-    if (url.pathname === "/token") {
-      if (!config.devSignIn) return json(403, { error: "dev_sign_in_disabled" });
-      const user = url.searchParams.get("user");
-      if (!isValidName(user)) return json(400, { error: "bad_request" });
-      return json(200, { token: mintToken(config.jwt, user, 3600) });
-    }
-    if (url.pathname === "/favicon.ico") {
-      res.writeHead(204);
-      return res.end();
-    }
     if (url.pathname === "/") {
       const page = await readFile(PAGE).catch(() => undefined);
       if (page === undefined) return json(404, { error: "not_found" });
@@ -261,24 +238,12 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     return json(404, { error: "not_found" });
   }
 
-  const server = createServer((req, res) => {
-    onRequest(req, res).catch((e: unknown) => {
-      console.error(`request failed: ${String(e)}`);
-      if (!res.headersSent) res.writeHead(500);
-      res.end();
-    });
-  });
+  const server = httpServer(onRequest);
   server.on("upgrade", (req, socket, head) => void onUpgrade(req, socket, head));
-  server.listen(config.port, config.host);
-  await new Promise<void>((resolve, reject) => {
-    server.once("listening", resolve);
-    server.once("error", reject);
-  });
-  const { port } = server.address() as AddressInfo;
-  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  const url = await listen(server, config);
 
   return {
-    url: `http://${host}:${port}`,
+    url,
     store,
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));

@@ -5,6 +5,7 @@
 import { type Azurite, startAzurite } from "./azurite.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { startHubServer } from "./server.js";
+import { startSocketIoServer } from "./socket-io-server.js";
 
 async function main() {
   let config = loadConfig();
@@ -25,13 +26,16 @@ async function main() {
     // The port Azurite really got (AZURITE_PORT=0 picks a free one).
     config = { ...config, connectionString: azurite.connectionString };
   }
-  const server = await startHubServer(config).catch(async (error: unknown) => {
+  const start = config.hub === "socket.io" ? startSocketIoServer : startHubServer;
+  const server = await start(config).catch(async (error: unknown) => {
     await azurite?.stop();
     throw error;
   });
-  console.log(
-    `hub-membership sample listening on ${server.url} (WebSocket: ${server.url.replace("http", "ws")}/hub)`,
-  );
+  const endpoint =
+    config.hub === "socket.io"
+      ? `Socket.IO, websocket transport${config.redisUrl ? ", Redis adapter" : ""}`
+      : `WebSocket: ${server.url.replace("http", "ws")}/hub`;
+  console.log(`hub-membership sample listening on ${server.url} (${endpoint})`);
   if (config.devSignIn) console.log("dev sign-in is on: GET /token?user=<name> mints a token");
 
   let stopping = false;

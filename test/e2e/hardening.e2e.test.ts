@@ -13,13 +13,13 @@ import {
   type RunningSample,
   type SampleEnv,
   sampleEnv,
+  sleep,
   startSample,
   token,
   upgradeStatus,
   useClients,
 } from "../support/sample.js";
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const connect = useClients();
 
 /** Connects again and again until a welcome arrives (the server may still be starting). */

@@ -5,9 +5,11 @@ import { TableClient } from "@azure/data-tables";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import {
   admin,
+  isRemoved,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
+  sleep,
   startSample,
   token,
   upgradeStatus,
@@ -15,10 +17,6 @@ import {
 } from "../support/sample.js";
 
 const connect = useClients();
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const isRemoved = (group: string) => (m: { type: string; group?: unknown }) =>
-  m.type === "removed" && m.group === group;
 
 describe("sample hub, end to end", { timeout: 60_000 }, () => {
   let env: SampleEnv;

@@ -131,26 +131,77 @@ export function token(
 
 export type ServerMessage = { type: string; [key: string]: unknown };
 
-/** A real WebSocket client that records every frame it receives. */
-export class Client {
+export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Matches the `removed` message of `group`. */
+export const isRemoved = (group: string) => (m: ServerMessage) =>
+  m.type === "removed" && m.group === group;
+
+/** Runs `admin grant` and expects it to succeed. */
+export async function grant(env: SampleEnv, user: string, group: string, ...options: string[]) {
+  const result = await admin(env, "grant", user, group, ...options);
+  expect(result.code, result.stderr).toBe(0);
+}
+
+/** Records what a client receives and waits for it. */
+export abstract class Recorder {
   readonly messages: ServerMessage[] = [];
-  readonly ws: WebSocket;
-  readonly closed: Promise<{ code: number; reason: string }>;
   #waiters: Array<() => void> = [];
 
+  protected abstract get isClosed(): boolean;
+
+  protected record(message: ServerMessage): void {
+    this.messages.push(message);
+    for (const wake of this.#waiters.splice(0)) wake();
+  }
+
+  get welcome(): ServerMessage {
+    return this.messages.find((m) => m.type === "welcome") as ServerMessage;
+  }
+
+  /** Waits for the first message (received so far or later) that `matches`. */
+  async next(matches: (m: ServerMessage) => boolean, timeout = 10_000): Promise<ServerMessage> {
+    const deadline = Date.now() + timeout;
+    for (;;) {
+      const found = this.messages.find(matches);
+      if (found) return found;
+      if (this.isClosed) throw new Error("socket closed while waiting");
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`timed out; received: ${JSON.stringify(this.messages)}`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left);
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  abstract close(): void;
+}
+
+/** A real WebSocket client that records every frame it receives. */
+export class Client extends Recorder {
+  readonly ws: WebSocket;
+  readonly closed: Promise<{ code: number; reason: string }>;
+
   private constructor(ws: WebSocket) {
+    super();
     this.ws = ws;
     this.closed = new Promise((resolve) =>
       ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
     );
     ws.on("message", (data, isBinary) => {
       // The protocol is JSON in text frames: a binary frame is a bug, recorded so tests fail.
-      const message = isBinary
-        ? { type: "BINARY FRAME" }
-        : (JSON.parse(data.toString()) as ServerMessage);
-      this.messages.push(message);
-      for (const wake of this.#waiters.splice(0)) wake();
+      this.record(
+        isBinary ? { type: "BINARY FRAME" } : (JSON.parse(data.toString()) as ServerMessage),
+      );
     });
+  }
+
+  protected get isClosed(): boolean {
+    return this.ws.readyState === WebSocket.CLOSED;
   }
 
   /** Connects with the token in the Authorization header (or the query string) and waits for `welcome`. */
@@ -168,31 +219,8 @@ export class Client {
     return client;
   }
 
-  get welcome(): ServerMessage {
-    return this.messages.find((m) => m.type === "welcome") as ServerMessage;
-  }
-
   send(message: unknown): void {
     this.ws.send(typeof message === "string" ? message : JSON.stringify(message));
-  }
-
-  /** Waits for the first message (received so far or later) that `matches`. */
-  async next(matches: (m: ServerMessage) => boolean, timeout = 10_000): Promise<ServerMessage> {
-    const deadline = Date.now() + timeout;
-    for (;;) {
-      const found = this.messages.find(matches);
-      if (found) return found;
-      if (this.ws.readyState === WebSocket.CLOSED) throw new Error("socket closed while waiting");
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out; received: ${JSON.stringify(this.messages)}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
   }
 
   close(): void {

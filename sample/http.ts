@@ -1,0 +1,77 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
+import { mintToken } from "./auth.js";
+import type { SampleConfig } from "./config.js";
+
+export function sendJson(res: ServerResponse, status: number, body: object): void {
+  res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
+  res.end(JSON.stringify(body));
+}
+
+/**
+ * The routes both sample hubs serve: /healthz (the store answers), /stats (`stats()` plus heap and
+ * RSS), the dev sign-in /token, and /favicon.ico. Returns false for any other path.
+ */
+export async function commonRoute(
+  req: IncomingMessage,
+  res: ServerResponse,
+  context: { config: SampleConfig; store: MembershipStore; stats: () => object },
+): Promise<boolean> {
+  const url = new URL(req.url ?? "/", "http://localhost");
+  switch (url.pathname) {
+    case "/healthz":
+      try {
+        await context.store.isMember("healthz", "healthz");
+        sendJson(res, 200, { ok: true });
+      } catch (e) {
+        sendJson(res, 503, { ok: false, error: e instanceof MembershipError ? e.code : "error" });
+      }
+      return true;
+    case "/stats": {
+      const { heapUsed, rss } = process.memoryUsage();
+      sendJson(res, 200, { ...context.stats(), heapUsed, rss });
+      return true;
+    }
+    case "/token": {
+      if (!context.config.devSignIn) sendJson(res, 403, { error: "dev_sign_in_disabled" });
+      else {
+        const user = url.searchParams.get("user");
+        if (!isValidName(user)) sendJson(res, 400, { error: "bad_request" });
+        else sendJson(res, 200, { token: mintToken(context.config.jwt, user, 3600) });
+      }
+      return true;
+    }
+    case "/favicon.ico":
+      res.writeHead(204);
+      res.end();
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** An HTTP server for an async handler: a handler that fails is logged and answered 500. */
+export function httpServer(
+  handler: (req: IncomingMessage, res: ServerResponse) => Promise<unknown>,
+): Server {
+  return createServer((req, res) => {
+    handler(req, res).catch((e: unknown) => {
+      console.error(`request failed: ${String(e)}`);
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  });
+}
+
+/** Listens on the configured host and port; resolves to the server's URL. */
+export async function listen(server: Server, config: SampleConfig): Promise<string> {
+  server.listen(config.port, config.host);
+  await new Promise<void>((resolve, reject) => {
+    server.once("listening", resolve);
+    server.once("error", reject);
+  });
+  const { port } = server.address() as AddressInfo;
+  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
+  return `http://${host}:${port}`;
+}

@@ -1,0 +1,163 @@
+import { createAdapter } from "@socket.io/redis-adapter";
+import { createClient } from "redis";
+import { Server, type Socket } from "socket.io";
+import { bindSocketIo } from "../adapters/hubs/socket-io.js";
+import { AzureTableMembershipStore, isValidName, MembershipError } from "../adapters/index.js";
+import { authenticate, configurePassport, type Principal } from "./auth.js";
+import { connectionStringOf, type SampleConfig } from "./config.js";
+import { commonRoute, httpServer, listen, sendJson } from "./http.js";
+import type { HubServer } from "./server.js";
+
+const MAX_TIMER = 2 ** 31 - 1;
+
+/** What a client may send; every event takes an acknowledgement callback. */
+interface ClientEvents {
+  send(message: { group: string; text: string }, ack: (reply: Reply) => void): void;
+  join(message: { group: string }, ack: (reply: Reply) => void): void;
+  leave(message: { group: string }, ack: (reply: Reply) => void): void;
+}
+interface ServerEvents {
+  welcome(message: { userId: string; groups: string[] }): void;
+  joined(message: { group: string }): void;
+  removed(message: { group: string; reason: string }): void;
+  message(message: { group: string; from: string; text: string; at: string }): void;
+}
+type Reply = { ok: true } | { error: string; group?: string };
+type SocketData = { principal: Principal };
+type HubSocket = Socket<ClientEvents, ServerEvents, Record<string, never>, SocketData>;
+
+/** The `group` of a client's event payload, if it is a valid name. */
+function groupOf(payload: unknown): string | undefined {
+  const group = (payload as { group?: unknown } | null)?.group;
+  return isValidName(group) ? group : undefined;
+}
+
+/**
+ * The sample hub on Socket.IO (websocket transport only): the same users, groups, JWTs and store
+ * as the `ws` sample, as Socket.IO events. With `config.redisUrl`, servers share broadcasts
+ * through `@socket.io/redis-adapter`.
+ */
+export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
+  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
+    tableName: config.tableName,
+    onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
+  });
+  const auth = configurePassport(config.jwt);
+  let joins = 0;
+  let leaves = 0;
+
+  const http = httpServer(async (req, res) => {
+    const stats = () => ({ connections: io.of("/").sockets.size, joins, leaves });
+    if (!(await commonRoute(req, res, { config, store, stats })))
+      sendJson(res, 404, { error: "not_found" });
+  });
+  const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
+    transports: ["websocket"],
+    maxHttpBufferSize: 64 * 1024,
+    serveClient: false,
+  });
+  let redisUp = false;
+  const redis = config.redisUrl
+    ? createClient({
+        url: config.redisUrl,
+        // Fail the start-up at once if Redis is not there; once it was, ride out its restarts.
+        socket: {
+          reconnectStrategy: (retries, cause) => (redisUp ? Math.min(100 * retries, 2_000) : cause),
+        },
+      })
+    : undefined;
+  const redisSub = redis?.duplicate();
+  if (redis && redisSub) {
+    for (const client of [redis, redisSub])
+      client.on("error", (e: Error) => redisUp && console.error(`redis: ${e.message}`));
+    await Promise.all([redis.connect(), redisSub.connect()]).catch(async (error: unknown) => {
+      for (const client of [redis, redisSub]) if (client.isOpen) client.destroy();
+      await store.close();
+      throw new Error(`cannot reach Redis at ${config.redisUrl}: ${String(error)}`);
+    });
+    redisUp = true;
+    io.adapter(createAdapter(redis, redisSub));
+  }
+
+  // Authentication first: the membership binding below needs to know who the socket is.
+  io.use((socket, next) => {
+    authenticate(auth, socket.request).then(
+      (principal) => {
+        if (principal === undefined || principal.expiresAt <= Date.now())
+          return next(new Error("unauthorized"));
+        socket.data.principal = principal;
+        next();
+      },
+      (e: unknown) => next(e instanceof Error ? e : new Error(String(e))),
+    );
+  });
+  const sync = bindSocketIo(io, {
+    store,
+    userIdOf: (socket: HubSocket) => socket.data.principal.userId,
+    onJoin: (socket, group, reason) => {
+      joins++;
+      if (reason === "granted") socket.emit("joined", { group });
+    },
+    onLeave: (socket, group, reason) => {
+      leaves++;
+      socket.emit("removed", { group, reason: reason ?? "revoked" });
+    },
+    onError: (error) => console.error(`hub binding failed: ${String(error)}`),
+  });
+
+  io.on("connection", (socket) => {
+    const { userId, expiresAt } = socket.data.principal;
+    const expiry = setTimeout(
+      () => socket.disconnect(true),
+      Math.min(expiresAt - Date.now(), MAX_TIMER),
+    );
+    socket.on("disconnect", () => clearTimeout(expiry));
+    socket.emit("welcome", { userId, groups: sync.groupsOfConnection(socket.id) });
+
+    const handle = (payload: unknown, ack: unknown, action: (group: string) => Promise<Reply>) => {
+      const reply = typeof ack === "function" ? (ack as (r: Reply) => void) : () => {};
+      const group = groupOf(payload);
+      if (group === undefined) return reply({ error: "bad_request" });
+      action(group).then(reply, (e: unknown) => {
+        if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
+          return reply({ error: "unavailable" });
+        console.error(`handling an event of ${socket.id} failed: ${String(e)}`);
+        reply({ error: "internal" });
+      });
+    };
+    socket.on("send", (payload, ack) =>
+      handle(payload, ack, async (group) => {
+        const text = (payload as { text?: unknown }).text;
+        if (typeof text !== "string" || !text.isWellFormed()) return { error: "bad_request" };
+        if (!sync.isInGroup(socket.id, group)) return { error: "not_member", group };
+        io.to(group).emit("message", { group, from: userId, text, at: new Date().toISOString() });
+        return { ok: true };
+      }),
+    );
+    socket.on("join", (payload, ack) =>
+      handle(payload, ack, async (group) => {
+        if (!config.openGroups.includes(group)) return { error: "forbidden", group };
+        await sync.grant(userId, group);
+        return { ok: true };
+      }),
+    );
+    socket.on("leave", (payload, ack) =>
+      handle(payload, ack, async (group) =>
+        (await sync.revoke(userId, group, "left")) ? { ok: true } : { error: "not_member", group },
+      ),
+    );
+  });
+
+  const url = await listen(http, config);
+
+  return {
+    url,
+    store,
+    async close() {
+      await io.close(); // disconnects every socket and closes the HTTP server
+      await sync.close();
+      await Promise.all([redis?.quit(), redisSub?.quit()]);
+      await store.close();
+    },
+  };
+}

@@ -1,0 +1,122 @@
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { once } from "node:events";
+import { io, type Socket } from "socket.io-client";
+import { afterEach } from "vitest";
+import { freePort } from "../../sample/azurite.js";
+import { Recorder, type ServerMessage } from "./sample.js";
+
+const EVENTS = ["welcome", "joined", "removed", "message"];
+
+/** A real socket.io-client (websocket transport) recording the sample's events as `{ type, ...payload }`. */
+export class IoClient extends Recorder {
+  readonly socket: Socket;
+
+  private constructor(socket: Socket) {
+    super();
+    this.socket = socket;
+    socket.onAny((event: string, payload: object) => {
+      if (EVENTS.includes(event)) this.record({ type: event, ...payload });
+    });
+  }
+
+  protected get isClosed(): boolean {
+    return !this.socket.connected && !this.socket.active;
+  }
+
+  /** A client, not yet connected: events emitted now are sent once it is. */
+  static open(url: string, bearer: string, via: "header" | "query" = "header"): IoClient {
+    return new IoClient(
+      io(url, {
+        transports: ["websocket"],
+        reconnection: false,
+        forceNew: true,
+        ...(via === "header"
+          ? { extraHeaders: { authorization: `Bearer ${bearer}` } }
+          : { query: { access_token: bearer } }),
+      }),
+    );
+  }
+
+  /** Connects and waits for `welcome`; rejects with the server's reason if it refuses. */
+  static async connect(url: string, bearer: string, via?: "header" | "query"): Promise<IoClient> {
+    const client = IoClient.open(url, bearer, via);
+    const refused = new Promise<never>((_, reject) =>
+      client.socket.once("connect_error", (e) => reject(e)),
+    );
+    await Promise.race([client.next((m) => m.type === "welcome"), refused]);
+    return client;
+  }
+
+  /** Emits an event and resolves to the server's acknowledgement. */
+  request(event: "send" | "join" | "leave", payload: unknown): Promise<ServerMessage> {
+    return this.socket.timeout(10_000).emitWithAck(event, payload);
+  }
+
+  close(): void {
+    this.socket.disconnect();
+  }
+}
+
+/** A `connect` for one test file whose clients are all closed after each test. */
+export function useIoClients() {
+  const clients: IoClient[] = [];
+  afterEach(() => {
+    for (const client of clients.splice(0)) client.close();
+  });
+  return async (...args: Parameters<typeof IoClient.connect>): Promise<IoClient> => {
+    const client = await IoClient.connect(...args);
+    clients.push(client);
+    return client;
+  };
+}
+
+export interface Redis {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * The Redis the scale-out tests use: `REDIS_URL` if set, else a `redis-server` from PATH started
+ * here on a free port with persistence off. Throws a clear error when there is neither.
+ */
+export async function useRedis(): Promise<Redis> {
+  const fromEnv = process.env.REDIS_URL;
+  if (fromEnv) return { url: fromEnv, stop: async () => {} };
+  if (spawnSync("redis-server", ["--version"]).error) {
+    throw new Error(
+      "These tests need a real Redis: set REDIS_URL, or install redis-server " +
+        "(Debian: apt-get install redis-server; .ci/run does) so they can start one.",
+    );
+  }
+  const port = await freePort();
+  const child: ChildProcess = spawn(
+    "redis-server",
+    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  let output = "";
+  child.stdout?.on("data", (chunk: Buffer) => {
+    output += chunk;
+  });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`redis-server did not start:\n${output}`)),
+      10_000,
+    );
+    child.stdout?.on("data", () => {
+      if (output.includes("Ready to accept connections")) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once("exit", () => reject(new Error(`redis-server exited:\n${output}`)));
+  });
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (child.exitCode !== null) return;
+      child.kill("SIGTERM");
+      await once(child, "exit");
+    },
+  };
+}
