@@ -98,11 +98,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
   const hub = env.HUB || "ws";
   if (hub !== "ws" && hub !== "socket.io")
     throw new ConfigError(`HUB must be "ws" or "socket.io", got ${JSON.stringify(hub)}`);
-  const redisUrl = env.REDIS_URL?.trim() || undefined;
-  if (redisUrl !== undefined && hub !== "socket.io")
-    throw new ConfigError(
-      "REDIS_URL is only used with HUB=socket.io (the ws sample is one process)",
-    );
+  // Only the Socket.IO sample uses Redis; the ws sample (and the admin script) ignore REDIS_URL.
+  const redisUrl = hub === "socket.io" ? env.REDIS_URL?.trim() || undefined : undefined;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl))
     throw new ConfigError(
       `REDIS_URL must start with redis:// or rediss://, got ${JSON.stringify(redisUrl)}`,

@@ -149,6 +149,9 @@ describe("Socket.IO sample configuration", { timeout: 60_000 }, () => {
       /configuration error: HUB must be "ws" or "socket.io"/,
     );
     await expect(
+      startSample({ ...env, HUB: "socket.io", REDIS_URL: "http://127.0.0.1:6379" }),
+    ).rejects.toThrow(/configuration error: REDIS_URL must start with redis:\/\//);
+    await expect(
       startSample({ ...env, HUB: "socket.io", REDIS_URL: "redis://127.0.0.1:1" }),
     ).rejects.toThrow(/cannot reach Redis at redis:\/\/127.0.0.1:1/);
   });
