@@ -30,6 +30,14 @@ export interface AddToGroupOptions {
   expiresAt?: Date;
 }
 
+/** One grant of {@link MembershipStore.addMany}. */
+export interface MembershipGrant {
+  readonly userId: string;
+  readonly group: string;
+  /** As in {@link AddToGroupOptions}: absent means never. */
+  readonly expiresAt?: Date;
+}
+
 /**
  * A change to one membership, delivered by {@link MembershipStore.watch}.
  * `added` is delivered for every grant, including a repeated one that only moves `expiresAt`.
@@ -73,6 +81,17 @@ export interface MembershipStore {
    * Emits an `added` change.
    */
   addToGroup(userId: string, group: string, options?: AddToGroupOptions): Promise<void>;
+
+  /**
+   * Grants many memberships, as `addToGroup` would one by one, but batched: a store with
+   * transactions writes the rows of each partition together, with bounded parallelism. Every
+   * grant is validated before anything is written (one bad grant: `INVALID_ARGUMENT`, nothing
+   * changed). A user and group named twice is granted once, as the last of them says.
+   * Idempotent but not atomic: after a failure some grants may have been made; repeating the
+   * call completes it. Emits one `added` change per distinct grant, in the order given.
+   * @returns how many distinct memberships were granted.
+   */
+  addMany(grants: Iterable<MembershipGrant>): Promise<number>;
 
   /**
    * Revokes `userId`'s membership of `group`. Idempotent.

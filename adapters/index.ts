@@ -3,6 +3,7 @@ export type {
   Membership,
   MembershipChange,
   MembershipErrorCode,
+  MembershipGrant,
   MembershipStore,
 } from "./contract.js";
 export { MembershipError } from "./contract.js";

@@ -1,4 +1,9 @@
-import { type AddToGroupOptions, MembershipError } from "./contract.js";
+import {
+  type AddToGroupOptions,
+  type MembershipChange,
+  MembershipError,
+  type MembershipGrant,
+} from "./contract.js";
 
 /** The longest user id or group name, in UTF-16 code units (Azure SignalR Service's group limit). */
 export const MAX_NAME_LENGTH = 1024;
@@ -52,3 +57,45 @@ export function assertOpen(closed: boolean): void {
 /** Ordinal (code unit) comparison, the order of `groupsOf`. */
 export const byGroup = (a: { group: string }, b: { group: string }) =>
   a.group < b.group ? -1 : a.group > b.group ? 1 : 0;
+
+/** The `added` change of a grant (no `expiresAt` key when it never expires). */
+export const addedChange = (
+  userId: string,
+  group: string,
+  expiresAt: Date | undefined,
+): MembershipChange =>
+  expiresAt ? { type: "added", userId, group, expiresAt } : { type: "added", userId, group };
+
+/**
+ * Validates every grant of `addMany` and keeps one per user and group (the last, in the position
+ * of the first), as `added` changes. Throws `INVALID_ARGUMENT` naming the first bad grant.
+ */
+export function readGrants(
+  grants: Iterable<MembershipGrant>,
+): Array<MembershipChange & { type: "added" }> {
+  if (grants === null || typeof grants !== "object" || !(Symbol.iterator in grants)) {
+    throw new MembershipError("INVALID_ARGUMENT", "grants must be an iterable of grants");
+  }
+  const now = Date.now();
+  const unique = new Map<string, MembershipChange & { type: "added" }>();
+  let index = 0;
+  for (const grant of grants) {
+    try {
+      if (grant === null || typeof grant !== "object")
+        throw new MembershipError("INVALID_ARGUMENT", "a grant must be an object");
+      assertName("userId", grant.userId);
+      assertName("group", grant.group);
+      const { userId, group } = grant;
+      const change = addedChange(userId, group, readExpiresAt(grant, now));
+      unique.set(
+        `${userId.length}:${userId}${group}`,
+        change as MembershipChange & { type: "added" },
+      );
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      throw new MembershipError("INVALID_ARGUMENT", `grants[${index}]: ${message}`);
+    }
+    index++;
+  }
+  return [...unique.values()];
+}

@@ -67,6 +67,22 @@ const scenarios: Record<string, Scenario> = {
     gone: [],
     untouched: [["bob", "room"]],
   },
+  addMany: {
+    setup: async (s) => s.addToGroup("bob", "room"),
+    run: (s) =>
+      s.addMany([
+        { userId: "alice", group: "room" },
+        { userId: "carol", group: "room" },
+        { userId: "alice", group: "other" },
+      ]),
+    live: [
+      ["alice", "room"],
+      ["carol", "room"],
+      ["alice", "other"],
+    ],
+    gone: [],
+    untouched: [["bob", "room"]],
+  },
   removeFromGroup: {
     setup: async (s) => {
       await s.addToGroup("alice", "room");

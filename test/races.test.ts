@@ -121,6 +121,7 @@ function jittery(store: InMemoryMembershipStore, random: () => number): Membersh
     };
   return {
     addToGroup: wrap(store.addToGroup.bind(store)),
+    addMany: wrap(store.addMany.bind(store)),
     removeFromGroup: wrap(store.removeFromGroup.bind(store)),
     isMember: wrap(store.isMember.bind(store)),
     groupsOf: wrap(store.groupsOf.bind(store)),

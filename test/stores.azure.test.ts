@@ -45,10 +45,15 @@ describe("AzureTableMembershipStore storage requests per operation", () => {
     expect(await cost(() => store.removeFromGroup("alice", "room"))).toBe(2);
 
     const many = Array.from({ length: 1_001 }, (_, i) => `m${i}`);
-    for (let i = 0; i < many.length; i += 50) {
-      await Promise.all(many.slice(i, i + 50).map((g) => store.addToGroup("big", g)));
-      await Promise.all(many.slice(i, i + 50).map((u) => store.addToGroup(u, "crowd")));
-    }
+    // addMany: per side, one transaction per 100 rows of a partition; the log in 100s.
+    // One user into 1,001 groups: 1,001 index rows (one per partition) + 11 + 11.
+    expect(await cost(() => store.addMany(many.map((group) => ({ userId: "big", group }))))).toBe(
+      1_001 + 11 + 11,
+    );
+    // 1,001 users into one group: 11 index transactions + 1,001 user rows + 11.
+    expect(
+      await cost(() => store.addMany(many.map((userId) => ({ userId, group: "crowd" })))),
+    ).toBe(11 + 1_001 + 11);
     expect(await cost(() => store.groupsOf("big"))).toBe(2); // ceil(1,001 / 1,000) pages
     expect(await cost(() => store.countMembers("crowd"))).toBe(2);
     expect(await cost(() => drain(store.membersOf("crowd")))).toBe(2);

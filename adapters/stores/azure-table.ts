@@ -16,10 +16,18 @@ import type {
   AddToGroupOptions,
   Membership,
   MembershipChange,
+  MembershipGrant,
   MembershipStore,
 } from "../contract.js";
 import { Listeners } from "../listeners.js";
-import { assertName, assertOpen, byGroup, readExpiresAt } from "../validate.js";
+import {
+  addedChange,
+  assertName,
+  assertOpen,
+  byGroup,
+  readExpiresAt,
+  readGrants,
+} from "../validate.js";
 import { ChangeLog } from "./azure-change-log.js";
 import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
 import { groupPartition, toKey, userPartition } from "./azure-keys.js";
@@ -36,7 +44,7 @@ export interface AzureTableMembershipStoreOptions {
   visibilityLagMs?: number;
   /** How long change-log rows are kept before pollers trim them. Default 10 min. */
   changeRetentionMs?: number;
-  /** Most requests in flight at once during `removeUser` and `deleteGroup`. Default 16. */
+  /** Most requests in flight at once during `addMany`, `removeUser`, `deleteGroup` and `repair`. Default 16. */
   concurrency?: number;
   /** Passed to the `TableClient`: retry options, extra pipeline policies, ... */
   clientOptions?: TableServiceClientOptions;
@@ -166,9 +174,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     assertName("userId", userId);
     assertName("group", group);
     const expiresAt = readExpiresAt(options);
-    const change: MembershipChange = expiresAt
-      ? { type: "added", userId, group, expiresAt }
-      : { type: "added", userId, group };
+    const change = addedChange(userId, group, expiresAt);
     await this.#run(async () => {
       const fields = { userId, group, addedAt: new Date(), ...(expiresAt && { expiresAt }) };
       await this.#client.upsertEntity(
@@ -182,6 +188,40 @@ export class AzureTableMembershipStore implements MembershipStore {
       await this.#log.append([change]);
     });
     this.#listeners.emit(change);
+  }
+
+  async addMany(grants: Iterable<MembershipGrant>): Promise<number> {
+    this.#open();
+    const changes = readGrants(grants);
+    if (changes.length === 0) return 0;
+    await this.#run(async () => {
+      const addedAt = new Date();
+      const fields = changes.map(({ userId, group, expiresAt }) => ({
+        userId,
+        group,
+        addedAt,
+        ...(expiresAt && { expiresAt }),
+      }));
+      // addToGroup's order, for all at once: every index row is written before any
+      // authoritative row, and the log after both.
+      await this.#upsertAll(
+        fields.map((f) => ({
+          partitionKey: groupPartition(f.group),
+          rowKey: toKey(f.userId),
+          ...f,
+        })),
+      );
+      await this.#upsertAll(
+        fields.map((f) => ({
+          partitionKey: userPartition(f.userId),
+          rowKey: toKey(f.group),
+          ...f,
+        })),
+      );
+      await this.#log.append(changes);
+    });
+    for (const change of changes) this.#listeners.emit(change);
+    return changes.length;
   }
 
   async removeFromGroup(userId: string, group: string): Promise<boolean> {
@@ -394,6 +434,32 @@ export class AzureTableMembershipStore implements MembershipStore {
     });
     for (const change of changes) this.#listeners.emit(change);
     return changes.length;
+  }
+
+  /** Upserts rows: one transaction per 100 rows of a partition, `concurrency` requests at once. */
+  async #upsertAll(rows: readonly Row[]): Promise<void> {
+    const partitions = new Map<string, Row[]>();
+    for (const row of rows) {
+      const partition = partitions.get(row.partitionKey);
+      if (partition) partition.push(row);
+      else partitions.set(row.partitionKey, [row]);
+    }
+    const tasks: Array<() => Promise<unknown>> = [];
+    for (const partition of partitions.values()) {
+      for (let i = 0; i < partition.length; i += MAX_BATCH) {
+        const batch = partition.slice(i, i + MAX_BATCH);
+        const [only] = batch;
+        tasks.push(
+          batch.length === 1 && only
+            ? () => this.#client.upsertEntity({ ...only }, "Replace")
+            : () =>
+                this.#client.submitTransaction(
+                  batch.map((row): TransactionAction => ["upsert", { ...row }, "Replace"]),
+                ),
+        );
+      }
+    }
+    await Promise.all(tasks.map((task) => this.#limit(task)));
   }
 
   async #deleteBatches(rows: readonly Row[]): Promise<void> {

@@ -2,10 +2,18 @@ import type {
   AddToGroupOptions,
   Membership,
   MembershipChange,
+  MembershipGrant,
   MembershipStore,
 } from "../contract.js";
 import { Listeners } from "../listeners.js";
-import { assertName, assertOpen, byGroup, readExpiresAt } from "../validate.js";
+import {
+  addedChange,
+  assertName,
+  assertOpen,
+  byGroup,
+  readExpiresAt,
+  readGrants,
+} from "../validate.js";
 
 type Index = Map<string, Map<string, Membership>>;
 
@@ -32,9 +40,23 @@ export class InMemoryMembershipStore implements MembershipStore {
     if (expiresAt === undefined) delete (membership as { expiresAt?: Date }).expiresAt;
     put(this.#byUser, userId, group, membership);
     put(this.#byGroup, group, userId, membership);
-    this.#listeners.emit(
-      expiresAt ? { type: "added", userId, group, expiresAt } : { type: "added", userId, group },
-    );
+    this.#listeners.emit(addedChange(userId, group, expiresAt));
+  }
+
+  async addMany(grants: Iterable<MembershipGrant>): Promise<number> {
+    this.#open();
+    const changes = readGrants(grants);
+    const addedAt = new Date();
+    for (const change of changes) {
+      const { userId, group, expiresAt } = change;
+      const membership: Membership = expiresAt
+        ? { userId, group, addedAt, expiresAt }
+        : { userId, group, addedAt };
+      put(this.#byUser, userId, group, membership);
+      put(this.#byGroup, group, userId, membership);
+    }
+    for (const change of changes) this.#listeners.emit(change);
+    return changes.length;
   }
 
   async removeFromGroup(userId: string, group: string): Promise<boolean> {

@@ -247,6 +247,60 @@ export function testMembershipStore(
       expect(await store.countMembers("crowd")).toBe(1_051);
     });
 
+    it("addMany grants in bulk, across partitions and past 100 per partition, once per pair", async () => {
+      const store = await open();
+      const { changes } = watched(store);
+      const expiresAt = new Date(Date.now() + 60_000);
+      const users = Array.from({ length: 250 }, (_, i) => `bulk-user-${i}`);
+      const groups = Array.from({ length: 150 }, (_, i) => `bulk-group-${i}`);
+      const grants = [
+        { userId: "twice", group: "bulk", expiresAt },
+        ...users.map((userId) => ({ userId, group: "bulk" })),
+        ...groups.map((group) => ({ userId: "solo", group, expiresAt })),
+        { userId: "twice", group: "bulk" }, // the last one wins: never expires
+      ];
+      expect(await store.addMany(grants)).toBe(401);
+      expect(changes).toHaveLength(401);
+      expect(changes[0]).toEqual({ type: "added", userId: "twice", group: "bulk" });
+      expect(changes[1]).toEqual({ type: "added", userId: "bulk-user-0", group: "bulk" });
+      expect(await store.countMembers("bulk")).toBe(251);
+      expect((await store.groupsOf("twice"))[0]?.expiresAt).toBeUndefined();
+      const solo = await store.groupsOf("solo");
+      expect(solo.map((m) => m.group)).toEqual([...groups].sort());
+      expect(solo.every((m) => m.expiresAt?.getTime() === expiresAt.getTime())).toBe(true);
+      expect(await store.isMember("bulk-user-249", "bulk")).toBe(true);
+      expect(await store.countMembers("bulk-group-7")).toBe(1);
+
+      expect(await store.addMany(grants)).toBe(401); // idempotent
+      expect(await store.countMembers("bulk")).toBe(251);
+      expect(await store.addMany([])).toBe(0);
+    });
+
+    it("addMany validates every grant first: one bad grant changes nothing", async () => {
+      const store = await open();
+      const { changes } = watched(store);
+      const good = { userId: "alice", group: "room" };
+      const call = store as unknown as { addMany(grants: unknown): Promise<number> };
+      for (const bad of [
+        ...INVALID_NAMES.map((name) => ({ userId: name, group: "room" })),
+        ...INVALID_NAMES.map((name) => ({ userId: "alice", group: name })),
+        { userId: "alice", group: "room", expiresAt: new Date(Date.now() - 1) },
+        { userId: "alice", group: "room", expiresAt: "tomorrow" },
+        null,
+        "alice",
+      ]) {
+        await expectInvalid(() => call.addMany([good, bad]));
+      }
+      for (const notIterable of [undefined, null, 7, { userId: "alice", group: "room" }]) {
+        await expectInvalid(() => call.addMany(notIterable));
+      }
+      await expect(call.addMany([good, { userId: "", group: "room" }])).rejects.toThrow(
+        /grants\[1\]/,
+      );
+      expect(changes).toEqual([]);
+      expect(await store.groupsOf("alice")).toEqual([]);
+    });
+
     it("removeUser removes every membership of the user, on both sides, and only those", async () => {
       const store = await open();
       const groups = Array.from({ length: 130 }, (_, i) => `g${i}`);
