@@ -53,7 +53,7 @@ describe("MembershipSync", () => {
     expect(sync.isInGroup("c1", "c")).toBe(false);
   });
 
-  it("shares one store read among concurrent connects of one user", async () => {
+  it("reads the store once per user: concurrent connects share it, later ones copy a sibling", async () => {
     const { store, sync } = setup(new InMemoryMembershipStore());
     await store.addToGroup("alice", "a");
     const groupsOf = vi.spyOn(store, "groupsOf");
@@ -64,8 +64,17 @@ describe("MembershipSync", () => {
     ]);
     expect(results).toEqual([["a"], ["a"], []]);
     expect(groupsOf.mock.calls).toEqual([["alice"], ["bob"]]);
-    await sync.connect("c4", "alice");
-    expect(groupsOf).toHaveBeenCalledTimes(3);
+    // A later connect copies a settled sibling (kept current by watch) instead of reading.
+    await store.addToGroup("alice", "b");
+    await Promise.resolve();
+    await vi.waitFor(() => expect(sync.groupsOfConnection("c1")).toEqual(["a", "b"]));
+    const calls = groupsOf.mock.calls.length;
+    expect(await sync.connect("c4", "alice")).toEqual(["a", "b"]);
+    expect(groupsOf).toHaveBeenCalledTimes(calls);
+    // Once the user is gone, the next connect reads again.
+    for (const c of ["c1", "c2", "c4"]) sync.disconnect(c);
+    expect(await sync.connect("c5", "alice")).toEqual(["a", "b"]);
+    expect(groupsOf).toHaveBeenCalledTimes(calls + 1);
   });
 
   it("grant and revoke reach every live connection of the user, and only theirs", async () => {

@@ -95,7 +95,9 @@ export class MembershipSync {
 
   /**
    * Registers a connection of `userId` and joins it to every group the store holds for the user.
-   * Concurrent connects of one user share one `groupsOf`.
+   * Concurrent connects of one user share one `groupsOf`; a connect of a user who already has a
+   * settled connection here copies its groups (they are kept current by `watch`) and reads
+   * nothing, so a store is read at most once per user while the user stays connected.
    * @returns the groups the connection is in, sorted.
    * @throws MembershipError `INVALID_ARGUMENT` for a bad user id or a connection id already
    * connected; the store's error when the read fails (the connection is then not registered).
@@ -110,9 +112,20 @@ export class MembershipSync {
     this.#connections.set(connectionId, connection);
     this.#user(userId).connections.add(connectionId);
     try {
-      // A read in flight covers this connection too; one that already applied does not.
-      await (this.#users.get(userId)?.loop ?? this.#read(userId));
-      if (!connection.initialized) await this.#read(userId);
+      const user = this.#user(userId);
+      const sibling = user.loop === undefined ? this.#settledSibling(user, connection) : undefined;
+      if (sibling !== undefined) {
+        // No read in flight, so the sibling holds the last read plus every hint since: exactly
+        // what a new read would be kept at. Copying it spares the store one read per connection.
+        const now = Date.now();
+        for (const [group, expiresAt] of sibling.groups)
+          if (expiresAt === undefined || expiresAt > now) connection.groups.set(group, expiresAt);
+        connection.initialized = true;
+      } else {
+        // A read in flight covers this connection too; one that already applied does not.
+        await (user.loop ?? this.#read(userId));
+        if (!connection.initialized) await this.#read(userId);
+      }
     } catch (error) {
       this.disconnect(connectionId);
       throw error;
@@ -123,6 +136,15 @@ export class MembershipSync {
       [...connection.groups.keys()].map((g) => this.#join(connectionId, g, "connect")),
     );
     return this.groupsOfConnection(connectionId);
+  }
+
+  /** Another connection of the user that a read has initialized, if any. */
+  #settledSibling(user: User, self: Connection): Connection | undefined {
+    for (const id of user.connections) {
+      const other = this.#connections.get(id);
+      if (other !== undefined && other !== self && other.initialized) return other;
+    }
+    return undefined;
   }
 
   /** Forgets a connection. Idempotent; the hub is not called (the connection is gone). */
