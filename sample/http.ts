@@ -1,8 +1,46 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
-import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
+import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import {
+  AzureTableMembershipStore,
+  isValidName,
+  MembershipError,
+  type MembershipStore,
+} from "../adapters/index.js";
 import { mintToken } from "./auth.js";
-import type { SampleConfig } from "./config.js";
+import { connectionStringOf, type SampleConfig } from "./config.js";
+
+/** Storage requests a server sent, split into change-log polls and everything else. */
+export interface StorageRequests {
+  membership: number;
+  changeLog: number;
+}
+
+/**
+ * The server's store, with a pipeline policy counting its requests (reported by /stats: the
+ * connect-storm benchmark checks one read per user).
+ */
+export function openStore(config: SampleConfig): {
+  store: AzureTableMembershipStore;
+  requests: StorageRequests;
+} {
+  const requests: StorageRequests = { membership: 0, changeLog: 0 };
+  const counter: PipelinePolicy = {
+    name: "hub-membership-sample-request-counter",
+    sendRequest(request, next) {
+      // Change-log queries filter on its partition, `c:` (see adapters/stores/azure-change-log.ts).
+      if (decodeURIComponent(request.url).includes("PartitionKey eq 'c:'")) requests.changeLog++;
+      else requests.membership++;
+      return next(request);
+    },
+  };
+  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
+    tableName: config.tableName,
+    clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
+    onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
+  });
+  return { store, requests };
+}
 
 export function sendJson(res: ServerResponse, status: number, body: object): void {
   res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
@@ -10,8 +48,9 @@ export function sendJson(res: ServerResponse, status: number, body: object): voi
 }
 
 /**
- * The routes both sample hubs serve: /healthz (the store answers), /stats (`stats()` plus heap and
- * RSS), the dev sign-in /token, and /favicon.ico. Returns false for any other path.
+ * The routes both sample hubs serve: /healthz (the store answers), /stats (`stats()` plus heap,
+ * RSS and CPU time; `?gc=1` collects garbage first when node runs with --expose-gc), the dev
+ * sign-in /token, and /favicon.ico. Returns false for any other path.
  */
 export async function commonRoute(
   req: IncomingMessage,
@@ -29,8 +68,10 @@ export async function commonRoute(
       }
       return true;
     case "/stats": {
+      if (url.searchParams.get("gc") === "1") globalThis.gc?.();
       const { heapUsed, rss } = process.memoryUsage();
-      sendJson(res, 200, { ...context.stats(), heapUsed, rss });
+      const { user, system } = process.cpuUsage();
+      sendJson(res, 200, { ...context.stats(), heapUsed, rss, cpuMicros: user + system });
       return true;
     }
     case "/token": {

@@ -5,15 +5,14 @@ import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { WsGroups } from "../adapters/hubs/ws.js";
 import {
-  AzureTableMembershipStore,
   isValidName,
   MembershipError,
   type MembershipStore,
   MembershipSync,
 } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
-import { connectionStringOf, type SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, sendJson } from "./http.js";
+import type { SampleConfig } from "./config.js";
+import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 export const MAX_FRAME_BYTES = 64 * 1024;
@@ -63,10 +62,7 @@ export interface HubServer {
 
 /** Starts the sample hub: HTTP (page, /healthz, dev /token) and the WebSocket endpoint /hub. */
 export async function startHubServer(config: SampleConfig): Promise<HubServer> {
-  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
-    tableName: config.tableName,
-    onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
-  });
+  const { store, requests } = openStore(config);
   const auth = configurePassport(config.jwt);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
 
@@ -211,7 +207,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     const json = (status: number, body: object) => sendJson(res, status, body);
     if (req.method !== "GET" && req.method !== "HEAD")
       return json(405, { error: "method_not_allowed" });
-    const stats = () => ({ connections: wss.clients.size, slowConsumersDropped });
+    const stats = () => ({
+      connections: wss.clients.size,
+      slowConsumersDropped,
+      storageRequests: requests,
+    });
     if (await commonRoute(req, res, { config, store, stats })) return;
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });

@@ -2,10 +2,10 @@ import { createAdapter } from "@socket.io/redis-adapter";
 import { createClient } from "redis";
 import { Server, type Socket } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
-import { AzureTableMembershipStore, isValidName, MembershipError } from "../adapters/index.js";
+import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
-import { connectionStringOf, type SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, sendJson } from "./http.js";
+import type { SampleConfig } from "./config.js";
+import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 import type { HubServer } from "./server.js";
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -38,16 +38,18 @@ function groupOf(payload: unknown): string | undefined {
  * through `@socket.io/redis-adapter`.
  */
 export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
-  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
-    tableName: config.tableName,
-    onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
-  });
+  const { store, requests } = openStore(config);
   const auth = configurePassport(config.jwt);
   let joins = 0;
   let leaves = 0;
 
   const http = httpServer(async (req, res) => {
-    const stats = () => ({ connections: io.of("/").sockets.size, joins, leaves });
+    const stats = () => ({
+      connections: io.of("/").sockets.size,
+      joins,
+      leaves,
+      storageRequests: requests,
+    });
     if (!(await commonRoute(req, res, { config, store, stats })))
       sendJson(res, 404, { error: "not_found" });
   });

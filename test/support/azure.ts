@@ -5,25 +5,12 @@ import {
   type AzureTableMembershipStoreOptions,
 } from "../../adapters/index.js";
 
+export { requestCounter } from "./request-counter.js";
+
 let tables = 0;
 
 /** A table name no other test uses. */
 export const freshTableName = () => `t${process.pid}x${Date.now().toString(36)}x${tables++}`;
-
-/** A pipeline policy that counts every storage request sent, retries included. */
-export function requestCounter() {
-  const counter = {
-    count: 0,
-    policy: {
-      name: "countRequests",
-      sendRequest(request, next) {
-        counter.count++;
-        return next(request);
-      },
-    } satisfies PipelinePolicy,
-  };
-  return counter;
-}
 
 const tableNames = new WeakMap<AzureTableMembershipStore, string>();
 

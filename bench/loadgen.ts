@@ -1,0 +1,188 @@
+/**
+ * The load generator: its own process, so its CPU and memory are not the server's. Speaks the
+ * `ws` sample's protocol or Socket.IO's (Engine.IO 4 over a raw WebSocket, the same client code
+ * for both, so the comparison measures the servers). Connects only to 127.0.0.1.
+ *
+ *   node --import tsx bench/loadgen.ts '{"mode":"connect",...}'   (see Params)
+ *
+ * Prints one JSON line with the result. It pauses (prints {"<step>":true,...} and waits for a line
+ * on stdin) when connected before a fan-out, and, with `hold`, before closing.
+ */
+import { createInterface } from "node:readline";
+import jwt from "jsonwebtoken";
+import WebSocket from "ws";
+
+interface Params {
+  mode: "connect" | "fanout";
+  /** http://127.0.0.1:PORT of the server. */
+  url: string;
+  hub: "ws" | "socket.io";
+  secret: string;
+  /** Users, each connected `perUser` times (adjacent). */
+  users: string[];
+  perUser: number;
+  /** Connections opening at once. */
+  window: number;
+  hold?: boolean;
+  /** fanout: the group every connection is in, how many messages, their text size, in flight. */
+  group?: string;
+  messages?: number;
+  textBytes?: number;
+  inFlight?: number;
+  /** Give up after this long. */
+  timeoutMs: number;
+}
+
+const params = JSON.parse(process.argv[2] ?? "{}") as Params;
+if (!/^http:\/\/127\.0\.0\.1:\d+$/.test(params.url)) throw new Error("loopback URLs only");
+setTimeout(() => {
+  console.log(JSON.stringify({ error: `timed out after ${params.timeoutMs} ms` }));
+  process.exit(1);
+}, params.timeoutMs).unref();
+
+const MESSAGE = Buffer.from(params.hub === "ws" ? '{"type":"message"' : '42["message"');
+const WELCOME = Buffer.from(params.hub === "ws" ? '{"type":"welcome"' : '42["welcome"');
+const startsWith = (data: Buffer, prefix: Buffer) =>
+  data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+
+const token = (userId: string) =>
+  jwt.sign({}, params.secret, {
+    algorithm: "HS256",
+    subject: userId,
+    expiresIn: 3600,
+    issuer: "hub-membership-sample",
+    audience: "hub-membership-sample",
+  });
+
+interface Connection {
+  ws: WebSocket;
+  messages: number;
+  welcomeMs: number;
+}
+
+let delivered = 0;
+let onDelivery: () => void = () => {};
+
+/** Opens one connection; resolves when its `welcome` arrives. */
+function open(userId: string): Promise<Connection> {
+  const started = performance.now();
+  const endpoint =
+    params.hub === "ws"
+      ? `${params.url.replace("http", "ws")}/hub`
+      : `${params.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`;
+  const ws = new WebSocket(endpoint, {
+    headers: { authorization: `Bearer ${token(userId)}` },
+    perMessageDeflate: false,
+  });
+  const connection: Connection = { ws, messages: 0, welcomeMs: 0 };
+  return new Promise((resolve, reject) => {
+    ws.once("error", reject);
+    ws.once("close", (code) => reject(new Error(`closed with ${code} before welcome`)));
+    ws.on("message", (data: Buffer) => {
+      if (startsWith(data, MESSAGE)) {
+        connection.messages++;
+        delivered++;
+        onDelivery();
+      } else if (startsWith(data, WELCOME)) {
+        connection.welcomeMs = performance.now() - started;
+        ws.removeAllListeners("close");
+        resolve(connection);
+      } else if (params.hub === "socket.io") {
+        const text = data.toString();
+        if (text === "2")
+          ws.send("3"); // Engine.IO ping → pong
+        else if (text.startsWith("0")) ws.send("40"); // open → connect to the main namespace
+      }
+    });
+  });
+}
+
+/** Opens every connection, `window` at a time, each user's connections one after the other. */
+async function openAll(): Promise<{ connections: Connection[]; ms: number; failed: number }> {
+  const queue = params.users.flatMap((user) => Array<string>(params.perUser).fill(user));
+  const connections: Connection[] = [];
+  let failed = 0;
+  let next = 0;
+  const started = performance.now();
+  const worker = async () => {
+    while (next < queue.length) {
+      const user = queue[next++] as string;
+      try {
+        connections.push(await open(user));
+      } catch {
+        failed++;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(params.window, queue.length) }, worker));
+  return { connections, ms: performance.now() - started, failed };
+}
+
+function quantile(samples: number[], q: number) {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? 0;
+}
+
+/** One sender sends `messages` to the group, `inFlight` at a time; every connection counts them. */
+async function fanout(connections: Connection[]) {
+  const sender = connections[0];
+  if (sender === undefined) throw new Error("no connection");
+  const total = (params.messages ?? 0) * connections.length;
+  const text = "x".repeat(params.textBytes ?? 100);
+  const frame =
+    params.hub === "ws"
+      ? JSON.stringify({ type: "send", group: params.group, text })
+      : `42${JSON.stringify(["send", { group: params.group, text }])}`;
+  let sent = 0;
+  const started = performance.now();
+  await new Promise<void>((resolve) => {
+    const pump = () => {
+      while (sent < (params.messages ?? 0) && sent - sender.messages < (params.inFlight ?? 10)) {
+        sender.ws.send(frame);
+        sent++;
+      }
+    };
+    onDelivery = () => {
+      if (delivered >= total) resolve();
+      else pump();
+    };
+    pump();
+  });
+  const ms = performance.now() - started;
+  return { deliveries: delivered, ms, perSecond: (delivered / ms) * 1000 };
+}
+
+const stdin = createInterface({ input: process.stdin });
+const lines = stdin[Symbol.asyncIterator]();
+
+/** Says `{ [step]: true, ...result }` and waits for a line on stdin: the runner reads the server's stats meanwhile. */
+async function pause(step: string, result: object) {
+  console.log(JSON.stringify({ [step]: true, ...result }));
+  await lines.next();
+}
+
+async function main() {
+  const { connections, ms, failed } = await openAll();
+  const welcome = connections.map((c) => c.welcomeMs);
+  const opened = {
+    connections: connections.length,
+    failed,
+    ms,
+    welcomeP50: quantile(welcome, 0.5),
+    welcomeP99: quantile(welcome, 0.99),
+  };
+  let result: object = opened;
+  if (params.mode === "fanout") {
+    await pause("connected", opened);
+    result = { ...opened, ...(await fanout(connections)) };
+  }
+  if (params.hold) await pause("ready", result);
+  stdin.close();
+  for (const c of connections) c.ws.terminate();
+  console.log(JSON.stringify(result));
+}
+
+main().catch((error: unknown) => {
+  console.log(JSON.stringify({ error: String(error) }));
+  process.exit(1);
+});

@@ -1,0 +1,98 @@
+/**
+ * `npm run bench [-- --quick] [-- --only <name>,...]`: every benchmark against an Azurite started
+ * for the run (in memory, random port); one table on stdout, the same figures in
+ * bench/results.json.
+ */
+import { writeFile } from "node:fs/promises";
+import { cpus } from "node:os";
+import { parseArgs } from "node:util";
+import { startAzurite } from "../sample/azurite.js";
+import bulkGrant from "./bulk-grant.js";
+import connectStorm from "./connect-storm.js";
+import fanOut from "./fan-out.js";
+import idleMemory from "./idle-memory.js";
+import type { Benchmark, Row } from "./lib.js";
+import rehydrate from "./rehydrate.js";
+import revoke from "./revoke.js";
+
+const BENCHMARKS: Record<string, Benchmark> = {
+  rehydrate,
+  "connect-storm": connectStorm,
+  "fan-out": fanOut,
+  revoke,
+  "bulk-grant": bulkGrant,
+  "idle-memory": idleMemory,
+};
+
+function table(rows: readonly Row[]): string {
+  const cells = rows.map((r) => [
+    r.benchmark,
+    r.case,
+    `${r.value.toLocaleString("en")} ${r.unit}`,
+    r.p99 === undefined ? "" : `${r.p99.toLocaleString("en")} ${r.unit}`,
+    r.baseline ? `${r.baseline.label}: ${r.baseline.value.toLocaleString("en")}` : "",
+    r.ratio === undefined ? "" : `${r.ratio}×`,
+    r.target ? `${r.target} ${r.met ? "✓" : "✗"}` : "",
+  ]);
+  const header = ["benchmark", "case", "median / result", "p99", "comparison", "ratio", "target"];
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length)));
+  const line = (c: string[]) => `| ${c.map((v, i) => v.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: { quick: { type: "boolean", default: false }, only: { type: "string" } },
+  });
+  const only = values.only?.split(",") ?? Object.keys(BENCHMARKS);
+  const unknown = only.filter((name) => !(name in BENCHMARKS));
+  if (unknown.length > 0) {
+    throw new Error(
+      `unknown benchmark ${unknown.join(", ")}; have ${Object.keys(BENCHMARKS).join(", ")}`,
+    );
+  }
+  const quick = values.quick;
+  const azurite = await startAzurite();
+  const started = performance.now();
+  const rows: Row[] = [];
+  let tables = 0;
+  try {
+    for (const name of only) {
+      const benchmark = BENCHMARKS[name] as Benchmark;
+      const t = performance.now();
+      process.stderr.write(`${name}${quick ? " (quick)" : ""} … `);
+      rows.push(
+        ...(await benchmark({
+          quick,
+          connectionString: azurite.connectionString,
+          table: () => `bench${Date.now().toString(36)}x${tables++}`,
+        })),
+      );
+      process.stderr.write(`${((performance.now() - t) / 1_000).toFixed(1)} s\n`);
+    }
+  } finally {
+    await azurite.stop();
+  }
+  const cpu = cpus();
+  const machine = {
+    cpu: cpu[0]?.model.trim() ?? "unknown",
+    cores: cpu.length,
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+  };
+  const seconds = (performance.now() - started) / 1_000;
+  console.log(table(rows));
+  console.log(
+    `\n${machine.cpu}, ${machine.cores} cores, Node ${machine.node}; ${quick ? "quick" : "full"} run in ${seconds.toFixed(0)} s`,
+  );
+  const results = { date: new Date().toISOString(), quick, seconds, machine, rows };
+  await writeFile(
+    new URL("./results.json", import.meta.url),
+    `${JSON.stringify(results, null, 2)}\n`,
+  );
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exit(1);
+});
