@@ -4,7 +4,14 @@
  * the load generator, and reads the server's /stats before and while the connections are held.
  */
 import { sampleEnv, startSample } from "../test/support/processes.js";
-import { type BenchContext, benchStore, loadgen, serverStats, sleep } from "./lib.js";
+import {
+  type BenchContext,
+  benchStore,
+  loadgen,
+  serverNodeArgs,
+  serverStats,
+  sleep,
+} from "./lib.js";
 
 export interface ConnectResult {
   connections: number;
@@ -39,7 +46,7 @@ export async function connectMany(
   // Past the change log's visibility window, so the server does not start by replaying the setup.
   await sleep(5_500);
 
-  const server = await startSample(env, { nodeArgs: ["--expose-gc"] });
+  const server = await startSample(env, { nodeArgs: serverNodeArgs() });
   try {
     const before = await serverStats(server.url, true);
     let held: Awaited<ReturnType<typeof serverStats>> | undefined;
@@ -70,6 +77,7 @@ export async function connectMany(
       },
     );
     if (held === undefined) throw new Error("the load generator never said it was ready");
+    if (process.env.LOADGEN_DEBUG) console.error(server.output().slice(-3000));
     const n = result.connections;
     return {
       ...result,

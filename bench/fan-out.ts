@@ -5,7 +5,15 @@
  * by the same raw-WebSocket load generator in one run.
  */
 import { sampleEnv, startSample } from "../test/support/processes.js";
-import { type Benchmark, benchStore, loadgen, type Row, round, serverStats } from "./lib.js";
+import {
+  type Benchmark,
+  benchStore,
+  loadgen,
+  type Row,
+  round,
+  serverNodeArgs,
+  serverStats,
+} from "./lib.js";
 
 interface FanOut {
   deliveries: number;
@@ -30,7 +38,7 @@ async function fanOut(
   const users = Array.from({ length: members }, (_, i) => `fan-${i}`);
   await store.addMany(users.map((userId) => ({ userId, group: "fan" })));
   await store.close();
-  const server = await startSample(env);
+  const server = await startSample(env, { nodeArgs: serverNodeArgs() });
   try {
     let cpu = 0;
     const result = await loadgen<{ deliveries: number; ms: number; perSecond: number }>(

@@ -50,6 +50,18 @@ export const p99 = (samples: readonly number[]) => quantile(samples, 0.99);
 export const round = (value: number, digits = 2) => Number(value.toFixed(digits));
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/**
+ * Node flags for a sample server under benchmark: `--expose-gc` for /stats?gc=1, and with
+ * BENCH_PROFILE=1 a CPU profile per server process in bench/profiles/ (open it in Chrome DevTools
+ * or summarize it with `node bench/profile-summary.ts FILE`).
+ */
+export function serverNodeArgs(): string[] {
+  const args = ["--expose-gc"];
+  if (process.env.BENCH_PROFILE === "1")
+    args.push("--cpu-prof", `--cpu-prof-dir=${ROOT}bench/profiles`);
+  return args;
+}
+
 /** Milliseconds `operation` takes. */
 export async function timed(operation: () => Promise<unknown>): Promise<number> {
   const start = performance.now();

@@ -11,6 +11,7 @@
 import { createInterface } from "node:readline";
 import jwt from "jsonwebtoken";
 import WebSocket from "ws";
+import { secretKey } from "../sample/auth.js";
 
 interface Params {
   mode: "connect" | "fanout";
@@ -45,8 +46,9 @@ const WELCOME = Buffer.from(params.hub === "ws" ? '{"type":"welcome"' : '42["wel
 const startsWith = (data: Buffer, prefix: Buffer) =>
   data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
 
+const key = secretKey(params.secret);
 const token = (userId: string) =>
-  jwt.sign({}, params.secret, {
+  jwt.sign({}, key, {
     algorithm: "HS256",
     subject: userId,
     expiresIn: 3600,
@@ -164,6 +166,10 @@ async function pause(step: string, result: object) {
 async function main() {
   const { connections, ms, failed } = await openAll();
   const welcome = connections.map((c) => c.welcomeMs);
+  if (process.env.LOADGEN_DEBUG) {
+    const slow = connections.filter((c) => c.welcomeMs > 2_000).length;
+    console.error(`debug: ${slow} connections over 2 s; slowest ${quantile(welcome, 1)} ms; failed ${failed}`);
+  }
   const opened = {
     connections: connections.length,
     failed,

@@ -5,7 +5,16 @@
  */
 import WebSocket from "ws";
 import { sampleEnv, startSample, token } from "../test/support/processes.js";
-import { type Benchmark, benchStore, median, p99, round, sleep, timed } from "./lib.js";
+import {
+  type Benchmark,
+  benchStore,
+  median,
+  p99,
+  round,
+  serverNodeArgs,
+  sleep,
+  timed,
+} from "./lib.js";
 
 /** A connection that resolves waiters when a frame with `type` and `group` arrives. */
 function listen(url: string, bearer: string) {
@@ -43,7 +52,7 @@ function listen(url: string, bearer: string) {
 const revoke: Benchmark = async (ctx) => {
   const env = sampleEnv(ctx.connectionString);
   const { store } = benchStore({ ...ctx, table: () => env.MEMBERSHIP_TABLE });
-  const server = await startSample(env);
+  const server = await startSample(env, { nodeArgs: serverNodeArgs() });
   const revokes = 50;
   const user = "revoked-user";
   const connections = [listen(server.url, token(env, user)), listen(server.url, token(env, user))];
