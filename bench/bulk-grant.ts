@@ -1,14 +1,45 @@
 /**
- * Bulk grant: 10,000 users into one group with `addMany` (entity-group transactions of 100 per
- * partition, 32 requests in flight) against `addToGroup` one at a time.
+ * Bulk grant: users into one group with `addMany` (entity-group transactions of 100 per
+ * partition, 32 requests in flight) against `addToGroup` one at a time. Twice: on Azurite over
+ * loopback as it is, and with 5 ms added to every request, about a round trip to Azure Table
+ * Storage in the same region, where waiting, not Azurite's CPU, is what one-at-a-time costs.
  */
-import { type Benchmark, benchStore, round, timed } from "./lib.js";
+import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import { AzureTableMembershipStore } from "../adapters/index.js";
+import {
+  type BenchContext,
+  type Benchmark,
+  type Row,
+  requestCounter,
+  round,
+  sleep,
+  timed,
+} from "./lib.js";
 
-const bulkGrant: Benchmark = async (ctx) => {
-  const n = ctx.quick ? 2_000 : 10_000;
+function store(ctx: BenchContext, concurrency: number, delayMs: number) {
+  const counter = requestCounter();
+  const delay: PipelinePolicy = {
+    name: "bench-delay",
+    sendRequest: async (request, next) => {
+      await sleep(delayMs);
+      return next(request);
+    },
+  };
+  const policies = delayMs > 0 ? [counter.policy, delay] : [counter.policy];
+  const s = AzureTableMembershipStore.fromConnectionString(ctx.connectionString, {
+    tableName: ctx.table(),
+    concurrency,
+    clientOptions: {
+      additionalPolicies: policies.map((policy) => ({ policy, position: "perRetry" as const })),
+    },
+  });
+  return { store: s, counter };
+}
+
+async function compare(ctx: BenchContext, n: number, delayMs: number): Promise<Row> {
   const users = Array.from({ length: n }, (_, i) => `bulk-${i}`);
-  const batched = benchStore(ctx, { concurrency: 32 });
-  const naive = benchStore(ctx);
+  const batched = store(ctx, 32, delayMs);
+  const naive = store(ctx, 16, delayMs);
   try {
     const batchedMs = await timed(() =>
       batched.store.addMany(users.map((userId) => ({ userId, group: "everyone" }))),
@@ -17,24 +48,28 @@ const bulkGrant: Benchmark = async (ctx) => {
     const naiveMs = await timed(async () => {
       for (const user of users) await naive.store.addToGroup(user, "everyone");
     });
-    if ((await batched.store.countMembers("everyone")) !== n)
-      throw new Error("addMany lost grants");
-    return [
-      {
-        benchmark: "bulk grant",
-        case: `${n.toLocaleString("en")} users into one group: addMany`,
-        value: round(batchedMs / 1_000),
-        unit: "s",
-        baseline: { label: "addToGroup one at a time", value: round(naiveMs / 1_000) },
-        ratio: round(naiveMs / batchedMs, 1),
-        target: "≥ 10× the naive way",
-        met: naiveMs / batchedMs >= 10,
-        details: { batchedRequests, naiveRequests: naive.counter.count },
-      },
-    ];
+    const naiveRequests = naive.counter.count;
+    for (const s of [batched.store, naive.store])
+      if ((await s.countMembers("everyone")) !== n) throw new Error("a grant was lost");
+    return {
+      benchmark: "bulk grant",
+      case: `${n.toLocaleString("en")} users into one group: addMany${delayMs ? `, +${delayMs} ms per request` : ", Azurite as is"}`,
+      value: round(batchedMs / 1_000),
+      unit: "s",
+      baseline: { label: "addToGroup one at a time", value: round(naiveMs / 1_000) },
+      ratio: round(naiveMs / batchedMs, 1),
+      target: "≥ 10× the naive way",
+      met: naiveMs / batchedMs >= 10,
+      details: { batchedRequests, naiveRequests },
+    };
   } finally {
     await Promise.all([batched.store.close(), naive.store.close()]);
   }
-};
+}
+
+const bulkGrant: Benchmark = async (ctx) => [
+  await compare(ctx, ctx.quick ? 2_000 : 10_000, 0),
+  await compare(ctx, ctx.quick ? 300 : 1_000, 5),
+];
 
 export default bulkGrant;

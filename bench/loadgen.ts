@@ -166,10 +166,6 @@ async function pause(step: string, result: object) {
 async function main() {
   const { connections, ms, failed } = await openAll();
   const welcome = connections.map((c) => c.welcomeMs);
-  if (process.env.LOADGEN_DEBUG) {
-    const slow = connections.filter((c) => c.welcomeMs > 2_000).length;
-    console.error(`debug: ${slow} connections over 2 s; slowest ${quantile(welcome, 1)} ms; failed ${failed}`);
-  }
   const opened = {
     connections: connections.length,
     failed,

@@ -3,6 +3,7 @@
  * for the run (in memory, random port); one table on stdout, the same figures in
  * bench/results.json.
  */
+import { once } from "node:events";
 import { writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
@@ -11,7 +12,7 @@ import bulkGrant from "./bulk-grant.js";
 import connectStorm from "./connect-storm.js";
 import fanOut from "./fan-out.js";
 import idleMemory from "./idle-memory.js";
-import type { Benchmark, Row } from "./lib.js";
+import { type Benchmark, type Row, sleep } from "./lib.js";
 import rehydrate from "./rehydrate.js";
 import revoke from "./revoke.js";
 
@@ -52,7 +53,11 @@ async function main() {
     );
   }
   const quick = values.quick;
-  const azurite = await startAzurite();
+  // BENCH_PROFILE=1: a CPU profile of Azurite too, in bench/profiles/azurite/.
+  const profile = process.env.BENCH_PROFILE === "1";
+  const azurite = await startAzurite({
+    nodeArgs: profile ? ["--cpu-prof", "--cpu-prof-dir=bench/profiles/azurite"] : [],
+  });
   const started = performance.now();
   const rows: Row[] = [];
   let tables = 0;
@@ -71,6 +76,11 @@ async function main() {
       process.stderr.write(`${((performance.now() - t) / 1_000).toFixed(1)} s\n`);
     }
   } finally {
+    // Azurite writes its profile only when it exits by itself, which it does on SIGINT.
+    if (profile) {
+      azurite.process.kill("SIGINT");
+      await Promise.race([once(azurite.process, "exit"), sleep(10_000)]);
+    }
     await azurite.stop();
   }
   const cpu = cpus();

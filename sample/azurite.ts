@@ -8,13 +8,18 @@ const DEV_ACCOUNT = "devstoreaccount1";
 const DEV_KEY =
   "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-const BIN = fileURLToPath(new URL("../node_modules/.bin/azurite-table", import.meta.url));
+/** What node_modules/.bin/azurite-table runs: the table service alone. */
+const BIN = fileURLToPath(
+  new URL("../node_modules/azurite/dist/src/table/main.js", import.meta.url),
+);
 
 export interface AzuriteOptions {
   /** TCP port on 127.0.0.1; 0 or absent picks a free one. */
   port?: number;
   /** Workspace folder; absent means in-memory persistence (nothing written to disk). */
   location?: string;
+  /** Node flags for Azurite's process, e.g. `--cpu-prof` (the benchmarks' BENCH_PROFILE). */
+  nodeArgs?: string[];
 }
 
 export interface Azurite {
@@ -49,7 +54,7 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
   for (let attempt = 1; ; attempt++) {
     const port = fixedPort ? (options.port as number) : await freePort();
     try {
-      return await launch(port, options.location);
+      return await launch(port, options.location, options.nodeArgs ?? []);
     } catch (error) {
       // A free port can be taken between probing and binding: try another one.
       if (fixedPort || attempt >= 5) throw error;
@@ -57,7 +62,11 @@ export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurit
   }
 }
 
-async function launch(port: number, location: string | undefined): Promise<Azurite> {
+async function launch(
+  port: number,
+  location: string | undefined,
+  nodeArgs: string[],
+): Promise<Azurite> {
   const args = [
     "--tableHost",
     "127.0.0.1",
@@ -67,7 +76,9 @@ async function launch(port: number, location: string | undefined): Promise<Azuri
     "--silent",
   ];
   args.push(...(location ? ["--location", location] : ["--inMemoryPersistence"]));
-  const child = spawn(BIN, args, { stdio: ["ignore", "pipe", "pipe"] });
+  const child = spawn(process.execPath, [...nodeArgs, BIN, ...args], {
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   let output = "";
   const exited = once(child, "exit");
   await new Promise<void>((resolve, reject) => {

@@ -50,8 +50,9 @@ interface User {
   /** A change arrived since the current read started: read again. */
   dirty: boolean;
   /** Groups a hint removed since the current read started: that read must not bring them back. */
-  readonly removedDuringRead: Set<string>;
-  readonly timers: Map<string, NodeJS.Timeout>;
+  removedDuringRead: Set<string> | undefined;
+  /** Expiry timers by group. Both are created on first use: most users have neither. */
+  timers: Map<string, NodeJS.Timeout> | undefined;
 }
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -234,7 +235,7 @@ export class MembershipSync {
     if (this.#closed || user === undefined) return Promise.resolve();
     if (change.type === "removed") {
       const reason = this.#reasons.get(`${change.userId}\u0000${change.group}`) ?? "revoked";
-      user.removedDuringRead.add(change.group);
+      (user.removedDuringRead ??= new Set()).add(change.group);
       this.#clearTimer(user, change.group);
       for (const connectionId of user.connections) this.#remove(connectionId, change.group, reason);
     }
@@ -256,7 +257,7 @@ export class MembershipSync {
         await Promise.resolve(); // calls of the same tick share the read
         while (user.dirty && !this.#closed && user.connections.size > 0) {
           user.dirty = false;
-          user.removedDuringRead.clear();
+          user.removedDuringRead = undefined;
           this.#apply(user, await this.#store.groupsOf(userId));
         }
       } finally {
@@ -284,7 +285,7 @@ export class MembershipSync {
     const stored = new Map<string, number | undefined>();
     for (const m of memberships) {
       const expiresAt = m.expiresAt?.getTime();
-      if ((expiresAt === undefined || expiresAt > now) && !user.removedDuringRead.has(m.group)) {
+      if ((expiresAt === undefined || expiresAt > now) && !user.removedDuringRead?.has(m.group)) {
         stored.set(m.group, expiresAt);
       }
     }
@@ -303,7 +304,8 @@ export class MembershipSync {
         if (!known && connection.ready) void this.#join(connectionId, group, "granted");
       }
     }
-    for (const group of user.timers.keys()) if (!stored.has(group)) this.#clearTimer(user, group);
+    for (const group of user.timers?.keys() ?? [])
+      if (!stored.has(group)) this.#clearTimer(user, group);
     for (const [group, expiresAt] of stored)
       if (expiresAt !== undefined) this.#schedule(user, group, expiresAt);
   }
@@ -319,7 +321,7 @@ export class MembershipSync {
     this.#clearTimer(user, group);
     const timer = setTimeout(
       () => {
-        user.timers.delete(group);
+        user.timers?.delete(group);
         if (Date.now() < expiresAt) return this.#schedule(user, group, expiresAt);
         for (const connectionId of user.connections) {
           const held = this.#connections.get(connectionId)?.groups.get(group);
@@ -328,12 +330,12 @@ export class MembershipSync {
       },
       Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
     );
-    user.timers.set(group, timer);
+    (user.timers ??= new Map()).set(group, timer);
   }
 
   #clearTimer(user: User, group: string): void {
-    clearTimeout(user.timers.get(group));
-    user.timers.delete(group);
+    clearTimeout(user.timers?.get(group));
+    user.timers?.delete(group);
   }
 
   async #join(connectionId: string, group: string, reason: JoinReason): Promise<void> {
@@ -359,8 +361,8 @@ export class MembershipSync {
         connections: new Set(),
         loop: undefined,
         dirty: false,
-        removedDuringRead: new Set(),
-        timers: new Map(),
+        removedDuringRead: undefined,
+        timers: undefined,
       };
       this.#users.set(userId, user);
     }
@@ -369,7 +371,7 @@ export class MembershipSync {
 
   #dropUser(userId: string): void {
     const user = this.#users.get(userId);
-    for (const timer of user?.timers.values() ?? []) clearTimeout(timer);
+    for (const timer of user?.timers?.values() ?? []) clearTimeout(timer);
     this.#users.delete(userId);
   }
 
