@@ -17,8 +17,9 @@ const connectStorm: Benchmark = async (ctx) => {
       case: `${name}: all welcomed`,
       value: round(r.ms / 1_000),
       unit: "s",
-      target: "≤ 10 s at 5,000",
-      met: r.failed === 0 && r.ms <= 10_000,
+      // The target is for 5,000 connections: a quick run only checks that none failed.
+      target: ctx.quick ? "≤ 10 s at 5,000 (full run)" : "≤ 10 s",
+      met: ctx.quick ? undefined : r.failed === 0 && r.ms <= 10_000,
       details,
     },
     {

@@ -15,8 +15,9 @@ const idleMemory: Benchmark = async (ctx) => {
       case: `${r.connections.toLocaleString("en")} idle connections, 10 groups each: heap`,
       value: round(heapKiB, 1),
       unit: "KiB/conn",
-      target: "≤ 8 KB",
-      met: r.heapPerConnection <= 8_000,
+      // Fixed costs weigh more at 1,000 connections: the target is for the full run's 5,000.
+      target: ctx.quick ? "≤ 8 KB at 5,000 (full run)" : "≤ 8 KB",
+      met: ctx.quick ? undefined : r.heapPerConnection <= 8_000,
     },
     {
       benchmark: "idle memory",

@@ -30,6 +30,7 @@ export interface Row {
   /** How many times better than the baseline (higher is better). */
   ratio?: number;
   target?: string;
+  /** Whether the target was met; absent when this run cannot tell (a quick run's smaller counts). */
   met?: boolean;
   /** Anything else worth keeping in results.json. */
   details?: Record<string, unknown>;

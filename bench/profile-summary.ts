@@ -1,6 +1,6 @@
 /**
  * Summarizes a V8 CPU profile (.cpuprofile, from BENCH_PROFILE=1): the functions that took the
- * most self time, with their share; `--last S` only the last S seconds of the profile (a phase at
+ * most self time, with their share of the busy (not idle) time; `--last S` only the last S seconds of the profile (a phase at
  * the end of a run). `node --import tsx bench/profile-summary.ts FILE [TOP] [--last S]`
  */
 import { readFileSync } from "node:fs";
@@ -33,10 +33,10 @@ const from = t - lastSeconds * 1e6;
 const self = new Map<string, number>();
 let total = 0;
 profile.samples.forEach((id, i) => {
-  if ((times[i] ?? 0) < from) return;
-  total++;
   const node = byId.get(id);
-  if (node === undefined) return;
+  if ((times[i] ?? 0) < from || node === undefined || node.callFrame.functionName === "(idle)")
+    return;
+  total++;
   const { functionName, url, lineNumber } = node.callFrame;
   const where = url.replace(/^.*node_modules\//, "").replace(/^file:\/\/.*\/hub-membership\//, "");
   const key = `${functionName || "(anonymous)"} ${where ? `${where}:${lineNumber + 1}` : ""}`;

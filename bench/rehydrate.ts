@@ -35,13 +35,13 @@ const rehydrate: Benchmark = async (ctx) => {
 
       rows.push({
         benchmark: "rehydrate",
-        case: `${n.toLocaleString("en")} groups`,
+        case: `${n.toLocaleString("en")} group${n === 1 ? "" : "s"}`,
         value: round(median(times)),
         unit: "ms",
         p99: round(p99(times)),
         baseline: { label: "isMember × n (16 at once)", value: round(median(naive)) },
         ratio: round(median(naive) / median(times), 1),
-        target: `${Math.ceil(n / 1_000)} request(s)`,
+        target: `${Math.ceil(n / 1_000)} request${n > 1_000 ? "s" : ""}`,
         met: requests === Math.ceil(n / 1_000),
         details: { requests, naiveRequests, reps, naiveReps },
       });

@@ -33,7 +33,7 @@ function table(rows: readonly Row[]): string {
     r.p99 === undefined ? "" : `${r.p99.toLocaleString("en")} ${r.unit}`,
     r.baseline ? `${r.baseline.label}: ${r.baseline.value.toLocaleString("en")}` : "",
     r.ratio === undefined ? "" : `${r.ratio}×`,
-    r.target ? `${r.target} ${r.met ? "✓" : "✗"}` : "",
+    r.target ? `${r.target}${r.met === undefined ? "" : r.met ? " ✓" : " ✗"}` : "",
   ]);
   const header = ["benchmark", "case", "median / result", "p99", "comparison", "ratio", "target"];
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => (c[i] ?? "").length)));
