@@ -28,7 +28,10 @@ const profile = JSON.parse(readFileSync(file, "utf8")) as Profile;
 const byId = new Map(profile.nodes.map((n) => [n.id, n]));
 const times: number[] = [];
 let t = 0;
-for (const delta of profile.timeDeltas) times.push((t += delta));
+for (const delta of profile.timeDeltas) {
+  t += delta;
+  times.push(t);
+}
 const from = t - lastSeconds * 1e6;
 const self = new Map<string, number>();
 let total = 0;

@@ -68,7 +68,8 @@ describe("WsGroups.broadcast", () => {
       onSlowConsumer: (id) => dropped.push(id),
     });
     const [stalled, reader] = await connected(groups, 2);
-    (stalled?.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    if (stalled === undefined || reader === undefined) throw new Error("not connected");
+    (stalled.ws as unknown as { _socket: { pause(): void } })._socket.pause();
     const chunk = "x".repeat(1_000);
     for (let i = 0; i < 5_000 && dropped.length === 0; i++) {
       groups.broadcast("room", chunk);
@@ -76,6 +77,6 @@ describe("WsGroups.broadcast", () => {
     }
     expect(dropped).toEqual(["c0"]);
     expect(groups.size("room")).toBe(1);
-    await expect.poll(() => reader?.received.length, { timeout: 5_000 }).toBeGreaterThan(100);
+    await expect.poll(() => reader.received.length, { timeout: 5_000 }).toBeGreaterThan(100);
   });
 });

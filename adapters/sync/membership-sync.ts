@@ -235,7 +235,8 @@ export class MembershipSync {
     if (this.#closed || user === undefined) return Promise.resolve();
     if (change.type === "removed") {
       const reason = this.#reasons.get(`${change.userId}\u0000${change.group}`) ?? "revoked";
-      (user.removedDuringRead ??= new Set()).add(change.group);
+      user.removedDuringRead ??= new Set();
+      user.removedDuringRead.add(change.group);
       this.#clearTimer(user, change.group);
       for (const connectionId of user.connections) this.#remove(connectionId, change.group, reason);
     }
@@ -330,7 +331,8 @@ export class MembershipSync {
       },
       Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
     );
-    (user.timers ??= new Map()).set(group, timer);
+    user.timers ??= new Map();
+    user.timers.set(group, timer);
   }
 
   #clearTimer(user: User, group: string): void {
