@@ -76,7 +76,7 @@ describe("load: 2,000 connections on loopback, with clients that never read", ()
     const reader = await Client.connect(sample.wsUrl, token(env, "reader"));
     const sender = await Client.connect(sample.wsUrl, token(env, "sender"));
 
-    // Bursts in every room, and a firehose of 12 MB that the paused clients cannot take.
+    // Bursts in every room; then a firehose of 12 MB that the paused clients cannot take.
     for (const client of clients) {
       for (let n = 0; n < BURST; n++)
         client.send({
@@ -85,10 +85,6 @@ describe("load: 2,000 connections on loopback, with clients that never read", ()
           text: `burst ${n}`,
         });
     }
-    const big = "x".repeat(60 * 1024);
-    for (let n = 0; n < 200; n++)
-      sender.send({ type: "send", group: "firehose", text: `${n}:${big}` });
-
     const perClient = ((USERS * 2) / ROOMS) * BURST;
     const received = (c: Client) => c.messages.filter((m) => m.type === "message").length;
     await expect
@@ -97,6 +93,14 @@ describe("load: 2,000 connections on loopback, with clients that never read", ()
         interval: 500,
       })
       .toBe(0);
+    // Paced by the sender's own copies (4 in flight), as a reading client can follow; the paused
+    // clients still take nothing and must be dropped.
+    const big = "x".repeat(60 * 1024);
+    for (let n = 0; n < 200; n++) {
+      sender.send({ type: "send", group: "firehose", text: `${n}:${big}` });
+      const echoed = `${n - 4}:`;
+      if (n >= 4) await sender.next((m) => typeof m.text === "string" && m.text.startsWith(echoed));
+    }
     await expect.poll(() => received(reader), { timeout: 60_000, interval: 200 }).toBe(200);
     for (const client of clients) expect(received(client)).toBe(perClient);
 
