@@ -79,6 +79,18 @@ describe("bindSocketIo", () => {
     expect(sync.connectionsOf("")).toEqual([]);
   });
 
+  it("refuses a connection while the store is down, and keeps nothing", async () => {
+    const { io, url } = await server();
+    const store = new (class extends InMemoryMembershipStore {
+      override async groupsOf(): Promise<Membership[]> {
+        throw new MembershipError("STORE_UNAVAILABLE", "storage is down");
+      }
+    })();
+    const sync = bindSocketIo(io, { store, userIdOf: userOf, onError: () => {} });
+    await expect(connected(client(url, "dee"))).rejects.toThrow("storage is down");
+    expect(sync.connectionsOf("dee")).toEqual([]);
+  });
+
   it("forgets a socket whose client leaves while its groups are being read", async () => {
     const { io, url } = await server();
     let release = () => {};
