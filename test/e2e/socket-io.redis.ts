@@ -75,7 +75,7 @@ describe("Socket.IO scale-out: two servers in two processes, one Redis", {
       expect(c.messages.some((m) => m.text === "after")).toBe(false);
   });
 
-  it("a grant made on one server joins the user's sockets on the other", async () => {
+  it("a grant made on one server joins the user's sockets on the other, and a revoke leaves", async () => {
     const danA = await connect(a.url, token(env, "dan"));
     const danB = await connect(b.url, token(env, "dan"));
     expect(await danA.request("join", { group: "lobby" })).toEqual({ ok: true });
@@ -85,5 +85,11 @@ describe("Socket.IO scale-out: two servers in two processes, one Redis", {
     await sleep(500);
     for (const c of [danA, danB])
       expect(c.messages.filter((m) => m.type === "joined" && m.group === "lobby")).toHaveLength(1);
+
+    // A revoke issued on server B (dan leaves) removes dan's socket on server A too.
+    expect(await danB.request("leave", { group: "lobby" })).toEqual({ ok: true });
+    expect(await danB.next(isRemoved("lobby"))).toMatchObject({ reason: "left" });
+    // The change log records what changed, not why: the other server says "revoked".
+    expect(await danA.next(isRemoved("lobby"))).toMatchObject({ reason: "revoked" });
   });
 });
