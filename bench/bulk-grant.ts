@@ -4,42 +4,12 @@
  * loopback as it is, and with 5 ms added to every request, about a round trip to Azure Table
  * Storage in the same region, where waiting, not Azurite's CPU, is what one-at-a-time costs.
  */
-import type { PipelinePolicy } from "@azure/core-rest-pipeline";
-import { AzureTableMembershipStore } from "../adapters/index.js";
-import {
-  type BenchContext,
-  type Benchmark,
-  type Row,
-  requestCounter,
-  round,
-  sleep,
-  timed,
-} from "./lib.js";
-
-function store(ctx: BenchContext, concurrency: number, delayMs: number) {
-  const counter = requestCounter();
-  const delay: PipelinePolicy = {
-    name: "bench-delay",
-    sendRequest: async (request, next) => {
-      await sleep(delayMs);
-      return next(request);
-    },
-  };
-  const policies = delayMs > 0 ? [counter.policy, delay] : [counter.policy];
-  const s = AzureTableMembershipStore.fromConnectionString(ctx.connectionString, {
-    tableName: ctx.table(),
-    concurrency,
-    clientOptions: {
-      additionalPolicies: policies.map((policy) => ({ policy, position: "perRetry" as const })),
-    },
-  });
-  return { store: s, counter };
-}
+import { type BenchContext, type Benchmark, benchStore, type Row, round, timed } from "./lib.js";
 
 async function compare(ctx: BenchContext, n: number, delayMs: number): Promise<Row> {
   const users = Array.from({ length: n }, (_, i) => `bulk-${i}`);
-  const batched = store(ctx, 32, delayMs);
-  const naive = store(ctx, 16, delayMs);
+  const batched = benchStore(ctx, { concurrency: 32, delayMs });
+  const naive = benchStore(ctx, { delayMs });
   try {
     const batchedMs = await timed(() =>
       batched.store.addMany(users.map((userId) => ({ userId, group: "everyone" }))),

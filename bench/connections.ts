@@ -6,14 +6,7 @@
 import { odata, TableClient, type TransactionAction } from "@azure/data-tables";
 import pLimit from "p-limit";
 import { sampleEnv, startSample } from "../test/support/processes.js";
-import {
-  type BenchContext,
-  benchStore,
-  loadgen,
-  serverNodeArgs,
-  serverStats,
-  sleep,
-} from "./lib.js";
+import { type BenchContext, benchStore, loadgen, serverNodeArgs, serverStats } from "./lib.js";
 
 export interface ConnectResult {
   connections: number;
@@ -55,7 +48,7 @@ export async function connectMany(
   options: { users: number; perUser: number; groupsPerUser: number; hub?: "ws" | "socket.io" },
 ): Promise<ConnectResult> {
   const env = { ...sampleEnv(ctx.connectionString), HUB: options.hub ?? "ws" };
-  const { store } = benchStore({ ...ctx, table: () => env.MEMBERSHIP_TABLE });
+  const { store } = benchStore(ctx, { tableName: env.MEMBERSHIP_TABLE });
   const users = Array.from({ length: options.users }, (_, i) => `user-${i}`);
   const POOL = 500; // each group has users × groupsPerUser / 500 members
   await store.addMany(
@@ -74,15 +67,6 @@ export async function connectMany(
 
   const server = await startSample(env, { nodeArgs: serverNodeArgs() });
   try {
-    // The server's first change-log poll reads the whole log (the setup's 50,000 entries) and
-    // replays its last seconds; let it finish, or the storm pays for re-reads it caused.
-    let polls = (await serverStats(server.url)).storageRequests.changeLog;
-    for (let i = 0; i < 100; i++) {
-      await sleep(600);
-      const now = (await serverStats(server.url)).storageRequests.changeLog;
-      if (now - polls <= 3) break; // quiet: about one poll per 250 ms
-      polls = now;
-    }
     const before = await serverStats(server.url, true);
     let held: Awaited<ReturnType<typeof serverStats>> | undefined;
     const result = await loadgen<{

@@ -6,6 +6,7 @@
  */
 import { sampleEnv, startSample } from "../test/support/processes.js";
 import {
+  type BenchContext,
   type Benchmark,
   benchStore,
   loadgen,
@@ -24,17 +25,13 @@ interface FanOut {
 }
 
 async function fanOut(
-  connectionString: string,
+  ctx: BenchContext,
   hub: "ws" | "socket.io",
   members: number,
   messages: number,
 ): Promise<FanOut> {
-  const env = { ...sampleEnv(connectionString), HUB: hub };
-  const { store } = benchStore({
-    quick: false,
-    connectionString,
-    table: () => env.MEMBERSHIP_TABLE,
-  });
+  const env = { ...sampleEnv(ctx.connectionString), HUB: hub };
+  const { store } = benchStore(ctx, { tableName: env.MEMBERSHIP_TABLE });
   const users = Array.from({ length: members }, (_, i) => `fan-${i}`);
   await store.addMany(users.map((userId) => ({ userId, group: "fan" })));
   await store.close();
@@ -75,8 +72,8 @@ async function fanOut(
 const fanOutBenchmark: Benchmark = async (ctx) => {
   const members = 1_000;
   const messages = ctx.quick ? 100 : 500;
-  const ws = await fanOut(ctx.connectionString, "ws", members, messages);
-  const io = await fanOut(ctx.connectionString, "socket.io", members, messages);
+  const ws = await fanOut(ctx, "ws", members, messages);
+  const io = await fanOut(ctx, "socket.io", members, messages);
   const name = `${members.toLocaleString("en")} connections × ${messages} messages of 100 B`;
   const rows: Row[] = [
     {

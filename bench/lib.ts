@@ -1,5 +1,6 @@
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import type { PipelinePolicy } from "@azure/core-rest-pipeline";
 import { AzureTableMembershipStore } from "../adapters/index.js";
 import { requestCounter } from "../test/support/request-counter.js";
 
@@ -70,13 +71,31 @@ export async function timed(operation: () => Promise<unknown>): Promise<number> 
   return performance.now() - start;
 }
 
-/** A store on this run's Azurite, counting its requests. */
-export function benchStore(ctx: BenchContext, options: { concurrency?: number } = {}) {
+/**
+ * A store on this run's Azurite, counting its requests. `delayMs` is added to every request,
+ * about a round trip to Azure Table Storage where Azurite on loopback has none. `tableName`:
+ * a sample server's table (default: a new one).
+ */
+export function benchStore(
+  ctx: BenchContext,
+  options: { concurrency?: number; delayMs?: number; tableName?: string } = {},
+) {
   const counter = requestCounter();
+  const { delayMs = 0, tableName = ctx.table(), ...storeOptions } = options;
+  const delay: PipelinePolicy = {
+    name: "bench-delay",
+    sendRequest: async (request, next) => {
+      await sleep(delayMs);
+      return next(request);
+    },
+  };
+  const policies = delayMs > 0 ? [counter.policy, delay] : [counter.policy];
   const store = AzureTableMembershipStore.fromConnectionString(ctx.connectionString, {
-    tableName: ctx.table(),
-    ...options,
-    clientOptions: { additionalPolicies: [{ policy: counter.policy, position: "perRetry" }] },
+    tableName,
+    ...storeOptions,
+    clientOptions: {
+      additionalPolicies: policies.map((policy) => ({ policy, position: "perRetry" as const })),
+    },
   });
   return { store, counter };
 }

@@ -12,6 +12,7 @@ import { createInterface } from "node:readline";
 import jwt from "jsonwebtoken";
 import WebSocket from "ws";
 import { secretKey } from "../sample/auth.js";
+import { quantile } from "./lib.js";
 
 interface Params {
   mode: "connect" | "fanout";
@@ -118,11 +119,6 @@ async function openAll(): Promise<{ connections: Connection[]; ms: number; faile
   };
   await Promise.all(Array.from({ length: Math.min(params.window, queue.length) }, worker));
   return { connections, ms: performance.now() - started, failed };
-}
-
-function quantile(samples: number[], q: number) {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] ?? 0;
 }
 
 /** One sender sends `messages` to the group, `inFlight` at a time; every connection counts them. */

@@ -1,125 +1,14 @@
 import { afterEach, expect } from "vitest";
-import WebSocket from "ws";
+import { Client } from "./clients.js";
 import { admin, type SampleEnv } from "./processes.js";
 
+export * from "./clients.js";
 export * from "./processes.js";
-
-export type ServerMessage = { type: string; [key: string]: unknown };
-
-export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Matches the `removed` message of `group`. */
-export const isRemoved = (group: string) => (m: ServerMessage) =>
-  m.type === "removed" && m.group === group;
 
 /** Runs `admin grant` and expects it to succeed. */
 export async function grant(env: SampleEnv, user: string, group: string, ...options: string[]) {
   const result = await admin(env, "grant", user, group, ...options);
   expect(result.code, result.stderr).toBe(0);
-}
-
-/** Records what a client receives and waits for it. */
-export abstract class Recorder {
-  readonly messages: ServerMessage[] = [];
-  #waiters: Array<() => void> = [];
-
-  protected abstract get isClosed(): boolean;
-
-  protected record(message: ServerMessage): void {
-    this.messages.push(message);
-    for (const wake of this.#waiters.splice(0)) wake();
-  }
-
-  get welcome(): ServerMessage {
-    return this.messages.find((m) => m.type === "welcome") as ServerMessage;
-  }
-
-  /** Waits for the first message (received so far or later) that `matches`. */
-  async next(matches: (m: ServerMessage) => boolean, timeout = 10_000): Promise<ServerMessage> {
-    const deadline = Date.now() + timeout;
-    for (;;) {
-      const found = this.messages.find(matches);
-      if (found) return found;
-      if (this.isClosed) throw new Error("socket closed while waiting");
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`timed out; received: ${JSON.stringify(this.messages)}`);
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, left);
-        this.#waiters.push(() => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
-    }
-  }
-
-  abstract close(): void;
-}
-
-/** A real WebSocket client that records every frame it receives. */
-export class Client extends Recorder {
-  readonly ws: WebSocket;
-  readonly closed: Promise<{ code: number; reason: string }>;
-
-  private constructor(ws: WebSocket) {
-    super();
-    this.ws = ws;
-    this.closed = new Promise((resolve) =>
-      ws.once("close", (code, reason) => resolve({ code, reason: reason.toString() })),
-    );
-    ws.on("message", (data, isBinary) => {
-      // The protocol is JSON in text frames: a binary frame is a bug, recorded so tests fail.
-      this.record(
-        isBinary ? { type: "BINARY FRAME" } : (JSON.parse(data.toString()) as ServerMessage),
-      );
-    });
-  }
-
-  protected get isClosed(): boolean {
-    return this.ws.readyState === WebSocket.CLOSED;
-  }
-
-  /** Connects with the token in the Authorization header (or the query string) and waits for `welcome`. */
-  static async connect(
-    wsUrl: string,
-    bearer: string,
-    via: "header" | "query" = "header",
-  ): Promise<Client> {
-    const ws =
-      via === "header"
-        ? new WebSocket(wsUrl, { headers: { authorization: `Bearer ${bearer}` } })
-        : new WebSocket(`${wsUrl}?access_token=${encodeURIComponent(bearer)}`);
-    const client = new Client(ws);
-    await client.next((m) => m.type === "welcome");
-    return client;
-  }
-
-  send(message: unknown): void {
-    this.ws.send(typeof message === "string" ? message : JSON.stringify(message));
-  }
-
-  close(): void {
-    this.ws.close();
-  }
-}
-
-/** The HTTP status a WebSocket upgrade is refused with, or "open" if it is accepted. */
-export function upgradeStatus(
-  url: string,
-  headers: Record<string, string> = {},
-): Promise<number | "open"> {
-  return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url, { headers });
-    ws.once("unexpected-response", (_req, res) => {
-      resolve(res.statusCode ?? 0);
-      ws.terminate();
-    });
-    ws.once("open", () => {
-      resolve("open");
-      ws.close();
-    });
-    ws.once("error", (e) => reject(e));
-  });
 }
 
 /**
