@@ -61,6 +61,20 @@ describe("WsGroups.broadcast", () => {
     });
   }
 
+  it("does not count a burst it holds back itself against a reading client", async () => {
+    const dropped: string[] = [];
+    // 12 KB in one turn of the event loop: over the limit, but all of it waiting on our cork.
+    const groups = new WsGroups({
+      maxBufferedBytes: 8_000,
+      onSlowConsumer: (id) => dropped.push(id),
+    });
+    const [reader] = await connected(groups, 1);
+    for (let i = 0; i < 12; i++)
+      expect(groups.broadcast("room", `${i}:${"y".repeat(1_000)}`)).toBe(1);
+    await expect.poll(() => reader?.received.length, { timeout: 5_000 }).toBe(12);
+    expect(dropped).toEqual([]);
+  });
+
   it("terminates a client that does not read once its unsent data passes the limit", async () => {
     const dropped: string[] = [];
     const groups = new WsGroups({
