@@ -437,8 +437,8 @@ export class AzureTableMembershipStore implements MembershipStore {
   }
 
   /** Upserts rows: one transaction per 100 rows of a partition, `concurrency` requests at once. */
-  async #upsertAll(rows: readonly Row[]): Promise<void> {
-    const partitions = new Map<string, Row[]>();
+  async #upsertAll(rows: ReadonlyArray<Row & Record<string, unknown>>): Promise<void> {
+    const partitions = new Map<string, Array<Row & Record<string, unknown>>>();
     for (const row of rows) {
       const partition = partitions.get(row.partitionKey);
       if (partition) partition.push(row);
@@ -451,10 +451,10 @@ export class AzureTableMembershipStore implements MembershipStore {
         const [only] = batch;
         tasks.push(
           batch.length === 1 && only
-            ? () => this.#client.upsertEntity({ ...only }, "Replace")
+            ? () => this.#client.upsertEntity(only, "Replace")
             : () =>
                 this.#client.submitTransaction(
-                  batch.map((row): TransactionAction => ["upsert", { ...row }, "Replace"]),
+                  batch.map((row): TransactionAction => ["upsert", row, "Replace"]),
                 ),
         );
       }
