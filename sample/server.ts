@@ -15,7 +15,7 @@ import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
-export const MAX_FRAME_BYTES = 64 * 1024;
+const MAX_FRAME_BYTES = 64 * 1024;
 const MAX_TIMER = 2 ** 31 - 1;
 const PAGE = new URL("./public/index.html", import.meta.url);
 
@@ -26,7 +26,7 @@ type ClientMessage =
   | { type: "leave"; group: string };
 
 /** Parses one client frame; `undefined` for anything that is not exactly a known message. */
-export function parseClientMessage(data: RawData, isBinary: boolean): ClientMessage | undefined {
+function parseClientMessage(data: RawData, isBinary: boolean): ClientMessage | undefined {
   if (isBinary) return undefined;
   let message: unknown;
   try {

@@ -10,7 +10,7 @@ export { requestCounter } from "./request-counter.js";
 let tables = 0;
 
 /** A table name no other test uses. */
-export const freshTableName = () => `t${process.pid}x${Date.now().toString(36)}x${tables++}`;
+const freshTableName = () => `t${process.pid}x${Date.now().toString(36)}x${tables++}`;
 
 const tableNames = new WeakMap<AzureTableMembershipStore, string>();
 
