@@ -54,6 +54,13 @@ export function assertOpen(closed: boolean): void {
   if (closed) throw new MembershipError("CLOSED", "the membership store is closed");
 }
 
+/**
+ * The one key of a pair of names (a user and a group, a partition and a row) for maps and sets:
+ * length-prefixed, because names may hold any character, so no separator could keep two pairs
+ * apart (`a\0b` + `c` and `a` + `b\0c`).
+ */
+export const pairKey = (first: string, second: string) => `${first.length}:${first}${second}`;
+
 /** Ordinal (code unit) comparison, the order of `groupsOf`. */
 export const byGroup = (a: { group: string }, b: { group: string }) =>
   a.group < b.group ? -1 : a.group > b.group ? 1 : 0;
@@ -87,10 +94,7 @@ export function readGrants(
       assertName("group", grant.group);
       const { userId, group } = grant;
       const change = addedChange(userId, group, readExpiresAt(grant, now));
-      unique.set(
-        `${userId.length}:${userId}${group}`,
-        change as MembershipChange & { type: "added" },
-      );
+      unique.set(pairKey(userId, group), change as MembershipChange & { type: "added" });
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       throw new MembershipError("INVALID_ARGUMENT", `grants[${index}]: ${message}`);

@@ -94,6 +94,24 @@ describe("MembershipSync", () => {
     expect(hub.of("b1")).toEqual([]);
   });
 
+  it("keeps the reasons of two pairs apart whatever their names hold", async () => {
+    // `a\0b` in `c` and `a` in `b\0c` once shared the key `a\0b\0c`.
+    const { store, hub, sync } = setup(new InMemoryMembershipStore());
+    await store.addToGroup("a\u0000b", "c");
+    await store.addToGroup("a", "b\u0000c");
+    await sync.connect("left-one", "a\u0000b");
+    await sync.connect("revoked-one", "a");
+    hub.calls.length = 0;
+    const leaving = sync.revoke("a\u0000b", "c", "left");
+    // Another process revokes the other pair while this one's own revoke is in flight.
+    await store.removeFromGroup("a", "b\u0000c");
+    await leaving;
+    expect(hub.calls.sort()).toEqual([
+      "leave left-one c left",
+      "leave revoked-one b\u0000c revoked",
+    ]);
+  });
+
   it("tells the hub a user left by themselves", async () => {
     const { hub, sync } = setup(new InMemoryMembershipStore());
     await sync.connect("a1", "alice");

@@ -5,7 +5,7 @@ import type {
   MembershipStore,
 } from "../contract.js";
 import { MembershipError } from "../contract.js";
-import { assertName } from "../validate.js";
+import { assertName, pairKey } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
 export type JoinReason = "connect" | "granted";
@@ -180,7 +180,7 @@ export class MembershipSync {
     reason: "revoked" | "left" = "revoked",
   ): Promise<boolean> {
     this.#open();
-    const key = `${userId}\u0000${group}`;
+    const key = pairKey(userId, group);
     this.#reasons.set(key, reason);
     let settled: Promise<void>;
     let removed: boolean;
@@ -234,7 +234,7 @@ export class MembershipSync {
     const user = this.#users.get(change.userId);
     if (this.#closed || user === undefined) return Promise.resolve();
     if (change.type === "removed") {
-      const reason = this.#reasons.get(`${change.userId}\u0000${change.group}`) ?? "revoked";
+      const reason = this.#reasons.get(pairKey(change.userId, change.group)) ?? "revoked";
       user.removedDuringRead ??= new Set();
       user.removedDuringRead.add(change.group);
       this.#clearTimer(user, change.group);
