@@ -50,8 +50,23 @@ export type MembershipChange =
 export type MembershipErrorCode =
   /** A user id, group name or option is not valid. Nothing was changed or read. */
   | "INVALID_ARGUMENT"
-  /** The storage did not answer, or answered with a fault. The operation may have been partly applied; repeating it is safe. */
+  /**
+   * The storage did not answer, or answered with a fault or throttling (after the client's own
+   * retries). Transient: the operation may have been partly applied; repeating it is safe.
+   */
   | "STORE_UNAVAILABLE"
+  /**
+   * The storage refused the credentials: a wrong account key, a SAS that has expired or lacks a
+   * permission the operation needs, a token without a role. A misconfiguration: retrying does
+   * not help until it is fixed. The refused request changed nothing.
+   */
+  | "ACCESS_DENIED"
+  /**
+   * The storage refused a request for another reason it gave (an unexpected 400, a table that
+   * does not exist and may not be created): a misconfiguration or a storage this package does
+   * not support. Not transient; `cause` holds the storage's answer.
+   */
+  | "STORE_REJECTED"
   /** The store was closed with {@link MembershipStore.close}. */
   | "CLOSED";
 
@@ -69,9 +84,12 @@ export class MembershipError extends Error {
 /**
  * Durable group membership, keyed both by user and by group.
  *
- * Every method validates its arguments first and throws {@link MembershipError} `INVALID_ARGUMENT`
- * without touching storage; a storage outage is `STORE_UNAVAILABLE` with the storage error as
- * `cause`, never an empty answer; after {@link close} every method throws `CLOSED`.
+ * Every method validates its arguments first and rejects with {@link MembershipError}
+ * `INVALID_ARGUMENT` without touching storage; a storage outage is `STORE_UNAVAILABLE`, refused
+ * credentials `ACCESS_DENIED` and any other refusal `STORE_REJECTED`, each with the storage error
+ * as `cause`, never an empty answer; after {@link close} every method rejects with `CLOSED`.
+ * Methods never throw synchronously: errors arrive as a rejected promise (or, for
+ * {@link membersOf}, from the iteration). `watch` alone throws, `CLOSED`, at the call.
  */
 export interface MembershipStore {
   /**
@@ -112,7 +130,8 @@ export interface MembershipStore {
   /**
    * Streams the live members of `group` in no particular order, paging internally, so any
    * number of members can be read without holding them all. An unknown group yields nothing.
-   * Errors surface from the iteration.
+   * The call itself never throws: every error, `INVALID_ARGUMENT` and `CLOSED` included,
+   * surfaces from the iteration, before any member.
    */
   membersOf(group: string): AsyncIterable<Membership>;
 

@@ -12,7 +12,7 @@ import {
   MembershipError,
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
-import { ConfigError, connectionStringOf, loadConfig } from "./config.js";
+import { ConfigError, connectionStringOf, isRefusedByStore, loadConfig } from "./config.js";
 
 class UsageError extends Error {}
 
@@ -218,7 +218,8 @@ main(process.argv.slice(2)).catch((error: unknown) => {
     (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS") ||
     (error instanceof MembershipError && error.code === "INVALID_ARGUMENT");
   const message = error instanceof Error ? error.message : String(error);
-  const prefix = error instanceof ConfigError ? "configuration error: " : "error: ";
+  const prefix =
+    error instanceof ConfigError || isRefusedByStore(error) ? "configuration error: " : "error: ";
   console.error(`${prefix}${message}`);
   if (usageError && !(error instanceof MembershipError))
     console.error(usage(command(process.argv)));

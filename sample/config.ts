@@ -1,13 +1,21 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { isValidName } from "../adapters/index.js";
+import { isValidName, MembershipError } from "../adapters/index.js";
 import { azuriteConnectionString } from "./azurite.js";
 
 /** A configuration problem, reported as one clear line before anything starts. */
 export class ConfigError extends Error {
   override readonly name = "ConfigError";
 }
+
+/**
+ * Whether `error` is the storage refusing our configuration (a wrong key, an expired SAS, a SAS
+ * without a permission, a missing table) rather than an outage: reported as a configuration error.
+ */
+export const isRefusedByStore = (error: unknown): error is MembershipError =>
+  error instanceof MembershipError &&
+  (error.code === "ACCESS_DENIED" || error.code === "STORE_REJECTED");
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 

@@ -8,7 +8,7 @@ import {
   type MembershipStore,
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
-import { connectionStringOf, type SampleConfig } from "./config.js";
+import { ConfigError, connectionStringOf, isRefusedByStore, type SampleConfig } from "./config.js";
 
 /** Storage requests a server sent, split into change-log polls and everything else. */
 export interface StorageRequests {
@@ -18,12 +18,14 @@ export interface StorageRequests {
 
 /**
  * The server's store, with a pipeline policy counting its requests (reported by /stats: the
- * connect-storm benchmark checks one read per user).
+ * connect-storm benchmark checks one read per user). One read first: a store that refuses the
+ * key or SAS stops the server with a configuration error; an outage does not (it serves once
+ * storage is back).
  */
-export function openStore(config: SampleConfig): {
+export async function openStore(config: SampleConfig): Promise<{
   store: AzureTableMembershipStore;
   requests: StorageRequests;
-} {
+}> {
   const requests: StorageRequests = { membership: 0, changeLog: 0 };
   const counter: PipelinePolicy = {
     name: "hub-membership-sample-request-counter",
@@ -39,6 +41,16 @@ export function openStore(config: SampleConfig): {
     clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
     onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
   });
+  try {
+    await store.isMember("healthz", "healthz");
+  } catch (error) {
+    if (!isRefusedByStore(error)) {
+      console.error(`the membership store is unavailable for now: ${String(error)}`);
+    } else {
+      await store.close();
+      throw new ConfigError(`AZURE_TABLES_CONNECTION_STRING: ${error.message}`, { cause: error });
+    }
+  }
   return { store, requests };
 }
 

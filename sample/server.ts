@@ -62,7 +62,7 @@ export interface HubServer {
 
 /** Starts the sample hub: HTTP (page, /healthz, dev /token) and the WebSocket endpoint /hub. */
 export async function startHubServer(config: SampleConfig): Promise<HubServer> {
-  const { store, requests } = openStore(config);
+  const { store, requests } = await openStore(config);
   const auth = configurePassport(config.jwt);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
 

@@ -38,7 +38,7 @@ function groupOf(payload: unknown): string | undefined {
  * through `@socket.io/redis-adapter`.
  */
 export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
-  const { store, requests } = openStore(config);
+  const { store, requests } = await openStore(config);
   const auth = configurePassport(config.jwt);
   let joins = 0;
   let leaves = 0;

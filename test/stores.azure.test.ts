@@ -1,8 +1,24 @@
-import { odata, TableClient } from "@azure/data-tables";
+import {
+  AzureNamedKeyCredential,
+  AzureSASCredential,
+  generateTableSas,
+  odata,
+  TableClient,
+  type TableSasPermissions,
+} from "@azure/data-tables";
 import { afterEach, describe, expect, inject, it, vi } from "vitest";
-import { type MembershipChange, MembershipError, type MembershipStore } from "../adapters/index.js";
+import {
+  AzureTableMembershipStore,
+  type MembershipChange,
+  MembershipError,
+  type MembershipStore,
+} from "../adapters/index.js";
 import { CHANGE_LOG_PARTITION } from "../adapters/stores/azure-keys.js";
-import { testMembershipStore } from "../adapters/testing/index.js";
+import {
+  EVERY_CODE_POINT_NAMES,
+  HOSTILE_NAMES,
+  testMembershipStore,
+} from "../adapters/testing/index.js";
 import { startAzurite } from "../sample/azurite.js";
 import { azureStore, requestCounter, tableNameOf } from "./support/azure.js";
 
@@ -73,7 +89,8 @@ describe("AzureTableMembershipStore storage requests per operation", () => {
     await expect(store.addToGroup("", "room")).rejects.toBeInstanceOf(MembershipError);
     await expect(store.addToGroup("a", "r", { expiresAt: new Date(0) })).rejects.toThrow(/future/);
     await expect(store.groupsOf("\uD800")).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
-    expect(() => store.membersOf("x".repeat(1_025))).toThrow(MembershipError);
+    const members = store.membersOf("x".repeat(1_025))[Symbol.asyncIterator]();
+    await expect(members.next()).rejects.toMatchObject({ code: "INVALID_ARGUMENT" });
     expect(counter.count).toBe(0);
   });
 });
@@ -155,5 +172,148 @@ describe("AzureTableMembershipStore watch", () => {
     await store.addToGroup("fresh", "room"); // a new row lets pollers see how late it is
     await expect.poll(logRows, { timeout: 10_000, interval: 200 }).toBe(1);
     stop();
+  });
+});
+
+describe("AzureTableMembershipStore with every code point on its own paths", () => {
+  const rawClient = (store: MembershipStore) =>
+    TableClient.fromConnectionString(inject("azuriteConnectionString"), `${tableNameOf(store)}`, {
+      allowInsecureConnection: true,
+    });
+
+  it("the change log carries every name to another instance exactly", async () => {
+    const store = track(azureStore());
+    const other = track(azureStore({ tableName: tableNameOf(store) }));
+    const seen: MembershipChange[] = [];
+    other.watch((change) => seen.push(change));
+    await vi.waitFor(() => expect(other.addToGroup("warm", "up")).resolves.toBeUndefined());
+    await store.addMany(EVERY_CODE_POINT_NAMES.map((group) => ({ userId: "batcher", group })));
+    await store.removeUser("batcher");
+    const forBatcher = () => seen.filter((c) => c.userId === "batcher");
+    await expect
+      .poll(() => forBatcher().length, { timeout: 10_000 })
+      .toBeGreaterThanOrEqual(2 * EVERY_CODE_POINT_NAMES.length);
+    const groups = (type: string) =>
+      new Set(
+        forBatcher()
+          .filter((c) => c.type === type)
+          .map((c) => c.group),
+      );
+    expect(groups("added")).toEqual(new Set(EVERY_CODE_POINT_NAMES));
+    expect(groups("removed")).toEqual(new Set(EVERY_CODE_POINT_NAMES));
+  });
+
+  it("repair restores the group side of every name", async () => {
+    const store = track(azureStore());
+    const names = [...HOSTILE_NAMES, ...EVERY_CODE_POINT_NAMES];
+    await store.addMany(names.map((userId) => ({ userId, group: "everyone" })));
+    const client = rawClient(store);
+    const filter = odata`PartitionKey ge ${"g:"} and PartitionKey lt ${"g;"}`;
+    for await (const row of client.listEntities({ queryOptions: { filter } }))
+      await client.deleteEntity(row.partitionKey as string, row.rowKey as string);
+    expect(await store.countMembers("everyone")).toBe(0);
+    const report = await store.repair();
+    expect(report.indexRestored.map((p) => p.userId).sort()).toEqual([...names].sort());
+    const members = [];
+    for await (const m of store.membersOf("everyone")) members.push(m.userId);
+    expect(members.sort()).toEqual([...names].sort());
+  });
+});
+
+describe("AzureTableMembershipStore refused by the storage", () => {
+  const connectionString = () => inject("azuriteConnectionString");
+  const endpoint = () => /TableEndpoint=([^;]+)/.exec(connectionString())?.[1] as string;
+  const accountKey = () =>
+    new AzureNamedKeyCredential(
+      /AccountName=([^;]+)/.exec(connectionString())?.[1] as string,
+      /AccountKey=([^;]+)/.exec(connectionString())?.[1] as string,
+    );
+  const sasStore = (tableName: string, permissions: TableSasPermissions, expiresOn: Date) => {
+    const sas = generateTableSas(tableName, accountKey(), {
+      permissions,
+      startsOn: new Date(expiresOn.getTime() - 7_200_000),
+      expiresOn,
+    });
+    return track(
+      new AzureTableMembershipStore(endpoint(), new AzureSASCredential(sas), {
+        tableName,
+        clientOptions: { retryOptions: { maxRetries: 0 } },
+      }),
+    );
+  };
+  const all = { query: true, add: true, update: true, delete: true };
+  const wrongKeyConnectionString = () =>
+    connectionString().replace(
+      /AccountKey=[^;]+/,
+      `AccountKey=${Buffer.from("not the key".padEnd(64, "!")).toString("base64")}`,
+    );
+  const refusal = (call: Promise<unknown>) =>
+    call.then(
+      () => expect.fail("expected a refusal"),
+      (error: unknown) => error as MembershipError,
+    );
+
+  it("a wrong account key is ACCESS_DENIED, saying so, on every kind of call", async () => {
+    const store = track(azureStore({ connectionString: wrongKeyConnectionString() }));
+    for (const call of [
+      () => store.addToGroup("alice", "room"),
+      () => store.isMember("alice", "room"),
+      () =>
+        store.addMany([
+          { userId: "alice", group: "a" },
+          { userId: "alice", group: "b" },
+        ]),
+      async () => {
+        for await (const _ of store.membersOf("room"));
+      },
+    ]) {
+      const error = await refusal(call());
+      expect(error).toBeInstanceOf(MembershipError);
+      expect(error.code).toBe("ACCESS_DENIED");
+      expect(error.message).toMatch(/refused the account key or SAS \(AuthorizationFailure\)/);
+      expect(error.cause).toMatchObject({ statusCode: 403 });
+    }
+  });
+
+  it("a SAS without delete permission is ACCESS_DENIED and the membership stays", async () => {
+    const owner = track(azureStore());
+    await owner.addToGroup("alice", "room");
+    const tableName = `${tableNameOf(owner)}`;
+    const store = sasStore(tableName, { ...all, delete: false }, new Date(Date.now() + 3_600_000));
+    expect(await store.isMember("alice", "room")).toBe(true);
+    const error = await refusal(store.removeFromGroup("alice", "room"));
+    expect(error.code).toBe("ACCESS_DENIED");
+    expect(error.message).toMatch(/AuthorizationPermissionMismatch/);
+    expect((await refusal(store.removeUser("alice"))).code).toBe("ACCESS_DENIED");
+    expect(await owner.isMember("alice", "room")).toBe(true);
+  });
+
+  it("an expired SAS is ACCESS_DENIED", async () => {
+    const owner = track(azureStore());
+    await owner.addToGroup("alice", "room");
+    const store = sasStore(`${tableNameOf(owner)}`, all, new Date(Date.now() - 3_600_000));
+    const error = await refusal(store.groupsOf("alice"));
+    expect(error.code).toBe("ACCESS_DENIED");
+    expect(error.message).toMatch(/expiry and permissions/);
+  });
+
+  it("a table that does not exist and may not be created is STORE_REJECTED", async () => {
+    const store = sasStore(`missing${Date.now()}`, all, new Date(Date.now() + 3_600_000));
+    const error = await refusal(store.groupsOf("alice"));
+    expect(error.code).toBe("STORE_REJECTED");
+    expect(error.message).toMatch(/404 TableNotFound/);
+  });
+
+  it("a refused watch reports ACCESS_DENIED to onWatchError, once per outage", async () => {
+    const errors: unknown[] = [];
+    const store = track(
+      azureStore({
+        connectionString: wrongKeyConnectionString(),
+        onWatchError: (error) => errors.push(error),
+      }),
+    );
+    store.watch(() => {});
+    await expect.poll(() => errors.length).toBe(1);
+    expect(errors[0]).toMatchObject({ name: "MembershipError", code: "ACCESS_DENIED" });
   });
 });

@@ -18,10 +18,12 @@ export const isChanged = (error: unknown) =>
   statusOf(error) === 412 && storageErrorCode(error) === "UpdateConditionNotSatisfied";
 
 /**
- * Maps the storage failures this package understands to `STORE_UNAVAILABLE`: no answer at all
- * (connection refused or reset, DNS, timeout), throttling (408, 429) and server faults (5xx),
- * all after the SDK's own retries. Anything else (a 403 from a wrong key, a 400) is a bug or a
- * misconfiguration and is returned untouched, to be rethrown as it is.
+ * Maps what the storage answered to the contract's codes, after the SDK's own retries:
+ * - no answer at all (connection refused or reset, DNS, timeout), throttling (408, 429) and
+ *   server faults (5xx): `STORE_UNAVAILABLE`, transient;
+ * - 401 and 403 (a wrong key, a SAS expired or without a permission): `ACCESS_DENIED`;
+ * - any other status (an unexpected 400, a missing table): `STORE_REJECTED`.
+ * Errors that are not the storage's (a bug, a `MembershipError`) are returned untouched.
  */
 export function toStoreError(error: unknown): unknown {
   if (error instanceof MembershipError) return error;
@@ -29,18 +31,23 @@ export function toStoreError(error: unknown): unknown {
     return error;
   }
   const status = statusOf(error);
-  if (
-    status === undefined ||
-    status === 408 ||
-    status === 429 ||
-    (typeof status === "number" && status >= 500)
-  ) {
-    const code = storageErrorCode(error);
+  const what = storageErrorCode(error) ?? status ?? (error as Error).message;
+  if (typeof status !== "number" || status === 408 || status === 429 || status >= 500) {
+    return new MembershipError("STORE_UNAVAILABLE", `Azure Table Storage is unavailable: ${what}`, {
+      cause: error,
+    });
+  }
+  if (status === 401 || status === 403) {
     return new MembershipError(
-      "STORE_UNAVAILABLE",
-      `Azure Table Storage is unavailable: ${code ?? status ?? (error as Error).message}`,
+      "ACCESS_DENIED",
+      `Azure Table Storage refused the account key or SAS (${what}): check the key, and the ` +
+        "SAS's expiry and permissions (query, add, update, delete)",
       { cause: error },
     );
   }
-  return error;
+  return new MembershipError(
+    "STORE_REJECTED",
+    `Azure Table Storage refused the request (${status} ${what})`,
+    { cause: error },
+  );
 }

@@ -87,11 +87,11 @@ export class InMemoryMembershipStore implements MembershipStore {
   }
 
   membersOf(group: string): AsyncIterable<Membership> {
-    this.#open();
-    assertName("group", group);
-    const members = this.#live(this.#byGroup.get(group));
+    const store = this;
     return (async function* () {
-      yield* members;
+      store.#open();
+      assertName("group", group);
+      yield* store.#live(store.#byGroup.get(group));
     })();
   }
 

@@ -31,6 +31,9 @@ export const HOSTILE_NAMES: readonly string[] = [
   "\u0085",
   "\u009f",
   "\u2028",
+  "\u2029",
+  "a\u2028b\u2029c",
+  "{\u2028}",
   "\uFEFF",
   "\uFFFF",
   "😀",
@@ -72,6 +75,31 @@ export const HOSTILE_NAMES: readonly string[] = [
   `${"/".repeat(1023)}#`,
   `${"/".repeat(1023)}?`,
 ];
+
+/**
+ * Every code point of the Basic Multilingual Plane but the surrogates, then samples of the
+ * astral planes, packed in order into names of at most 1,000 UTF-16 code units (64 names): one
+ * batched call over them sends every character through every path a store has. U+2028 and
+ * U+2029 failed every Azurite transaction they were in.
+ */
+export const EVERY_CODE_POINT_NAMES: readonly string[] = (() => {
+  const codePoints: number[] = [];
+  for (let cp = 0; cp <= 0xffff; cp++) if (cp < 0xd800 || cp > 0xdfff) codePoints.push(cp);
+  for (let cp = 0x10000; cp <= 0x10ffff; cp += 0x1001) codePoints.push(cp);
+  codePoints.push(0x1f600, 0xe0001, 0x10ffff);
+  const names: string[] = [];
+  let name = "";
+  for (const cp of codePoints) {
+    const ch = String.fromCodePoint(cp);
+    if (name.length + ch.length > 1_000) {
+      names.push(name);
+      name = "";
+    }
+    name += ch;
+  }
+  names.push(name);
+  return names;
+})();
 
 /** Invalid names: each must be rejected with `INVALID_ARGUMENT`. */
 export const INVALID_NAMES: readonly unknown[] = [

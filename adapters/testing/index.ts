@@ -1,8 +1,8 @@
 import { afterEach, describe, expect, it } from "vitest";
 import { type MembershipChange, MembershipError, type MembershipStore } from "../contract.js";
-import { HOSTILE_NAMES, INVALID_NAMES } from "./hostile-names.js";
+import { EVERY_CODE_POINT_NAMES, HOSTILE_NAMES, INVALID_NAMES } from "./hostile-names.js";
 
-export { HOSTILE_NAMES, INVALID_NAMES };
+export { EVERY_CODE_POINT_NAMES, HOSTILE_NAMES, INVALID_NAMES };
 
 type Awaitable<T> = T | Promise<T>;
 
@@ -42,10 +42,15 @@ async function inBatches<T>(
     await Promise.all(items.slice(i, i + size).map(work));
 }
 
-async function expectInvalid(call: () => unknown): Promise<void> {
-  // Accept a synchronous throw as well as a rejection (membersOf returns an iterable).
+/** Expects `call` to fail with `code`: as a rejection, or from the iteration (never a throw at the call). */
+async function expectCode(code: MembershipError["code"], call: () => unknown): Promise<void> {
+  let result: unknown;
+  try {
+    result = call();
+  } catch (error) {
+    expect.fail(`threw ${String(error)} at the call: the contract has errors arrive as rejections`);
+  }
   const error = await (async () => {
-    const result = call();
     if (result && typeof result === "object" && Symbol.asyncIterator in result) {
       await collect(result as AsyncIterable<unknown>);
     } else {
@@ -55,9 +60,11 @@ async function expectInvalid(call: () => unknown): Promise<void> {
     () => undefined,
     (e: unknown) => e,
   );
-  expect(error, "expected INVALID_ARGUMENT").toBeInstanceOf(MembershipError);
-  expect((error as MembershipError).code).toBe("INVALID_ARGUMENT");
+  expect(error, `expected ${code}`).toBeInstanceOf(MembershipError);
+  expect((error as MembershipError).code).toBe(code);
 }
+
+const expectInvalid = (call: () => unknown) => expectCode("INVALID_ARGUMENT", call);
 
 /**
  * The conformance suite of the {@link MembershipStore} contract, for vitest. Every store in this
@@ -233,6 +240,41 @@ export function testMembershipStore(
       expect(await store.deleteGroup(second)).toBe(1);
       expect(await store.countMembers("plain-group")).toBe(HOSTILE_NAMES.length - 1);
       expect(await store.groupsOf("plain-user")).toHaveLength(HOSTILE_NAMES.length - 1);
+    });
+
+    it("batched operations take every hostile name and every code point, exactly", async () => {
+      const store = await open();
+      const { changes } = watched(store);
+      const names = [...HOSTILE_NAMES, ...EVERY_CODE_POINT_NAMES];
+      const sorted = [...names].sort();
+      // Many names in one partition: a store with transactions sends them together.
+      expect(await store.addMany(names.map((group) => ({ userId: "batcher", group })))).toBe(
+        names.length,
+      );
+      expect(await store.addMany(names.map((userId) => ({ userId, group: "batched" })))).toBe(
+        names.length,
+      );
+      expect((await store.groupsOf("batcher")).map((m) => m.group)).toEqual(sorted);
+      const members = await collect(store.membersOf("batched"));
+      expect(members.map((m) => m.userId).sort()).toEqual(sorted);
+      expect(await store.isMember(names[names.length - 1] as string, "batched")).toBe(true);
+      expect(await store.removeUser("batcher")).toBe(names.length);
+      expect(await store.deleteGroup("batched")).toBe(names.length);
+      expect(await store.groupsOf("batcher")).toEqual([]);
+      expect(await store.countMembers("batched")).toBe(0);
+      const removed = changes.filter((c) => c.type === "removed");
+      expect(
+        removed
+          .map((c) => c.group)
+          .slice(0, names.length)
+          .sort(),
+      ).toEqual(sorted);
+      expect(
+        removed
+          .map((c) => c.userId)
+          .slice(names.length)
+          .sort(),
+      ).toEqual(sorted);
     });
 
     it("streams more than 1,000 members and counts them exactly", async () => {
@@ -446,6 +488,8 @@ export function testMembershipStore(
       expect(closed).toBeInstanceOf(MembershipError);
       expect((closed as MembershipError).code).toBe("CLOSED");
       await expect(store.addToGroup("alice", "room")).rejects.toMatchObject({ code: "CLOSED" });
+      await expectCode("CLOSED", () => store.membersOf("room"));
+      await expectCode("CLOSED", () => store.addMany([{ userId: "alice", group: "room" }]));
       expect(() => store.watch(() => {})).toThrow(MembershipError);
     });
   });

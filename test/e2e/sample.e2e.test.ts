@@ -297,6 +297,40 @@ describe("npm start without a connection string", { timeout: 60_000 }, () => {
   });
 });
 
+describe("a storage that refuses the key", { timeout: 60_000 }, () => {
+  const wrongKey = () =>
+    inject("azuriteConnectionString").replace(
+      /AccountKey=[^;]+/,
+      `AccountKey=${Buffer.from("not the key".padEnd(64, "!")).toString("base64")}`,
+    );
+  const refused =
+    /^configuration error: (AZURE_TABLES_CONNECTION_STRING: )?Azure Table Storage refused the account key or SAS \(AuthorizationFailure\)/m;
+
+  it("stops the sample with one clear line, before it listens", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const started = startSample({ ...env, AZURE_TABLES_CONNECTION_STRING: wrongKey() });
+    const error = await started.then(
+      () => expect.fail("the sample started"),
+      (e: Error) => e.message,
+    );
+    expect(error).toMatch(refused);
+    expect(error).not.toMatch(/\n\s+at /); // no stack
+  });
+
+  it("makes the admin script say so and exit 1", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    for (const args of [
+      ["grant", "alice", "room"],
+      ["members", "room"],
+    ]) {
+      const run = await admin({ ...env, AZURE_TABLES_CONNECTION_STRING: wrongKey() }, ...args);
+      expect(run.code).toBe(1);
+      expect(run.stderr.trim().split("\n")).toHaveLength(1);
+      expect(run.stderr).toMatch(refused);
+    }
+  });
+});
+
 describe("admin script", { timeout: 60_000 }, () => {
   it("repair finds rows whose twin is missing, --dry-run changes nothing", async () => {
     const env = sampleEnv(inject("azuriteConnectionString"));
