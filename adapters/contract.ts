@@ -38,13 +38,55 @@ export interface MembershipGrant {
   readonly expiresAt?: Date;
 }
 
-/**
- * A change to one membership, delivered by {@link MembershipStore.watch}.
- * `added` is delivered for every grant, including a repeated one that only moves `expiresAt`.
- */
-export type MembershipChange =
+/** A change to one membership: `added` for every grant (a repeated one too), `removed` for a revoke. */
+export type MembershipUpdate =
   | { type: "added"; userId: string; group: string; expiresAt?: Date }
   | { type: "removed"; userId: string; group: string };
+
+/**
+ * What {@link MembershipStore.watch} delivers: a {@link MembershipUpdate}, or `resync`: "changes
+ * may have been missed; re-read whatever you hold". A watcher gets `resync` whenever its
+ * {@link ChangeFeed} cannot prove that it delivered every change since it started: when the
+ * subscription starts, after an outage that outlasted the feed's history, after a reconnect.
+ */
+export type MembershipChange = MembershipUpdate | { type: "resync" };
+
+/**
+ * How changes travel between the instances of a store (in any number of processes): every write
+ * publishes its changes to the feed, and `watch` reads them from it. The Azure store's default is
+ * a log in its own table; `hub-membership/redis` has one on Redis Streams.
+ */
+export interface ChangeFeed {
+  /**
+   * What kind of feed this is (`"table-log"`, `"redis"`). Every instance on one storage must use
+   * the same kind: a store refuses, with `STORE_REJECTED`, storage set up for another.
+   */
+  readonly kind: string;
+
+  /**
+   * Publishes `updates` in order. Resolves once every subscriber, in any process, can read them.
+   * Rejects with `MembershipError` `STORE_UNAVAILABLE` when that cannot be made sure of, and
+   * the store operation that published then fails, so that a change is never stored and
+   * announced to no one without the caller being told.
+   */
+  publish(updates: readonly MembershipUpdate[]): Promise<void>;
+
+  /**
+   * Delivers, from now on, every update published through other instances of the feed (this
+   * instance's own are delivered by the store itself), at least once and in publish order per
+   * user. Where it cannot prove it delivered every update since its cursor (when it starts, after
+   * a reconnect, when history it had not read yet was trimmed), it delivers `{ type: "resync" }`.
+   * `onError` is called once per outage; delivery resumes by itself.
+   * @returns a function that stops delivery; calling it again does nothing.
+   */
+  subscribe(
+    listener: (change: MembershipChange) => void,
+    onError: (error: unknown) => void,
+  ): () => void;
+
+  /** Stops every subscription and releases what the feed opened. Idempotent. */
+  close(): Promise<void>;
+}
 
 /** Stable codes of {@link MembershipError}. */
 export type MembershipErrorCode =
@@ -63,8 +105,8 @@ export type MembershipErrorCode =
   | "ACCESS_DENIED"
   /**
    * The storage refused a request for another reason it gave (an unexpected 400, a table that
-   * does not exist and may not be created): a misconfiguration or a storage this package does
-   * not support. Not transient; `cause` holds the storage's answer.
+   * does not exist and may not be created), or it is set up for another {@link ChangeFeed} than
+   * the store's: a misconfiguration. Not transient; `cause` holds the storage's answer, if any.
    */
   | "STORE_REJECTED"
   /** The store was closed with {@link MembershipStore.close}. */
@@ -154,9 +196,11 @@ export interface MembershipStore {
    * Subscribes to every change made through any store instance pointed at the same storage,
    * including instances in other processes where the implementation shares storage (the
    * in-memory store shares nothing: the same instance only). Delivery is at least once and in
-   * order per user: a listener must tolerate seeing a change twice. A change made through this
-   * instance is delivered synchronously, after its write succeeded. A listener that throws does
-   * not stop delivery to the others; its error is rethrown asynchronously.
+   * order per user: a listener must tolerate seeing a change twice. Where a change from another
+   * instance may have been missed, `{ type: "resync" }` is delivered instead, and the listener
+   * must re-read what it holds. A change made through this instance is delivered synchronously,
+   * after its write succeeded. A listener that throws does not stop delivery to the others; its
+   * error is rethrown asynchronously.
    * @returns a function that unsubscribes; calling it again does nothing.
    */
   watch(listener: (change: MembershipChange) => void): () => void;

@@ -1,10 +1,12 @@
 export type {
   AddToGroupOptions,
+  ChangeFeed,
   Membership,
   MembershipChange,
   MembershipErrorCode,
   MembershipGrant,
   MembershipStore,
+  MembershipUpdate,
 } from "./contract.js";
 export { MembershipError } from "./contract.js";
 export {

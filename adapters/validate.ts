@@ -1,8 +1,8 @@
 import {
   type AddToGroupOptions,
-  type MembershipChange,
   MembershipError,
   type MembershipGrant,
+  type MembershipUpdate,
 } from "./contract.js";
 
 /** The longest user id or group name, in UTF-16 code units (Azure SignalR Service's group limit). */
@@ -70,7 +70,7 @@ export const addedChange = (
   userId: string,
   group: string,
   expiresAt: Date | undefined,
-): MembershipChange =>
+): MembershipUpdate =>
   expiresAt ? { type: "added", userId, group, expiresAt } : { type: "added", userId, group };
 
 /**
@@ -79,12 +79,12 @@ export const addedChange = (
  */
 export function readGrants(
   grants: Iterable<MembershipGrant>,
-): Array<MembershipChange & { type: "added" }> {
+): Array<MembershipUpdate & { type: "added" }> {
   if (grants === null || typeof grants !== "object" || !(Symbol.iterator in grants)) {
     throw new MembershipError("INVALID_ARGUMENT", "grants must be an iterable of grants");
   }
   const now = Date.now();
-  const unique = new Map<string, MembershipChange & { type: "added" }>();
+  const unique = new Map<string, MembershipUpdate & { type: "added" }>();
   let index = 0;
   for (const grant of grants) {
     try {
@@ -94,7 +94,7 @@ export function readGrants(
       assertName("group", grant.group);
       const { userId, group } = grant;
       const change = addedChange(userId, group, readExpiresAt(grant, now));
-      unique.set(pairKey(userId, group), change as MembershipChange & { type: "added" });
+      unique.set(pairKey(userId, group), change as MembershipUpdate & { type: "added" });
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       throw new MembershipError("INVALID_ARGUMENT", `grants[${index}]: ${message}`);

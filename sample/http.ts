@@ -30,8 +30,8 @@ export async function openStore(config: SampleConfig): Promise<{
   const counter: PipelinePolicy = {
     name: "hub-membership-sample-request-counter",
     sendRequest(request, next) {
-      // Change-log queries filter on its partition, `c:` (see adapters/stores/azure-change-log.ts).
-      if (decodeURIComponent(request.url).includes("PartitionKey eq 'c:'")) requests.changeLog++;
+      // Change-log queries filter on its partitions, `c:0` to `c:3` (adapters/stores/azure-change-log.ts).
+      if (decodeURIComponent(request.url).includes("PartitionKey eq 'c:")) requests.changeLog++;
       else requests.membership++;
       return next(request);
     },

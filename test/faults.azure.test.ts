@@ -184,6 +184,9 @@ describe("Azure store under injected faults", { timeout: 120_000 }, () => {
             const changes: MembershipChange[] = [];
             const watcher = azureStore({ tableName: tableNameOf(store), pollIntervalMs: 50 });
             opened.push(watcher);
+            // Watching before the fault: the table log's first resync says its cursors are set.
+            const stop = watcher.watch((change) => changes.push(change));
+            await expect.poll(() => changes.some((c) => c.type === "resync")).toBe(true);
 
             faults.arm(n, mode);
             const outcome = await scenario.run(store).then(
@@ -209,7 +212,6 @@ describe("Azure store under injected faults", { timeout: 120_000 }, () => {
               expect(await store.isMember(u, g), where).toBe(true);
 
             // (b) Recovery converges: both sides agree exactly.
-            const stop = watcher.watch((change) => changes.push(change));
             if (recovery === "retry") await scenario.run(store);
             else await store.repair({ minAgeMs: 0 });
             const healed = await sides(store);

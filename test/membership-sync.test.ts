@@ -2,6 +2,7 @@ import { afterEach, describe, expect, it, vi } from "vitest";
 import {
   InMemoryMembershipStore,
   type Membership,
+  type MembershipChange,
   MembershipError,
   MembershipSync,
 } from "../adapters/index.js";
@@ -92,6 +93,51 @@ describe("MembershipSync", () => {
     expect(await sync.revoke("alice", "room")).toBe(false);
     expect(hub.calls).toHaveLength(2);
     expect(hub.of("b1")).toEqual([]);
+  });
+
+  it("answers a resync by re-reading every connected user, a few at once, and matching the store", async () => {
+    /** Changes made while `silent` reach no watcher: what a process misses while cut off. */
+    class MissingStore extends InMemoryMembershipStore {
+      silent = false;
+      readonly #listeners: Array<(change: MembershipChange) => void> = [];
+      override watch(listener: (change: MembershipChange) => void): () => void {
+        this.#listeners.push(listener);
+        return super.watch((change) => {
+          if (!this.silent) listener(change);
+        });
+      }
+      resync() {
+        for (const listener of this.#listeners) listener({ type: "resync" });
+      }
+    }
+    const store = new MissingStore();
+    const hub = new RecordingHub();
+    const sync = new MembershipSync({ store, hub, resyncConcurrency: 3 });
+    syncs.push(sync);
+    const users = Array.from({ length: 10 }, (_, i) => `user${i}`);
+    for (const user of users) await store.addToGroup(user, "lobby");
+    for (const user of users) await sync.connect(`${user}-c`, user);
+    store.silent = true;
+    await store.removeFromGroup("user0", "lobby");
+    await store.addToGroup("user9", "vip");
+    store.silent = false;
+    expect(hub.of("user0-c")).toEqual(["lobby"]); // missed, as a cut-off process would
+
+    let reading = 0;
+    let most = 0;
+    const groupsOf = store.groupsOf.bind(store);
+    vi.spyOn(store, "groupsOf").mockImplementation(async (userId) => {
+      most = Math.max(most, ++reading);
+      await settle();
+      reading--;
+      return groupsOf(userId);
+    });
+    store.resync();
+    await vi.waitFor(() => expect(hub.of("user9-c")).toEqual(["lobby", "vip"]));
+    expect(hub.of("user0-c")).toEqual([]);
+    expect(hub.calls).toContain("leave user0-c lobby revoked");
+    expect(store.groupsOf).toHaveBeenCalledTimes(10);
+    expect(most).toBe(3);
   });
 
   it("keeps the reasons of two pairs apart whatever their names hold", async () => {

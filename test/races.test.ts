@@ -170,7 +170,7 @@ describe(`randomized races (seed ${SEED})`, () => {
   });
 
   it("on Azurite, with a second store instance: 1,000 rounds", { timeout: 180_000 }, async () => {
-    const store = azureStore({ pollIntervalMs: 25, visibilityLagMs: 1_000 });
+    const store = azureStore({ pollIntervalMs: 25 });
     const other = azureStore({ tableName: tableNameOf(store) });
     const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
     try {

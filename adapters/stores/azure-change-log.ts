@@ -1,87 +1,180 @@
 import { randomBytes } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
 import { odata, type TableClient, type TransactionAction } from "@azure/data-tables";
-import type { MembershipChange } from "../contract.js";
-import { isNotFound } from "./azure-errors.js";
-import { CHANGE_LOG_PARTITION } from "./azure-keys.js";
+import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
+import { Listeners } from "../listeners.js";
+import { shardOf } from "../shard.js";
+import { isChanged, isNotFound, storageErrorCode } from "./azure-errors.js";
 
-export interface ChangeLogOptions {
+export interface TableChangeLogOptions {
   /** Resolves once the table exists (the store creates it on first use). */
   ready: () => Promise<void>;
+  /** Poll interval while changes flow. */
   pollIntervalMs: number;
-  visibilityLagMs: number;
+  /** Poll interval once nothing has changed for `idleAfterMs`. */
+  idlePollIntervalMs: number;
   retentionMs: number;
-  deliver: (change: MembershipChange) => void;
-  onError: (error: unknown) => void;
 }
 
-type LogRow = {
+/** Partitions of the log: a user's changes all go to one, so their order holds. */
+export const CHANGE_LOG_SHARDS = 4;
+const HEAD = "head";
+/** 99 changes and the head row: one transaction's 100 actions. */
+const MAX_PER_APPEND = 99;
+const IDLE_AFTER_MS = 5_000;
+
+export const changeLogPartition = (shard: number) => `c:${shard}`;
+const seqKey = (seq: number) => seq.toString().padStart(16, "0");
+
+interface LogRow {
+  [property: string]: unknown;
   partitionKey: string;
   rowKey: string;
-  timestamp?: string;
+  /** On the head row only: the last sequence number (data rows have it as their RowKey). */
+  seq?: number;
   writer?: string;
   change?: string;
   userId?: string;
   group?: string;
   expiresAt?: Date;
-};
-
-const MAX_BATCH = 100;
+  timestamp?: string;
+}
 
 /**
- * The change log behind cross-process `watch`: one partition of the membership table, appended
- * to by every writer and polled by every instance that has listeners.
+ * The table's own {@link ChangeFeed}: four partitions `c:0` to `c:3` of the membership table.
  *
- * Polls select rows by the storage service's own `Timestamp`, never by a writer's clock, so a
- * writer whose clock is behind cannot hide its changes. A row can become visible a little after
- * its `Timestamp` (writes in flight), so each poll re-reads a `visibilityLag` window behind the
- * newest `Timestamp` it has seen and drops the row keys it already delivered. The first poll
- * replays that same window, so a change made right after `watch()` is not lost to the poll that
- * had not yet run. Rows older than `retention` are trimmed by the pollers.
+ * Each partition is a gapless sequence. Its `head` row holds the last sequence number; an append
+ * is one transaction that moves the head (conditional on its ETag) and inserts the rows that
+ * follow it, so rows appear atomically and in order, and a writer's clock plays no part. A poll
+ * is one keyed range read per partition, `RowKey gt <cursor>`: it returns the new rows and the
+ * head row (`head` sorts after the digits), so it costs requests and rows in proportion to the
+ * new changes, never to the retained log. A gap between the cursor and the first row, or a head
+ * beyond the last row, means history was trimmed before it was read: the reader says `resync`.
+ * A reader starts from the heads as they are, and says `resync` once it has them (changes made
+ * between `subscribe` and that first read are covered by it).
+ * Rows older than the retention (by the storage's `Timestamp`) are deleted in transactions of
+ * 100 by the pollers, oldest first, reading only the rows they delete and one page more.
  */
-export class ChangeLog {
+export class TableChangeLog implements ChangeFeed {
+  readonly kind = "table-log";
   readonly writer = randomBytes(6).toString("base64url");
   readonly #client: TableClient;
-  readonly #options: ChangeLogOptions;
-  #seq = 0;
+  readonly #options: TableChangeLogOptions;
+  readonly #listeners = new Listeners();
+  readonly #errorHandlers = new Set<(error: unknown) => void>();
+  /** The last head this writer saw per partition: appends skip reading it while it holds. */
+  readonly #heads: Array<{ seq: number; etag: string } | undefined> = [];
+  /** Appends per partition, one at a time: the head is contended by this process only once. */
+  readonly #appending: Array<Promise<unknown>> = [];
+  #cursors: number[] | undefined;
   #timer: NodeJS.Timeout | undefined;
-  /** Bumped by start and stop, so a poll of an earlier run never schedules another. */
   #generation = 0;
-  #running = false;
-  #newest: number | undefined;
-  #seen = new Map<string, number>();
-  #lastTrim = 0;
+  #lastChange = 0;
+  #lastTrim = Date.now();
   #failing = false;
 
-  constructor(client: TableClient, options: ChangeLogOptions) {
+  constructor(client: TableClient, options: TableChangeLogOptions) {
     this.#client = client;
     this.#options = options;
   }
 
-  /** Appends `changes` in order, in transactions of at most 100 rows (one partition). */
-  async append(changes: readonly MembershipChange[]): Promise<void> {
-    for (let i = 0; i < changes.length; i += MAX_BATCH) {
-      const actions = changes
-        .slice(i, i + MAX_BATCH)
-        .map((change): TransactionAction => ["create", this.#row(change)]);
-      if (actions.length === 1)
-        await this.#client.createEntity((actions[0] as ["create", LogRow])[1]);
-      else await this.#client.submitTransaction(actions);
+  async publish(updates: readonly MembershipUpdate[]): Promise<void> {
+    if (updates.length === 0) return;
+    await this.#options.ready();
+    const byShard = new Map<number, MembershipUpdate[]>();
+    for (const update of updates) {
+      const shard = shardOf(update.userId, CHANGE_LOG_SHARDS);
+      const list = byShard.get(shard);
+      if (list) list.push(update);
+      else byShard.set(shard, [update]);
+    }
+    this.#lastChange = Date.now();
+    await Promise.all(
+      [...byShard].map(([shard, list]) => {
+        const previous = this.#appending[shard] ?? Promise.resolve();
+        const next = previous
+          .catch(() => undefined)
+          .then(async () => {
+            for (let i = 0; i < list.length; i += MAX_PER_APPEND)
+              await this.#append(shard, list.slice(i, i + MAX_PER_APPEND));
+          });
+        this.#appending[shard] = next;
+        return next;
+      }),
+    );
+  }
+
+  subscribe(
+    listener: (change: MembershipChange) => void,
+    onError: (error: unknown) => void,
+  ): () => void {
+    const unsubscribe = this.#listeners.add(listener);
+    this.#errorHandlers.add(onError);
+    if (this.#listeners.size === 1) this.#start();
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      unsubscribe();
+      this.#errorHandlers.delete(onError);
+      if (this.#listeners.size === 0) this.#stop();
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#listeners.clear();
+    this.#errorHandlers.clear();
+    this.#stop();
+  }
+
+  async #append(shard: number, updates: readonly MembershipUpdate[]): Promise<void> {
+    const partitionKey = changeLogPartition(shard);
+    for (let attempt = 1; ; attempt++) {
+      const head = this.#heads[shard] ?? (await this.#readHead(partitionKey));
+      const last = (head?.seq ?? 0) + updates.length;
+      const headRow = { partitionKey, rowKey: HEAD, seq: last };
+      const actions: TransactionAction[] = [
+        head ? ["update", headRow, "Replace", { etag: head.etag }] : ["create", headRow],
+        ...updates.map(
+          (update, i): TransactionAction => [
+            "create",
+            this.#row(partitionKey, last - updates.length + 1 + i, update),
+          ],
+        ),
+      ];
+      try {
+        const response = await this.#client.submitTransaction(actions);
+        const etag = response.subResponses[0]?.etag;
+        this.#heads[shard] = etag ? { seq: last, etag } : undefined;
+        return;
+      } catch (error) {
+        this.#heads[shard] = undefined;
+        // Another writer moved the head first (412), or created it or a row (409): read again.
+        const lost = isChanged(error) || storageErrorCode(error) === "EntityAlreadyExists";
+        if (!lost || attempt >= 20) throw error;
+        await sleep(Math.random() * 10 * attempt);
+      }
     }
   }
 
-  /** Starts polling (idempotent). */
-  start(): void {
-    if (this.#running) return;
-    this.#running = true;
+  async #readHead(partitionKey: string): Promise<{ seq: number; etag: string } | undefined> {
+    try {
+      const row = await this.#client.getEntity<LogRow>(partitionKey, HEAD);
+      return { seq: row.seq ?? 0, etag: row.etag };
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
+  #start(): void {
     this.#generation++;
-    this.#newest = undefined;
-    this.#seen.clear();
+    this.#cursors = undefined;
+    this.#lastChange = Date.now();
     this.#schedule(0, this.#generation);
   }
 
-  /** Stops polling (idempotent); a poll in flight finishes without delivering. */
-  stop(): void {
-    this.#running = false;
+  #stop(): void {
     this.#generation++;
     clearTimeout(this.#timer);
     this.#timer = undefined;
@@ -95,93 +188,125 @@ export class ChangeLog {
             this.#failing = false;
           },
           (error: unknown) => {
-            // Report once per outage, not once per poll; polling goes on and resumes delivery.
-            if (!this.#failing) this.#options.onError(error);
+            // Once per outage, not once per poll; polling goes on, and the cursors hold.
+            if (!this.#failing) for (const report of this.#errorHandlers) report(error);
             this.#failing = true;
           },
         )
         .finally(() => {
-          if (generation === this.#generation)
-            this.#schedule(this.#options.pollIntervalMs, generation);
+          if (generation !== this.#generation) return;
+          const idle = Date.now() - this.#lastChange > IDLE_AFTER_MS;
+          const { pollIntervalMs, idlePollIntervalMs } = this.#options;
+          this.#schedule(idle ? idlePollIntervalMs : pollIntervalMs, generation);
         });
     }, delay);
   }
 
   async #poll(generation: number): Promise<void> {
-    const { visibilityLagMs, retentionMs } = this.#options;
     await this.#options.ready();
-    const priming = this.#newest === undefined;
-    const from = priming ? undefined : new Date((this.#newest as number) - visibilityLagMs);
-    const filter = from
-      ? odata`PartitionKey eq ${CHANGE_LOG_PARTITION} and Timestamp ge ${from}`
-      : odata`PartitionKey eq ${CHANGE_LOG_PARTITION}`;
-    const rows: Array<{ row: LogRow; at: number }> = [];
-    let newest = this.#newest ?? Number.NEGATIVE_INFINITY;
-    for await (const row of this.#client.listEntities<LogRow>({ queryOptions: { filter } })) {
-      const at = Date.parse(row.timestamp ?? "");
-      if (Number.isNaN(at)) continue;
-      newest = Math.max(newest, at);
-      if (!this.#seen.has(row.rowKey)) rows.push({ row, at });
+    const shards = Array.from({ length: CHANGE_LOG_SHARDS }, (_, shard) => shard);
+    if (this.#cursors === undefined) {
+      const heads = await Promise.all(
+        shards.map((shard) => this.#readHead(changeLogPartition(shard))),
+      );
+      if (generation !== this.#generation) return;
+      this.#cursors = heads.map((head) => head?.seq ?? 0);
+      this.#listeners.emit({ type: "resync" });
+      return;
     }
+    const cursors = this.#cursors;
+    const reads = await Promise.all(shards.map((shard) => this.#read(shard, cursors[shard] ?? 0)));
     if (generation !== this.#generation) return;
-    if (newest === Number.NEGATIVE_INFINITY) return; // empty log: stay in priming mode
-    this.#newest = newest;
-    const windowStart = newest - visibilityLagMs;
-    rows.sort((a, b) => a.at - b.at || (a.row.rowKey < b.row.rowKey ? -1 : 1));
-    for (const { row, at } of rows) {
-      this.#seen.set(row.rowKey, at);
-      if (priming && at < windowStart) continue;
-      const change = row.writer === this.writer ? undefined : toChange(row);
-      if (change) this.#options.deliver(change);
+    let resync = false;
+    const updates: MembershipUpdate[] = [];
+    for (const [shard, read] of reads.entries()) {
+      resync ||= read.gap;
+      cursors[shard] = read.cursor;
+      for (const row of read.rows) {
+        const update = row.writer === this.writer ? undefined : toUpdate(row);
+        if (update) updates.push(update);
+      }
     }
-    for (const [rowKey, at] of this.#seen) if (at < windowStart) this.#seen.delete(rowKey);
-    if (newest - this.#lastTrim > retentionMs / 4) {
-      this.#lastTrim = newest;
-      await this.#trim(new Date(newest - retentionMs));
+    if (resync || updates.length > 0) this.#lastChange = Date.now();
+    if (resync) this.#listeners.emit({ type: "resync" });
+    for (const update of updates) this.#listeners.emit(update);
+    if (Date.now() - this.#lastTrim > this.#options.retentionMs / 4) {
+      this.#lastTrim = Date.now();
+      await Promise.all(shards.map((shard) => this.#trim(changeLogPartition(shard))));
     }
   }
 
-  async #trim(before: Date): Promise<void> {
-    const filter = odata`PartitionKey eq ${CHANGE_LOG_PARTITION} and Timestamp lt ${before}`;
-    let batch: TransactionAction[] = [];
-    const flush = async () => {
-      const actions = batch;
-      batch = [];
-      // Several pollers may trim the same rows: a row another one already deleted fails the
-      // whole transaction with ResourceNotFound, which only means there is less to trim.
-      await this.#client.submitTransaction(actions).catch((error: unknown) => {
-        if (!isNotFound(error)) throw error;
-      });
-    };
-    const rows = this.#client.listEntities<LogRow>({
-      queryOptions: { filter, select: ["PartitionKey", "RowKey"] },
-    });
-    for await (const { partitionKey, rowKey } of rows) {
-      batch.push(["delete", { partitionKey, rowKey }]);
-      if (batch.length === MAX_BATCH) await flush();
+  /**
+   * The rows after `cursor`, then the head (it sorts last): one keyed range read. `gap` when rows
+   * after the cursor are gone (trimmed unread) or the log was reset under it.
+   */
+  async #read(shard: number, cursor: number) {
+    const partitionKey = changeLogPartition(shard);
+    const filter = odata`PartitionKey eq ${partitionKey} and RowKey gt ${seqKey(cursor)}`;
+    const rows: Array<LogRow & { seq: number }> = [];
+    let head: number | undefined;
+    for await (const row of this.#client.listEntities<LogRow>({ queryOptions: { filter } })) {
+      if (row.rowKey === HEAD) head = row.seq ?? 0;
+      else rows.push({ ...row, seq: Number(row.rowKey) });
     }
-    if (batch.length > 0) await flush();
+    let gap = false;
+    let last = cursor;
+    for (const row of rows) {
+      if (row.seq !== last + 1) gap = true;
+      last = row.seq;
+    }
+    if (head === undefined || head < cursor) return { rows, gap: cursor > 0, cursor: head ?? 0 };
+    // No row after the cursor, yet the head is beyond it: they were trimmed before we read them.
+    if (rows.length === 0 && head > cursor) return { rows, gap: true, cursor: head };
+    // A head beyond the rows read is a commit that landed during the read: next poll reads it.
+    return { rows, gap, cursor: last };
   }
 
-  #row(change: MembershipChange): LogRow {
-    // Row keys sort roughly by time (writer clock, only a tie-breaker: polls go by Timestamp)
-    // and are unique per writer and sequence number.
-    const seq = (this.#seq++).toString(36).padStart(8, "0");
-    const rowKey = `${Date.now().toString().padStart(15, "0")}-${this.writer}-${seq}`;
+  async #trim(partitionKey: string): Promise<void> {
+    const before = Date.now() - this.#options.retentionMs;
+    const filter = odata`PartitionKey eq ${partitionKey} and RowKey lt ${HEAD}`;
+    const old: Array<{ partitionKey: string; rowKey: string }> = [];
+    const pages = this.#client
+      .listEntities<LogRow>({ queryOptions: { filter, select: ["RowKey", "Timestamp"] } })
+      .byPage({ maxPageSize: 100 });
+    // Rows are in sequence order, and so in commit order: stop at the first one to keep.
+    scan: for await (const page of pages) {
+      for (const row of page) {
+        if (Date.parse(row.timestamp ?? "") >= before) break scan;
+        old.push({ partitionKey, rowKey: row.rowKey });
+      }
+    }
+    for (let i = 0; i < old.length; i += 100) {
+      const batch = old.slice(i, i + 100);
+      // Several pollers may trim the same rows: one already gone fails the transaction with
+      // ResourceNotFound, which only means there is less to do; the rest go one by one.
+      await this.#client
+        .submitTransaction(batch.map((key): TransactionAction => ["delete", key]))
+        .catch(async (error: unknown) => {
+          if (!isNotFound(error)) throw error;
+          for (const key of batch)
+            await this.#client.deleteEntity(key.partitionKey, key.rowKey).catch((e: unknown) => {
+              if (!isNotFound(e)) throw e;
+            });
+        });
+    }
+  }
+
+  #row(partitionKey: string, seq: number, update: MembershipUpdate): LogRow {
     const row: LogRow = {
-      partitionKey: CHANGE_LOG_PARTITION,
-      rowKey,
+      partitionKey,
+      rowKey: seqKey(seq),
       writer: this.writer,
-      change: change.type,
-      userId: change.userId,
-      group: change.group,
+      change: update.type,
+      userId: update.userId,
+      group: update.group,
     };
-    if (change.type === "added" && change.expiresAt) row.expiresAt = change.expiresAt;
+    if (update.type === "added" && update.expiresAt) row.expiresAt = update.expiresAt;
     return row;
   }
 }
 
-function toChange(row: LogRow): MembershipChange | undefined {
+function toUpdate(row: LogRow): MembershipUpdate | undefined {
   const { change, userId, group, expiresAt } = row;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
   if (change === "removed") return { type: "removed", userId, group };

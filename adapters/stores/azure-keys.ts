@@ -35,5 +35,3 @@ export function toKey(name: string): string {
 export const userPartition = (userId: string) => `u:${toKey(userId)}`;
 /** PartitionKey of a group's rows (the index). */
 export const groupPartition = (group: string) => `g:${toKey(group)}`;
-/** PartitionKey of the change log read by `watch`. */
-export const CHANGE_LOG_PARTITION = "c:";

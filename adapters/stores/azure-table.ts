@@ -13,12 +13,15 @@ import {
   type TransactionAction,
 } from "@azure/data-tables";
 import pLimit from "p-limit";
-import type {
-  AddToGroupOptions,
-  Membership,
-  MembershipChange,
-  MembershipGrant,
-  MembershipStore,
+import {
+  type AddToGroupOptions,
+  type ChangeFeed,
+  type Membership,
+  type MembershipChange,
+  MembershipError,
+  type MembershipGrant,
+  type MembershipStore,
+  type MembershipUpdate,
 } from "../contract.js";
 import { Listeners } from "../listeners.js";
 import {
@@ -30,7 +33,7 @@ import {
   readExpiresAt,
   readGrants,
 } from "../validate.js";
-import { ChangeLog } from "./azure-change-log.js";
+import { TableChangeLog } from "./azure-change-log.js";
 import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
 import { groupPartition, toKey, userPartition } from "./azure-keys.js";
 
@@ -40,19 +43,25 @@ export type TableCredential = NamedKeyCredential | SASCredential | TokenCredenti
 export interface AzureTableMembershipStoreOptions {
   /** The table that holds memberships and the change log; created on first use. Default `HubMembership`. */
   tableName?: string;
-  /** How often an instance with listeners polls the change log. Default 250 ms. */
+  /**
+   * Where changes travel between instances (`watch`). Default: the table's own log. Every
+   * instance on the table must use the same kind of feed; the store is closed with the feed.
+   */
+  changeFeed?: ChangeFeed;
+  /** Table log: how often an instance with listeners polls it while changes flow. Default 250 ms. */
   pollIntervalMs?: number;
-  /** How long a change-log row may take to become visible after its storage `Timestamp`. Default 5 s. */
-  visibilityLagMs?: number;
-  /** How long change-log rows are kept before pollers trim them. Default 10 min. */
+  /** Table log: how often it polls after 5 s without a change. Default 1 s. */
+  idlePollIntervalMs?: number;
+  /** Table log: how long changes are kept before pollers trim them. Default 10 min. */
   changeRetentionMs?: number;
   /** Most requests in flight at once during `addMany`, `removeUser`, `deleteGroup` and `repair`. Default 16. */
   concurrency?: number;
   /** Passed to the `TableClient`: retry options, extra pipeline policies, ... */
   clientOptions?: TableServiceClientOptions;
   /**
-   * Called once per outage of change-log polling (polling goes on), with a `MembershipError`
-   * (`STORE_UNAVAILABLE`, `ACCESS_DENIED` or `STORE_REJECTED`). Default: a process warning.
+   * Called once per outage of the change feed behind `watch` (delivery resumes by itself), with
+   * a `MembershipError` (`STORE_UNAVAILABLE`, `ACCESS_DENIED`, or `STORE_REJECTED` when the table
+   * is set up for another kind of feed). Default: a process warning.
    */
   onWatchError?: (error: unknown) => void;
 }
@@ -90,6 +99,11 @@ interface Row {
 }
 
 const MAX_BATCH = 100;
+/** The table is set up for another kind of change feed than the store's. */
+class FeedMismatch extends MembershipError {}
+
+/** The row that names the table's kind of change feed. */
+const FEED_MARKER = { partitionKey: "c:", rowKey: "feed" };
 const isHttp = (url: string) => /^http:/i.test(url);
 
 /**
@@ -101,7 +115,8 @@ const isHttp = (url: string) => /^http:/i.test(url);
  *   and `groupsOf` (what a hub rehydrates and enforces) read only this side.
  * - `PartitionKey g:<group>`, `RowKey <user>`: the group side, an index for `membersOf`,
  *   `countMembers` and `deleteGroup`.
- * - `PartitionKey c:`: the change log behind `watch` (see {@link ChangeLog}).
+ * - `PartitionKey c:0` to `c:3`: the change log behind `watch`, unless another `changeFeed` is
+ *   given (see {@link TableChangeLog}); `c:`/`feed` names the kind of feed the table uses.
  *
  * Write order keeps every failure on the side of less access. A grant writes the index, then the
  * authoritative row, then the log: it takes effect with the second write, and is announced only
@@ -115,7 +130,10 @@ const isHttp = (url: string) => /^http:/i.test(url);
  */
 export class AzureTableMembershipStore implements MembershipStore {
   readonly #client: TableClient;
-  readonly #log: ChangeLog;
+  readonly #feed: ChangeFeed;
+  readonly #onWatchError: (error: unknown) => void;
+  #unsubscribe: (() => void) | undefined;
+  #feedChecked: Promise<void> | undefined;
   readonly #listeners = new Listeners();
   readonly #limit: ReturnType<typeof pLimit>;
   #ready: Promise<void> | undefined;
@@ -167,15 +185,16 @@ export class AzureTableMembershipStore implements MembershipStore {
     const onWatchError =
       options.onWatchError ??
       ((error: unknown) =>
-        process.emitWarning(`hub-membership: polling the change log failed: ${String(error)}`));
-    this.#log = new ChangeLog(this.#client, {
-      ready: () => this.#ensureTable(),
-      pollIntervalMs: options.pollIntervalMs ?? 250,
-      visibilityLagMs: options.visibilityLagMs ?? 5_000,
-      retentionMs: options.changeRetentionMs ?? 10 * 60_000,
-      deliver: (change) => this.#listeners.emit(change),
-      onError: (error) => onWatchError(toStoreError(error)),
-    });
+        process.emitWarning(`hub-membership: watching changes failed: ${String(error)}`));
+    this.#onWatchError = (error) => onWatchError(toStoreError(error));
+    this.#feed =
+      options.changeFeed ??
+      new TableChangeLog(this.#client, {
+        ready: () => this.#ensureTable(),
+        pollIntervalMs: options.pollIntervalMs ?? 250,
+        idlePollIntervalMs: options.idlePollIntervalMs ?? 1_000,
+        retentionMs: options.changeRetentionMs ?? 10 * 60_000,
+      });
   }
 
   async addToGroup(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
@@ -194,7 +213,7 @@ export class AzureTableMembershipStore implements MembershipStore {
         { partitionKey: userPartition(userId), rowKey: toKey(group), ...fields },
         "Replace",
       );
-      await this.#log.append([change]);
+      await this.#publish([change]);
     });
     this.#listeners.emit(change);
   }
@@ -227,7 +246,7 @@ export class AzureTableMembershipStore implements MembershipStore {
           ...f,
         })),
       );
-      await this.#log.append(changes);
+      await this.#publish(changes);
     });
     for (const change of changes) this.#listeners.emit(change);
     return changes.length;
@@ -240,7 +259,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     const removed = await this.#run(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
       const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
-      if (live) await this.#log.append([{ type: "removed", userId, group }]);
+      if (live) await this.#publish([{ type: "removed", userId, group }]);
       let deleted = false;
       if (row && row.userId === userId) {
         // Conditional on the row read above: a grant that lands in between wins, rather than
@@ -248,7 +267,7 @@ export class AzureTableMembershipStore implements MembershipStore {
         deleted = await this.#delete(row, row.etag);
         // Announced again once it is true: a watcher that re-read on the first announcement
         // may have read before the delete; this one's re-read cannot.
-        if (live && deleted) await this.#log.append([{ type: "removed", userId, group }]);
+        if (live && deleted) await this.#publish([{ type: "removed", userId, group }]);
       }
       // Also when there was no user row: a retry after a crash must finish the index side.
       await this.#delete({ partitionKey: groupPartition(group), rowKey: toKey(userId) });
@@ -397,17 +416,94 @@ export class AzureTableMembershipStore implements MembershipStore {
   watch(listener: (change: MembershipChange) => void): () => void {
     this.#open();
     const unsubscribe = this.#listeners.add(listener);
-    this.#log.start();
+    if (this.#unsubscribe === undefined) {
+      this.#unsubscribe = this.#feed.subscribe(
+        (change) => this.#listeners.emit(change),
+        this.#onWatchError,
+      );
+      // Only a wrong feed is reported from here: an outage or a refused key is the feed's
+      // to report, once, as its reads fail too.
+      this.#run(() => this.#checkFeed()).catch((error: unknown) => {
+        if (error instanceof FeedMismatch) this.#onWatchError(error);
+      });
+    }
     return () => {
       unsubscribe();
-      if (this.#listeners.size === 0) this.#log.stop();
+      if (this.#listeners.size === 0) {
+        this.#unsubscribe?.();
+        this.#unsubscribe = undefined;
+      }
     };
   }
 
   async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
-    this.#log.stop();
+    this.#unsubscribe?.();
     this.#listeners.clear();
+    await this.#feed.close();
+  }
+
+  /**
+   * Checks, with one read, that the credentials are accepted and that the table is set up for
+   * this store's kind of change feed (setting it up on first use). The sample calls it before it
+   * listens. Throws `ACCESS_DENIED`, `STORE_REJECTED` (another feed) or `STORE_UNAVAILABLE`.
+   */
+  async verify(): Promise<void> {
+    this.#open();
+    await this.#run(() => this.#checkFeed());
+  }
+
+  /**
+   * Sets the table up for this store's kind of change feed, replacing the kind it had: for a
+   * deliberate switch (from the table log to Redis, say) while no other instance writes.
+   */
+  async adoptChangeFeed(): Promise<void> {
+    this.#open();
+    await this.#run(async () => {
+      await this.#client.upsertEntity({ ...FEED_MARKER, feed: this.#feed.kind }, "Replace");
+      this.#feedChecked = Promise.resolve();
+    });
+  }
+
+  /** Publishes after the first write's check that the table uses this feed. */
+  async #publish(updates: readonly MembershipUpdate[]): Promise<void> {
+    await this.#checkFeed();
+    await this.#feed.publish(updates);
+  }
+
+  /**
+   * A server and an admin script on different feeds would each miss the other's changes, so the
+   * table names its feed (the first store to write sets it) and a store on another refuses.
+   */
+  #checkFeed(): Promise<void> {
+    this.#feedChecked ??= (async () => {
+      let stored = (await this.#get(FEED_MARKER.partitionKey, FEED_MARKER.rowKey)) as
+        | (Row & { feed?: unknown })
+        | undefined;
+      if (stored === undefined) {
+        try {
+          await this.#client.createEntity({ ...FEED_MARKER, feed: this.#feed.kind });
+          return;
+        } catch (error) {
+          if (storageErrorCode(error) !== "EntityAlreadyExists") throw error;
+          stored = await this.#get(FEED_MARKER.partitionKey, FEED_MARKER.rowKey);
+        }
+      }
+      const feed = (stored as { feed?: unknown } | undefined)?.feed;
+      if (feed !== this.#feed.kind) {
+        throw new FeedMismatch(
+          "STORE_REJECTED",
+          `this table's changes travel on the ${String(feed)} feed, but this store uses the ` +
+            `${this.#feed.kind} feed: every server and admin script on the table must use the ` +
+            "same one (REDIS_URL set on all or on none), or switch with adoptChangeFeed()",
+        );
+      }
+    })().catch((error: unknown) => {
+      this.#feedChecked = undefined;
+      throw error;
+    });
+    return this.#feedChecked;
   }
 
   /**
@@ -430,16 +526,16 @@ export class AzureTableMembershipStore implements MembershipStore {
       const changes = rows
         .filter((row) => isLive(row, now))
         .map(
-          (row): MembershipChange => ({
+          (row): MembershipUpdate => ({
             type: "removed",
             userId: row.userId as string,
             group: row.group as string,
           }),
         );
-      await this.#log.append(changes);
+      await this.#publish(changes);
       await Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
       await this.#deleteBatches(rows);
-      await this.#log.append(changes); // confirmed, as in removeFromGroup
+      await this.#publish(changes); // confirmed, as in removeFromGroup
       return changes;
     });
     for (const change of changes) this.#listeners.emit(change);

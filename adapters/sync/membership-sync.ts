@@ -1,8 +1,10 @@
+import pLimit from "p-limit";
 import type {
   AddToGroupOptions,
   Membership,
   MembershipChange,
   MembershipStore,
+  MembershipUpdate,
 } from "../contract.js";
 import { MembershipError } from "../contract.js";
 import { assertName, pairKey } from "../validate.js";
@@ -32,6 +34,8 @@ export interface MembershipSyncOptions {
   onError?: (error: unknown) => void;
   /** Delay before a failed background re-read is retried. Default 2 s. */
   retryDelayMs?: number;
+  /** Reads of the store at once when a `resync` re-reads every connected user. Default 16. */
+  resyncConcurrency?: number;
 }
 
 /** Per connection: its user, and its groups with their expiry (undefined = never). */
@@ -77,6 +81,7 @@ export class MembershipSync {
   readonly #hub: HubBinding;
   readonly #onError: (error: unknown) => void;
   readonly #retryDelayMs: number;
+  readonly #resyncLimit: ReturnType<typeof pLimit>;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
   /** Reasons of this instance's own revokes in flight, so their hint carries it. */
@@ -88,6 +93,7 @@ export class MembershipSync {
     this.#store = options.store;
     this.#hub = options.hub;
     this.#retryDelayMs = options.retryDelayMs ?? 2_000;
+    this.#resyncLimit = pLimit(options.resyncConcurrency ?? 16);
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
@@ -222,15 +228,28 @@ export class MembershipSync {
    * After this instance's own write: the store has already emitted the change (the contract has
    * it emit synchronously), so its read is under way; wait for it. Hint only if it is not.
    */
-  #settle(change: MembershipChange): Promise<void> {
+  #settle(change: MembershipUpdate): Promise<void> {
     const loop = this.#users.get(change.userId)?.loop;
     // A failed read is reported (and retried) by whoever started it, a hint or a connect; the
     // write itself succeeded, so the caller is not told of it twice.
     return loop ? loop.catch(() => undefined) : this.#hint(change);
   }
 
-  /** Applies what a change says at once if it removes access, then re-reads the user's groups. */
+  /**
+   * Applies what a change says at once if it removes access, then re-reads the user's groups.
+   * A `resync` (changes may have been missed) re-reads every user connected here, a few at once.
+   */
   #hint(change: MembershipChange): Promise<void> {
+    if (change.type === "resync") {
+      if (this.#closed) return Promise.resolve();
+      return Promise.all(
+        [...this.#users.keys()].map((userId) =>
+          this.#resyncLimit(() =>
+            this.#read(userId).catch((error: unknown) => this.#readFailed(userId, error)),
+          ),
+        ),
+      ).then(() => undefined);
+    }
     const user = this.#users.get(change.userId);
     if (this.#closed || user === undefined) return Promise.resolve();
     if (change.type === "removed") {
