@@ -203,7 +203,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     assertName("group", group);
     const expiresAt = readExpiresAt(options);
     const change = addedChange(userId, group, expiresAt);
-    await this.#run(async () => {
+    await this.#write(async () => {
       const fields = { userId, group, addedAt: new Date(), ...(expiresAt && { expiresAt }) };
       await this.#client.upsertEntity(
         { partitionKey: groupPartition(group), rowKey: toKey(userId), ...fields },
@@ -222,7 +222,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     this.#open();
     const changes = readGrants(grants);
     if (changes.length === 0) return 0;
-    await this.#run(async () => {
+    await this.#write(async () => {
       const addedAt = new Date();
       const fields = changes.map(({ userId, group, expiresAt }) => ({
         userId,
@@ -256,7 +256,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     this.#open();
     assertName("userId", userId);
     assertName("group", group);
-    const removed = await this.#run(async () => {
+    const removed = await this.#write(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
       const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
       if (live) await this.#publish([{ type: "removed", userId, group }]);
@@ -456,7 +456,8 @@ export class AzureTableMembershipStore implements MembershipStore {
 
   /**
    * Sets the table up for this store's kind of change feed, replacing the kind it had: for a
-   * deliberate switch (from the table log to Redis, say) while no other instance writes.
+   * deliberate switch (from the table log to Redis, say). Instances check the kind once, on their
+   * first write or `verify()`, so stop the others first and start them on the new feed after.
    */
   async adoptChangeFeed(): Promise<void> {
     this.#open();
@@ -466,10 +467,16 @@ export class AzureTableMembershipStore implements MembershipStore {
     });
   }
 
-  /** Publishes after the first write's check that the table uses this feed. */
-  async #publish(updates: readonly MembershipUpdate[]): Promise<void> {
-    await this.#checkFeed();
-    await this.#feed.publish(updates);
+  #publish(updates: readonly MembershipUpdate[]): Promise<void> {
+    return this.#feed.publish(updates);
+  }
+
+  /** A write: the table must use this store's feed before anything is written. */
+  #write<T>(operation: () => Promise<T>): Promise<T> {
+    return this.#run(async () => {
+      await this.#checkFeed();
+      return operation();
+    });
   }
 
   /**
@@ -519,7 +526,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     owns: (row: Row) => boolean,
     twinOf: (row: Row) => { partitionKey: string; rowKey: string },
   ): Promise<number> {
-    const changes = await this.#run(async () => {
+    const changes = await this.#write(async () => {
       const now = Date.now();
       const rows: Row[] = [];
       for await (const row of this.#rows(partitionKey)) if (owns(row)) rows.push(row);

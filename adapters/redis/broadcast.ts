@@ -1,0 +1,97 @@
+import { randomBytes } from "node:crypto";
+import { RedisConnections, type RedisTarget, redisUnavailable } from "./client.js";
+
+/** Who a message is for: the members of a group, or the connections of a user. */
+export type BroadcastTarget = { group: string } | { userId: string };
+
+export interface RedisBroadcastSettings {
+  /** The pub/sub channel every server shares. Default `hub-membership:messages`. */
+  channel?: string;
+  /** Delivers a message another server published, to this server's own connections. */
+  deliver: (target: BroadcastTarget, frame: Buffer) => void;
+  /** Called once per Redis outage (messages published meanwhile are lost, as pub/sub loses them). */
+  onError?: (error: unknown) => void;
+}
+
+export type RedisBroadcastOptions = RedisTarget & RedisBroadcastSettings;
+
+/**
+ * Messages across hub servers on Redis pub/sub, for `ws` hubs (Socket.IO has its own adapter):
+ * a server delivers a message to its own connections and publishes it once; every other server
+ * gets it and delivers it to its own. Membership is enforced where the message is delivered:
+ * `deliver` sends only to connections that are in the group there and then.
+ *
+ * Pub/sub is at most once: a server cut off from Redis misses the messages of that time (as
+ * Socket.IO's Redis adapter does). Membership changes do not travel here; they travel on the
+ * store's change feed, which loses nothing.
+ */
+export class RedisBroadcast {
+  readonly #id = randomBytes(6).toString("base64url");
+  readonly #redis: RedisConnections;
+  readonly #channel: string;
+  readonly #deliver: RedisBroadcastSettings["deliver"];
+  readonly #onError: (error: unknown) => void;
+  #subscribed: Promise<unknown> | undefined;
+  #failing = false;
+
+  constructor(options: RedisBroadcastOptions) {
+    this.#channel = options.channel ?? "hub-membership:messages";
+    this.#deliver = options.deliver;
+    this.#onError =
+      options.onError ??
+      ((error) => process.emitWarning(`hub-membership: Redis broadcast: ${String(error)}`));
+    this.#redis = new RedisConnections(options, (error) => this.#report(error));
+  }
+
+  /** Subscribes; resolves once messages of other servers arrive. */
+  start(): Promise<unknown> {
+    this.#subscribed ??= this.#redis
+      .own()
+      .then((subscriber) =>
+        subscriber.subscribe(this.#channel, (message) => this.#receive(message), true),
+      );
+    return this.#subscribed;
+  }
+
+  /**
+   * Publishes `frame` for the other servers (deliver it to this server's connections yourself).
+   * Rejects with `STORE_UNAVAILABLE` when Redis cannot take it.
+   */
+  async publish(target: BroadcastTarget, frame: Buffer): Promise<void> {
+    const header = Buffer.from(`${JSON.stringify([this.#id, target])}\n`);
+    try {
+      const client = await this.#redis.main();
+      // The frame is not copied into a string: the message is the header's bytes and the frame's.
+      await client.sendCommand([
+        "PUBLISH",
+        this.#channel,
+        Buffer.concat([header, frame]) as unknown as string,
+      ]);
+      this.#failing = false;
+    } catch (error) {
+      this.#report(error);
+      throw redisUnavailable(error);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#redis.close();
+  }
+
+  #receive(message: Buffer): void {
+    const end = message.indexOf(0x0a);
+    if (end < 0) return;
+    const [from, target] = JSON.parse(message.subarray(0, end).toString()) as [
+      string,
+      BroadcastTarget,
+    ];
+    if (from === this.#id) return;
+    this.#deliver(target, message.subarray(end + 1));
+  }
+
+  #report(error: unknown): void {
+    if (this.#failing) return;
+    this.#failing = true;
+    this.#onError(redisUnavailable(error));
+  }
+}
