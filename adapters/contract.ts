@@ -38,10 +38,15 @@ export interface MembershipGrant {
   readonly expiresAt?: Date;
 }
 
-/** A change to one membership: `added` for every grant (a repeated one too), `removed` for a revoke. */
+/**
+ * A change to one membership: `added` for every grant (a repeated one too), `removed` for a
+ * revoke. A store may announce a revoke before it is stored, so that watchers drop access even
+ * if the write then fails: that announcement has `pending: true`, and a `removed` without it
+ * follows once the removal is stored (or an `added`, if a concurrent grant won).
+ */
 export type MembershipUpdate =
   | { type: "added"; userId: string; group: string; expiresAt?: Date }
-  | { type: "removed"; userId: string; group: string };
+  | { type: "removed"; userId: string; group: string; pending?: true };
 
 /**
  * What {@link MembershipStore.watch} delivers: a {@link MembershipUpdate}, or `resync`: "changes

@@ -13,6 +13,7 @@ import {
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import { ConfigError, connectionStringOf, isRefusedByStore, loadConfig } from "./config.js";
+import { changeFeedOf } from "./redis.js";
 
 class UsageError extends Error {}
 
@@ -38,6 +39,12 @@ const COMMANDS: Record<string, Command> = {
   "remove-user": { args: ["user"], help: "Remove every membership of <user>." },
   "delete-group": { args: ["group"], help: "Remove every membership of <group>." },
   token: { args: ["user"], options: ["ttl"], help: "Mint a token for <user> (--ttl, default 1h)." },
+  "use-feed": {
+    args: [],
+    help:
+      "Switch the table to the change feed this environment names (Redis when REDIS_URL is set,\n" +
+      "else the table's log). Stop every server first; start them again on the same feed.",
+  },
   repair: {
     args: [],
     options: ["dry-run"],
@@ -132,8 +139,10 @@ async function main(argv: string[]): Promise<void> {
     return print({ token, userId: first, expiresIn: ttl }, token);
   }
 
+  const changeFeed = changeFeedOf(config);
   const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
     tableName: config.tableName,
+    ...(changeFeed && { changeFeed }),
     // An admin command should answer or fail within seconds, not after minutes of retries.
     clientOptions: {
       retryOptions: { maxRetries: 2, retryDelayInMs: 200, maxRetryDelayInMs: 1_000 },
@@ -197,6 +206,14 @@ async function main(argv: string[]): Promise<void> {
             `${report.orphansRemoved.length} orphan group-side row(s) ${verb} removed${pairs(report.orphansRemoved)}\n` +
             `${report.expiredPurged} expired membership row(s) ${verb} purged\n` +
             `${report.orphansTooRecent} recent orphan(s) left alone (may be grants in flight)`,
+        );
+      }
+      case "use-feed": {
+        await store.adoptChangeFeed();
+        const feed = changeFeed ? "Redis (REDIS_URL)" : "the table's own log";
+        return print(
+          { ok: true, feed: changeFeed?.kind ?? "table-log" },
+          `changes now travel on ${feed}`,
         );
       }
       case "delete-group": {

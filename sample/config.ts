@@ -35,7 +35,10 @@ export interface SampleConfig {
   maxBufferedBytes: number;
   /** Which hub `npm start` runs: the `ws` sample (default) or the Socket.IO one. */
   hub: "ws" | "socket.io";
-  /** Socket.IO only: servers sharing this Redis share broadcasts (`@socket.io/redis-adapter`). */
+  /**
+   * Servers sharing this Redis share membership changes (Redis Streams) and messages (pub/sub
+   * for `ws`, `@socket.io/redis-adapter` for Socket.IO); unset, changes travel on the table's log.
+   */
   redisUrl: string | undefined;
 }
 
@@ -106,8 +109,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
   const hub = env.HUB || "ws";
   if (hub !== "ws" && hub !== "socket.io")
     throw new ConfigError(`HUB must be "ws" or "socket.io", got ${JSON.stringify(hub)}`);
-  // Only the Socket.IO sample uses Redis; the ws sample (and the admin script) ignore REDIS_URL.
-  const redisUrl = hub === "socket.io" ? env.REDIS_URL?.trim() || undefined : undefined;
+  const redisUrl = env.REDIS_URL?.trim() || undefined;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl))
     throw new ConfigError(
       `REDIS_URL must start with redis:// or rediss://, got ${JSON.stringify(redisUrl)}`,

@@ -9,6 +9,7 @@ import {
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import { ConfigError, connectionStringOf, isRefusedByStore, type SampleConfig } from "./config.js";
+import { changeFeedOf, connectRedis } from "./redis.js";
 
 /** Storage requests a server sent, split into change-log polls and everything else. */
 export interface StorageRequests {
@@ -18,9 +19,9 @@ export interface StorageRequests {
 
 /**
  * The server's store, with a pipeline policy counting its requests (reported by /stats: the
- * connect-storm benchmark checks one read per user). One read first: a store that refuses the
- * key or SAS stops the server with a configuration error; an outage does not (it serves once
- * storage is back).
+ * connect-storm benchmark checks one read per user), on the change feed REDIS_URL chooses.
+ * Checked first: a store that refuses the key or SAS, or a table on the other feed, stops the
+ * server with a configuration error; a storage outage does not (it serves once storage is back).
  */
 export async function openStore(config: SampleConfig): Promise<{
   store: AzureTableMembershipStore;
@@ -36,13 +37,16 @@ export async function openStore(config: SampleConfig): Promise<{
       return next(request);
     },
   };
+  if (config.redisUrl !== undefined) (await connectRedis(config.redisUrl)).destroy();
+  const changeFeed = changeFeedOf(config);
   const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
     tableName: config.tableName,
     clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
-    onWatchError: (error) => console.error(`change-log polling failed: ${String(error)}`),
+    ...(changeFeed && { changeFeed }),
+    onWatchError: (error) => console.error(`watching membership changes failed: ${String(error)}`),
   });
   try {
-    await store.isMember("healthz", "healthz");
+    await store.verify();
   } catch (error) {
     if (!isRefusedByStore(error)) {
       console.error(`the membership store is unavailable for now: ${String(error)}`);

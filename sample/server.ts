@@ -10,6 +10,7 @@ import {
   type MembershipStore,
   MembershipSync,
 } from "../adapters/index.js";
+import { type BroadcastTarget, RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
@@ -95,6 +96,27 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     onError: (error) => console.error(`hub binding failed: ${String(error)}`),
   });
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
+  /** This server's connections of a user get `frame`. */
+  const whisper = (userId: string, frame: Buffer) => {
+    for (const target of sync.connectionsOf(userId)) groups.send(target, frame);
+  };
+  // With Redis, a message reaches the other servers' connections too; each server enforces
+  // membership for its own (WsGroups.broadcast sends only to the group's members there).
+  const redis = config.redisUrl
+    ? new RedisBroadcast({
+        url: config.redisUrl,
+        deliver: (target, frame) =>
+          "group" in target ? groups.broadcast(target.group, frame) : whisper(target.userId, frame),
+        onError: (e) => console.error(`redis broadcast: ${String(e)}`),
+      })
+    : undefined;
+  await redis?.start();
+  /** Delivers here, then to the other servers; `unavailable` for the sender if Redis is down. */
+  const fanOut = async (target: BroadcastTarget, frame: Buffer) => {
+    if ("group" in target) groups.broadcast(target.group, frame);
+    else whisper(target.userId, frame);
+    await redis?.publish(target, frame);
+  };
 
   async function onConnection(ws: WebSocket, { userId, expiresAt }: Principal) {
     const connectionId = randomUUID();
@@ -145,7 +167,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
             const { group, text } = message;
             if (!sync.isInGroup(connectionId, group)) return error("not_member", { group });
             const at = new Date().toISOString();
-            groups.broadcast(group, encode({ type: "message", group, from: userId, text, at }));
+            await fanOut({ group }, encode({ type: "message", group, from: userId, text, at }));
             return;
           }
           case "whisper": {
@@ -157,7 +179,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
               text,
               at: new Date().toISOString(),
             });
-            for (const target of sync.connectionsOf(to)) groups.send(target, frame);
+            await fanOut({ userId: to }, frame);
             return;
           }
           case "join":
@@ -256,6 +278,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       await closed;
       clearTimeout(grace);
       await sync.close();
+      await redis?.close();
       await store.close();
     },
   };

@@ -1,11 +1,11 @@
 import { createAdapter } from "@socket.io/redis-adapter";
-import { createClient } from "redis";
 import { Server, type Socket } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
+import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -35,10 +35,14 @@ function groupOf(payload: unknown): string | undefined {
 /**
  * The sample hub on Socket.IO (websocket transport only): the same users, groups, JWTs and store
  * as the `ws` sample, as Socket.IO events. With `config.redisUrl`, servers share broadcasts
- * through `@socket.io/redis-adapter`.
+ * through `@socket.io/redis-adapter` (and membership changes through the store's Redis feed).
  */
 export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
   const { store, requests } = await openStore(config);
+  const fail = async (error: unknown): Promise<never> => {
+    await store.close();
+    throw error;
+  };
   const auth = configurePassport(config.jwt);
   let joins = 0;
   let leaves = 0;
@@ -58,26 +62,10 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     maxHttpBufferSize: 64 * 1024,
     serveClient: false,
   });
-  let redisUp = false;
-  const redis = config.redisUrl
-    ? createClient({
-        url: config.redisUrl,
-        // Fail the start-up at once if Redis is not there; once it was, ride out its restarts.
-        socket: {
-          reconnectStrategy: (retries, cause) => (redisUp ? Math.min(100 * retries, 2_000) : cause),
-        },
-      })
-    : undefined;
+  const redis = config.redisUrl ? await connectRedis(config.redisUrl).catch(fail) : undefined;
   const redisSub = redis?.duplicate();
   if (redis && redisSub) {
-    for (const client of [redis, redisSub])
-      client.on("error", (e: Error) => redisUp && console.error(`redis: ${e.message}`));
-    await Promise.all([redis.connect(), redisSub.connect()]).catch(async (error: unknown) => {
-      for (const client of [redis, redisSub]) if (client.isOpen) client.destroy();
-      await store.close();
-      throw new Error(`cannot reach Redis at ${config.redisUrl}: ${String(error)}`);
-    });
-    redisUp = true;
+    await redisSub.connect();
     io.adapter(createAdapter(redis, redisSub));
   }
 

@@ -140,6 +140,62 @@ describe("MembershipSync", () => {
     expect(most).toBe(3);
   });
 
+  it("a revoke announced before its delete is not undone by a read in between", async () => {
+    /** A store whose changes are announced by hand, as another process's arrive. */
+    class AnnouncedStore extends InMemoryMembershipStore {
+      readonly #listeners: Array<(change: MembershipChange) => void> = [];
+      override watch(listener: (change: MembershipChange) => void): () => void {
+        this.#listeners.push(listener);
+        return () => {};
+      }
+      announce(change: MembershipChange) {
+        for (const listener of this.#listeners) listener(change);
+      }
+    }
+    const store = new AnnouncedStore();
+    const { hub, sync } = setup(store);
+    await store.addToGroup("alice", "room");
+    await sync.connect("c1", "alice");
+    // The Azure store's revoke: announce (pending), delete, confirm. A read between the
+    // announcement and the delete still sees the row.
+    store.announce({ type: "removed", userId: "alice", group: "room", pending: true });
+    await settle();
+    await settle();
+    expect(hub.of("c1")).toEqual([]);
+    await store.removeFromGroup("alice", "room");
+    store.announce({ type: "removed", userId: "alice", group: "room" });
+    await settle();
+    expect(hub.calls).toEqual(["join c1 room connect", "leave c1 room revoked"]);
+    // A grant that follows is applied as usual.
+    await store.addToGroup("alice", "room");
+    store.announce({ type: "added", userId: "alice", group: "room" });
+    await vi.waitFor(() => expect(hub.of("c1")).toEqual(["room"]));
+  });
+
+  it("a pending revoke that is never confirmed (it failed) is settled by a read after pendingRevokeMs", async () => {
+    class AnnouncedStore extends InMemoryMembershipStore {
+      readonly #listeners: Array<(change: MembershipChange) => void> = [];
+      override watch(listener: (change: MembershipChange) => void): () => void {
+        this.#listeners.push(listener);
+        return () => {};
+      }
+      announce(change: MembershipChange) {
+        for (const listener of this.#listeners) listener(change);
+      }
+    }
+    const store = new AnnouncedStore();
+    const hub = new RecordingHub();
+    const sync = new MembershipSync({ store, hub, pendingRevokeMs: 200 });
+    syncs.push(sync);
+    await store.addToGroup("alice", "room");
+    await sync.connect("c1", "alice");
+    store.announce({ type: "removed", userId: "alice", group: "room", pending: true });
+    await settle();
+    expect(hub.of("c1")).toEqual([]); // access dropped at once
+    await vi.waitFor(() => expect(hub.of("c1")).toEqual(["room"]), { timeout: 2_000 });
+    expect(hub.calls.at(-1)).toBe("join c1 room granted");
+  });
+
   it("keeps the reasons of two pairs apart whatever their names hold", async () => {
     // `a\0b` in `c` and `a` in `b\0c` once shared the key `a\0b\0c`.
     const { store, hub, sync } = setup(new InMemoryMembershipStore());

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { RedisConnections, type RedisTarget, redisUnavailable } from "./client.js";
+import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
 
 /** Who a message is for: the members of a group, or the connections of a user. */
 export type BroadcastTarget = { group: string } | { userId: string };
@@ -11,6 +11,8 @@ export interface RedisBroadcastSettings {
   deliver: (target: BroadcastTarget, frame: Buffer) => void;
   /** Called once per Redis outage (messages published meanwhile are lost, as pub/sub loses them). */
   onError?: (error: unknown) => void;
+  /** How long a publish may take before it fails. Default 2 s. */
+  publishTimeoutMs?: number;
 }
 
 export type RedisBroadcastOptions = RedisTarget & RedisBroadcastSettings;
@@ -31,6 +33,7 @@ export class RedisBroadcast {
   readonly #channel: string;
   readonly #deliver: RedisBroadcastSettings["deliver"];
   readonly #onError: (error: unknown) => void;
+  readonly #publishTimeoutMs: number;
   #subscribed: Promise<unknown> | undefined;
   #failing = false;
 
@@ -40,16 +43,20 @@ export class RedisBroadcast {
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: Redis broadcast: ${String(error)}`));
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? 2_000;
     this.#redis = new RedisConnections(options, (error) => this.#report(error));
   }
 
-  /** Subscribes; resolves once messages of other servers arrive. */
+  /** Subscribes and connects; resolves once messages of other servers arrive. */
   start(): Promise<unknown> {
-    this.#subscribed ??= this.#redis
-      .own()
-      .then((subscriber) =>
-        subscriber.subscribe(this.#channel, (message) => this.#receive(message), true),
-      );
+    this.#subscribed ??= Promise.all([
+      this.#redis
+        .own()
+        .then((subscriber) =>
+          subscriber.subscribe(this.#channel, (message) => this.#receive(message), true),
+        ),
+      this.#redis.main(this.#publishTimeoutMs),
+    ]);
     return this.#subscribed;
   }
 
@@ -60,13 +67,10 @@ export class RedisBroadcast {
   async publish(target: BroadcastTarget, frame: Buffer): Promise<void> {
     const header = Buffer.from(`${JSON.stringify([this.#id, target])}\n`);
     try {
-      const client = await this.#redis.main();
-      // The frame is not copied into a string: the message is the header's bytes and the frame's.
-      await client.sendCommand([
-        "PUBLISH",
-        this.#channel,
-        Buffer.concat([header, frame]) as unknown as string,
-      ]);
+      const client = await this.#redis.main(this.#publishTimeoutMs);
+      // Sent as bytes: the frame is not turned into a string and back.
+      const message = Buffer.concat([header, frame]) as unknown as string;
+      await within(client.sendCommand(["PUBLISH", this.#channel, message]), this.#publishTimeoutMs);
       this.#failing = false;
     } catch (error) {
       this.#report(error);

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
 import { Listeners } from "../listeners.js";
 import { shardOf } from "../shard.js";
-import { RedisConnections, type RedisTarget, redisUnavailable } from "./client.js";
+import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
 
 /** Options of {@link RedisChangeFeed}: a `url` or a `client`, and these. */
 export interface RedisChangeFeedSettings {
@@ -11,7 +11,7 @@ export interface RedisChangeFeedSettings {
   prefix?: string;
   /** Entries kept per stream, approximately (`XADD … MAXLEN ~`). Default 100,000. */
   maxLength?: number;
-  /** How long a publish may take before the store operation fails. Default 5 s. */
+  /** How long a publish may take before the store operation fails. Default 2 s. */
   publishTimeoutMs?: number;
   /** How long one blocking read waits before it is renewed. Default 5 s. */
   blockMs?: number;
@@ -69,7 +69,7 @@ export class RedisChangeFeed implements ChangeFeed {
     this.#streams = Array.from({ length: SHARDS }, (_, i) => `${prefix}:{${i}}`);
     this.#counters = this.#streams.map((stream) => `${stream}:seq`);
     this.#maxLength = String(options.maxLength ?? 100_000);
-    this.#publishTimeoutMs = options.publishTimeoutMs ?? 5_000;
+    this.#publishTimeoutMs = options.publishTimeoutMs ?? 2_000;
     this.#blockMs = options.blockMs ?? 5_000;
   }
 
@@ -83,16 +83,9 @@ export class RedisChangeFeed implements ChangeFeed {
       if (list) list.push(payload);
       else byShard.set(shard, [payload]);
     }
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new Error(`no answer within ${this.#publishTimeoutMs} ms`)),
-        this.#publishTimeoutMs,
-      );
-    });
     try {
-      const client = await Promise.race([this.#redis.main(), timeout]);
-      await Promise.race([
+      const client = await this.#redis.main(this.#publishTimeoutMs);
+      await within(
         Promise.all(
           [...byShard].map(([shard, payloads]) =>
             client.sendCommand([
@@ -107,12 +100,10 @@ export class RedisChangeFeed implements ChangeFeed {
             ]),
           ),
         ),
-        timeout,
-      ]);
+        this.#publishTimeoutMs,
+      );
     } catch (error) {
       throw redisUnavailable(error);
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -187,7 +178,7 @@ export class RedisChangeFeed implements ChangeFeed {
   async #afterOutage(cursors: number[], running: () => boolean): Promise<number[] | undefined> {
     while (running()) {
       try {
-        const connection = await this.#redis.main();
+        const connection = await this.#redis.main(this.#publishTimeoutMs);
         const next = await this.#heads(connection, cursors);
         if (running()) this.#listeners.emit({ type: "resync" });
         return next;
@@ -251,10 +242,14 @@ function parseUpdate(payload: string): MembershipUpdate | undefined {
     userId?: unknown;
     group?: unknown;
     expiresAt?: unknown;
+    pending?: unknown;
   };
   const { type, userId, group, expiresAt } = value;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
-  if (type === "removed") return { type, userId, group };
+  if (type === "removed")
+    return value.pending === true
+      ? { type, userId, group, pending: true }
+      : { type, userId, group };
   if (type !== "added") return undefined;
   return typeof expiresAt === "string"
     ? { type, userId, group, expiresAt: new Date(expiresAt) }

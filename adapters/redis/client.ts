@@ -44,7 +44,11 @@ export class RedisConnections {
     this.#onError = onError;
   }
 
-  main(): Promise<RedisClientLike> {
+  /**
+   * The command connection, once connected; rejects if it is not within `timeoutMs` (a
+   * connection keeps retrying while Redis is away, and a caller must not wait for that).
+   */
+  main(timeoutMs: number): Promise<RedisClientLike> {
     this.#main ??= (async () => {
       const { client } = this.#target;
       if (client !== undefined) {
@@ -56,7 +60,7 @@ export class RedisConnections {
       this.#main = undefined;
       throw error;
     });
-    return this.#main;
+    return within(this.#main, timeoutMs);
   }
 
   /** A new connection of its own, closed by {@link close}. */
@@ -86,6 +90,21 @@ export class RedisConnections {
   async close(): Promise<void> {
     this.#main = undefined;
     for (const client of [...this.#opened]) this.drop(client);
+  }
+}
+
+/** `promise`, or a rejection once `ms` have passed without an answer. */
+export async function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -37,6 +37,7 @@ interface LogRow {
   userId?: string;
   group?: string;
   expiresAt?: Date;
+  pending?: boolean;
   timestamp?: string;
 }
 
@@ -302,6 +303,7 @@ export class TableChangeLog implements ChangeFeed {
       group: update.group,
     };
     if (update.type === "added" && update.expiresAt) row.expiresAt = update.expiresAt;
+    if (update.type === "removed" && update.pending) row.pending = true;
     return row;
   }
 }
@@ -309,7 +311,10 @@ export class TableChangeLog implements ChangeFeed {
 function toUpdate(row: LogRow): MembershipUpdate | undefined {
   const { change, userId, group, expiresAt } = row;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
-  if (change === "removed") return { type: "removed", userId, group };
+  if (change === "removed")
+    return row.pending === true
+      ? { type: "removed", userId, group, pending: true }
+      : { type: "removed", userId, group };
   if (change !== "added") return undefined;
   return expiresAt instanceof Date
     ? { type: "added", userId, group, expiresAt }

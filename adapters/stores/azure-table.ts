@@ -259,7 +259,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     const removed = await this.#write(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
       const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
-      if (live) await this.#publish([{ type: "removed", userId, group }]);
+      if (live) await this.#publish([{ type: "removed", userId, group, pending: true }]);
       let deleted = false;
       if (row && row.userId === userId) {
         // Conditional on the row read above: a grant that lands in between wins, rather than
@@ -268,6 +268,15 @@ export class AzureTableMembershipStore implements MembershipStore {
         // Announced again once it is true: a watcher that re-read on the first announcement
         // may have read before the delete; this one's re-read cannot.
         if (live && deleted) await this.#publish([{ type: "removed", userId, group }]);
+        // Lost to a grant: watchers that dropped access on the announcement hear the truth.
+        if (live && !deleted) {
+          const now = await this.#get(userPartition(userId), toKey(group));
+          await this.#publish([
+            now?.userId === userId && isLive(now, Date.now())
+              ? addedChange(userId, group, now.expiresAt)
+              : { type: "removed", userId, group },
+          ]);
+        }
       }
       // Also when there was no user row: a retry after a crash must finish the index side.
       await this.#delete({ partitionKey: groupPartition(group), rowKey: toKey(userId) });
@@ -539,7 +548,7 @@ export class AzureTableMembershipStore implements MembershipStore {
             group: row.group as string,
           }),
         );
-      await this.#publish(changes);
+      await this.#publish(changes.map((change) => ({ ...change, pending: true as const })));
       await Promise.all(rows.map((row) => this.#limit(() => this.#delete(twinOf(row)))));
       await this.#deleteBatches(rows);
       await this.#publish(changes); // confirmed, as in removeFromGroup

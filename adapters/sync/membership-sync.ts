@@ -36,6 +36,11 @@ export interface MembershipSyncOptions {
   retryDelayMs?: number;
   /** Reads of the store at once when a `resync` re-reads every connected user. Default 16. */
   resyncConcurrency?: number;
+  /**
+   * How long a revoke announced as `pending` keeps its group out of reads if no confirmation
+   * comes (the revoke failed); a read then settles it. Default 5 s.
+   */
+  pendingRevokeMs?: number;
 }
 
 /** Per connection: its user, and its groups with their expiry (undefined = never). */
@@ -55,6 +60,14 @@ interface User {
   dirty: boolean;
   /** Groups a hint removed since the current read started: that read must not bring them back. */
   removedDuringRead: Set<string> | undefined;
+  /**
+   * Groups whose revoke was announced (`pending`) but not yet confirmed, until when: a read may
+   * still see the row, so none adds them back until the confirmation or a grant's hint arrives,
+   * or the time runs out (the revoke failed) and a read settles it.
+   */
+  pending: Map<string, number> | undefined;
+  /** The read that settles pending revokes whose confirmation never came. */
+  pendingTimer: NodeJS.Timeout | undefined;
   /** Expiry timers by group. Both are created on first use: most users have neither. */
   timers: Map<string, NodeJS.Timeout> | undefined;
 }
@@ -74,7 +87,9 @@ const MAX_TIMER = 2 ** 31 - 1;
  * `removed` hint takes effect at once (revocation must not wait), and every hint is followed by
  * one read of the user's groups, shared by all hints and connects of that user meanwhile; the
  * hub is then made to match that read. A removal hinted during a read is not undone by it; the
- * read is repeated instead. Whatever the interleaving, connections end in the stored groups.
+ * read is repeated instead. A revoke announced before it is stored (`pending`) keeps its group
+ * out of every read until its confirmation or a grant's hint arrives. Whatever the interleaving,
+ * connections end in the stored groups.
  */
 export class MembershipSync {
   readonly #store: MembershipStore;
@@ -82,6 +97,7 @@ export class MembershipSync {
   readonly #onError: (error: unknown) => void;
   readonly #retryDelayMs: number;
   readonly #resyncLimit: ReturnType<typeof pLimit>;
+  readonly #pendingRevokeMs: number;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
   /** Reasons of this instance's own revokes in flight, so their hint carries it. */
@@ -94,6 +110,7 @@ export class MembershipSync {
     this.#hub = options.hub;
     this.#retryDelayMs = options.retryDelayMs ?? 2_000;
     this.#resyncLimit = pLimit(options.resyncConcurrency ?? 16);
+    this.#pendingRevokeMs = options.pendingRevokeMs ?? 5_000;
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
@@ -252,10 +269,13 @@ export class MembershipSync {
     }
     const user = this.#users.get(change.userId);
     if (this.#closed || user === undefined) return Promise.resolve();
+    if (change.type === "added" || (change.type === "removed" && !change.pending))
+      user.pending?.delete(change.group);
     if (change.type === "removed") {
       const reason = this.#reasons.get(pairKey(change.userId, change.group)) ?? "revoked";
       user.removedDuringRead ??= new Set();
       user.removedDuringRead.add(change.group);
+      if (change.pending) this.#holdPending(change.userId, user, change.group);
       this.#clearTimer(user, change.group);
       for (const connectionId of user.connections) this.#remove(connectionId, change.group, reason);
     }
@@ -289,6 +309,20 @@ export class MembershipSync {
     return user.loop;
   }
 
+  /** Holds `group` out of reads until its revoke is confirmed, for `pendingRevokeMs` at most. */
+  #holdPending(userId: string, user: User, group: string): void {
+    const until = Date.now() + this.#pendingRevokeMs;
+    user.pending ??= new Map();
+    user.pending.set(group, until);
+    clearTimeout(user.pendingTimer);
+    user.pendingTimer = setTimeout(() => {
+      user.pendingTimer = undefined;
+      for (const [g, t] of user.pending ?? []) if (t <= Date.now()) user.pending?.delete(g);
+      this.#read(userId).catch((error: unknown) => this.#readFailed(userId, error));
+    }, this.#pendingRevokeMs + 1);
+    user.pendingTimer.unref();
+  }
+
   #readFailed(userId: string, error: unknown): void {
     this.#onError(error);
     const user = this.#users.get(userId);
@@ -305,7 +339,11 @@ export class MembershipSync {
     const stored = new Map<string, number | undefined>();
     for (const m of memberships) {
       const expiresAt = m.expiresAt?.getTime();
-      if ((expiresAt === undefined || expiresAt > now) && !user.removedDuringRead?.has(m.group)) {
+      if (
+        (expiresAt === undefined || expiresAt > now) &&
+        !user.removedDuringRead?.has(m.group) &&
+        !((user.pending?.get(m.group) ?? 0) > now)
+      ) {
         stored.set(m.group, expiresAt);
       }
     }
@@ -383,6 +421,8 @@ export class MembershipSync {
         loop: undefined,
         dirty: false,
         removedDuringRead: undefined,
+        pending: undefined,
+        pendingTimer: undefined,
         timers: undefined,
       };
       this.#users.set(userId, user);
@@ -393,6 +433,7 @@ export class MembershipSync {
   #dropUser(userId: string): void {
     const user = this.#users.get(userId);
     for (const timer of user?.timers?.values() ?? []) clearTimeout(timer);
+    clearTimeout(user?.pendingTimer);
     this.#users.delete(userId);
   }
 

@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { type RedisServer, startRedis } from "../support/redis.js";
 import {
   admin,
   grant,
@@ -10,11 +11,11 @@ import {
   startSample,
   token,
 } from "../support/sample.js";
-import { type Redis, useIoClients, useRedis } from "../support/socket-io.js";
+import { useIoClients } from "../support/socket-io.js";
 
 /**
  * `npm run test:redis`: two Socket.IO sample servers in two processes, joined by
- * `@socket.io/redis-adapter` on a real redis-server (REDIS_URL, or one started from PATH).
+ * `@socket.io/redis-adapter` on a real redis-server of their own.
  */
 const connect = useIoClients();
 
@@ -28,12 +29,12 @@ const stats = async (sample: RunningSample) =>
 describe("Socket.IO scale-out: two servers in two processes, one Redis", {
   timeout: 90_000,
 }, () => {
-  let redis: Redis;
+  let redis: RedisServer;
   let env: SampleEnv;
   let a: RunningSample;
   let b: RunningSample;
   beforeAll(async () => {
-    redis = await useRedis();
+    redis = await startRedis();
     env = {
       ...sampleEnv(inject("azuriteConnectionString")),
       HUB: "socket.io",

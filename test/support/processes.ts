@@ -26,7 +26,9 @@ export function sampleEnv(connectionString: string): SampleEnv {
 }
 
 function childEnv(env: Record<string, string | undefined>) {
-  const merged: Record<string, string | undefined> = { ...process.env, NODE_ENV: "test", ...env };
+  // REDIS_URL chooses the change feed: only the tests that mean it pass it on.
+  const { REDIS_URL: _, ...inherited } = process.env;
+  const merged: Record<string, string | undefined> = { ...inherited, NODE_ENV: "test", ...env };
   return Object.fromEntries(
     Object.entries(merged).filter(([, v]) => v !== undefined),
   ) as NodeJS.ProcessEnv;

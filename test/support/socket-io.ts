@@ -1,8 +1,5 @@
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { once } from "node:events";
 import { io, type Socket } from "socket.io-client";
 import { afterEach } from "vitest";
-import { freePort } from "../../sample/azurite.js";
 import { Recorder, type ServerMessage } from "./sample.js";
 
 const EVENTS = ["welcome", "joined", "removed", "message"];
@@ -67,56 +64,5 @@ export function useIoClients() {
     const client = await IoClient.connect(...args);
     clients.push(client);
     return client;
-  };
-}
-
-export interface Redis {
-  readonly url: string;
-  stop(): Promise<void>;
-}
-
-/**
- * The Redis the scale-out tests use: `REDIS_URL` if set, else a `redis-server` from PATH started
- * here on a free port with persistence off. Throws a clear error when there is neither.
- */
-export async function useRedis(): Promise<Redis> {
-  const fromEnv = process.env.REDIS_URL;
-  if (fromEnv) return { url: fromEnv, stop: async () => {} };
-  if (spawnSync("redis-server", ["--version"]).error) {
-    throw new Error(
-      "These tests need a real Redis: set REDIS_URL, or install redis-server " +
-        "(Debian: apt-get install redis-server; .ci/run does) so they can start one.",
-    );
-  }
-  const port = await freePort();
-  const child: ChildProcess = spawn(
-    "redis-server",
-    ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    { stdio: ["ignore", "pipe", "inherit"] },
-  );
-  let output = "";
-  child.stdout?.on("data", (chunk: Buffer) => {
-    output += chunk;
-  });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`redis-server did not start:\n${output}`)),
-      10_000,
-    );
-    child.stdout?.on("data", () => {
-      if (output.includes("Ready to accept connections")) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.once("exit", () => reject(new Error(`redis-server exited:\n${output}`)));
-  });
-  return {
-    url: `redis://127.0.0.1:${port}`,
-    async stop() {
-      if (child.exitCode !== null) return;
-      child.kill("SIGTERM");
-      await once(child, "exit");
-    },
   };
 }

@@ -1,0 +1,32 @@
+import { createClient, type RedisClientType } from "redis";
+import { RedisChangeFeed } from "../adapters/redis/index.js";
+import type { SampleConfig } from "./config.js";
+
+/**
+ * A Redis client for the sample: the start-up fails at once, with one clear line, if Redis is not
+ * there; once it was, the client rides out Redis restarts.
+ */
+export async function connectRedis(url: string): Promise<RedisClientType> {
+  let up = false;
+  const client: RedisClientType = createClient({
+    url,
+    socket: {
+      reconnectStrategy: (retries, cause) => (up ? Math.min(100 * retries, 2_000) : cause),
+    },
+  });
+  client.on("error", (e: Error) => up && console.error(`redis: ${e.message}`));
+  await client.connect().catch((error: unknown) => {
+    if (client.isOpen) client.destroy();
+    throw new Error(`cannot reach Redis at ${url}: ${String(error)}`);
+  });
+  up = true;
+  return client;
+}
+
+/**
+ * Where membership changes travel, from the environment alike for every server and the admin
+ * script: REDIS_URL set means Redis Streams, unset the table's own log. The table names its feed,
+ * so a process on the other one refuses to write instead of missing the others' changes.
+ */
+export const changeFeedOf = (config: SampleConfig) =>
+  config.redisUrl === undefined ? undefined : new RedisChangeFeed({ url: config.redisUrl });

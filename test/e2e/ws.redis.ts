@@ -1,0 +1,116 @@
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { type RedisServer, startRedis } from "../support/redis.js";
+import {
+  admin,
+  grant,
+  isRemoved,
+  type RunningSample,
+  type SampleEnv,
+  sampleEnv,
+  sleep,
+  startSample,
+  token,
+  useClients,
+} from "../support/sample.js";
+
+/**
+ * `npm run test:redis`: three `ws` sample servers in three processes on one table and one
+ * redis-server of the test's own, with the admin script as a child process.
+ */
+const connect = useClients();
+
+describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000 }, () => {
+  let redis: RedisServer;
+  let env: SampleEnv;
+  let servers: RunningSample[];
+  beforeAll(async () => {
+    redis = await startRedis();
+    env = { ...sampleEnv(inject("azuriteConnectionString")), REDIS_URL: redis.url };
+    servers = await Promise.all([startSample(env), startSample(env), startSample(env)]);
+  });
+  afterAll(async () => {
+    await Promise.all((servers ?? []).map((s) => s.stop()));
+    await redis?.stop();
+  });
+  const ws = (i: number) => (servers[i] as RunningSample).wsUrl;
+
+  it("messages and whispers cross servers; an admin revoke reaches every server's connections", async () => {
+    for (const user of ["alice", "bob", "carol"]) await grant(env, user, "Sports");
+    const aliceA = await connect(ws(0), token(env, "alice"));
+    const aliceB = await connect(ws(1), token(env, "alice"));
+    const bob = await connect(ws(2), token(env, "bob"));
+    const carol = await connect(ws(0), token(env, "carol"));
+
+    bob.send({ type: "send", group: "Sports", text: "from C" });
+    for (const c of [aliceA, aliceB, bob, carol])
+      expect(await c.next((m) => m.text === "from C")).toMatchObject({
+        group: "Sports",
+        from: "bob",
+      });
+    carol.send({ type: "whisper", to: "alice", text: "psst" });
+    for (const c of [aliceA, aliceB]) await c.next((m) => m.text === "psst");
+
+    const revoked = await admin(env, "revoke", "alice", "Sports");
+    expect(revoked.code, revoked.stderr).toBe(0);
+    for (const c of [aliceA, aliceB])
+      expect(await c.next(isRemoved("Sports"))).toMatchObject({ reason: "revoked" });
+    bob.send({ type: "send", group: "Sports", text: "after revoke" });
+    await carol.next((m) => m.text === "after revoke");
+    await sleep(300);
+    for (const c of [aliceA, aliceB])
+      expect(c.messages.some((m) => m.text === "after revoke")).toBe(false);
+
+    // Every message arrived once per connection.
+    for (const c of [aliceA, aliceB, bob, carol])
+      expect(c.messages.filter((m) => m.text === "from C")).toHaveLength(1);
+  });
+
+  it("a server or an admin script on the table's log refuses the Redis table instead of missing changes", async () => {
+    const { REDIS_URL: _, ...onTableLog } = env;
+    const run = await admin(onTableLog, "revoke", "bob", "Sports");
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(
+      /^configuration error: this table's changes travel on the redis feed, but this store uses the table-log feed/,
+    );
+    expect((await admin(env, "groups", "bob")).stdout).toMatch(/^Sports\t/);
+    await expect(startSample(onTableLog)).rejects.toThrow(
+      /configuration error: AZURE_TABLES_CONNECTION_STRING: this table's changes travel on the redis feed/,
+    );
+  });
+
+  it("redis-server killed and restarted mid-run: writes fail meanwhile, then revokes and messages flow again", async () => {
+    await grant(env, "dave", "Ops");
+    await grant(env, "erin", "Ops");
+    const daveA = await connect(ws(0), token(env, "dave"));
+    const daveC = await connect(ws(2), token(env, "dave"));
+    const erin = await connect(ws(1), token(env, "erin"));
+
+    await redis.kill();
+    const during = await admin(env, "revoke", "dave", "Ops");
+    expect(during.code).toBe(1);
+    expect(during.stderr).toMatch(/unavailable/);
+    erin.send({ type: "send", group: "Ops", text: "while down" });
+    expect(await erin.next((m) => m.type === "error")).toMatchObject({ code: "unavailable" });
+
+    await redis.restart();
+    // Messages resume once the servers' clients are back.
+    let n = 0;
+    await expect
+      .poll(
+        async () => {
+          erin.send({ type: "send", group: "Ops", text: `back ${++n}` });
+          await sleep(200);
+          return daveA.messages.some((m) => String(m.text).startsWith("back"));
+        },
+        { timeout: 20_000, interval: 100 },
+      )
+      .toBe(true);
+    await expect
+      .poll(() => daveC.messages.some((m) => String(m.text).startsWith("back")))
+      .toBe(true);
+
+    const after = await admin(env, "revoke", "dave", "Ops");
+    expect(after.code, after.stderr).toBe(0);
+    for (const c of [daveA, daveC]) await c.next(isRemoved("Ops"), 15_000);
+  });
+});
