@@ -37,3 +37,55 @@ export class Listeners {
     this.#listeners.clear();
   }
 }
+
+/**
+ * The subscribers of a change feed: listeners with their error handlers, `start` when the first
+ * subscribes and `stop` when the last leaves, and each outage reported once.
+ */
+export class FeedSubscribers {
+  readonly #listeners = new Listeners();
+  readonly #errorHandlers = new Set<(error: unknown) => void>();
+  readonly #start: () => void;
+  readonly #stop: () => void;
+  #failing = false;
+
+  constructor(start: () => void, stop: () => void) {
+    this.#start = start;
+    this.#stop = stop;
+  }
+
+  subscribe(listener: Listener, onError: (error: unknown) => void): () => void {
+    const unsubscribe = this.#listeners.add(listener);
+    this.#errorHandlers.add(onError);
+    if (this.#listeners.size === 1) this.#start();
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      unsubscribe();
+      this.#errorHandlers.delete(onError);
+      if (this.#listeners.size === 0) this.#stop();
+    };
+  }
+
+  emit(change: MembershipChange): void {
+    this.#listeners.emit(change);
+  }
+
+  /** Tells every subscriber of `error`, once per outage: until {@link recovered}. */
+  failed(error: unknown): void {
+    if (this.#failing) return;
+    this.#failing = true;
+    for (const report of [...this.#errorHandlers]) report(error);
+  }
+
+  recovered(): void {
+    this.#failing = false;
+  }
+
+  clear(): void {
+    this.#listeners.clear();
+    this.#errorHandlers.clear();
+    this.#stop();
+  }
+}

@@ -3,8 +3,6 @@
  * memberships, starts the sample server (`--expose-gc`), connects every user `perUser` times from
  * the load generator, and reads the server's /stats before and while the connections are held.
  */
-import { odata, TableClient, type TransactionAction } from "@azure/data-tables";
-import pLimit from "p-limit";
 import { sampleEnv, startSample } from "../test/support/processes.js";
 import { type BenchContext, benchStore, loadgen, serverNodeArgs, serverStats } from "./lib.js";
 
@@ -19,28 +17,6 @@ export interface ConnectResult {
   storageRequests: number;
   heapPerConnection: number;
   rssPerConnection: number;
-}
-
-async function trimChangeLog(connectionString: string, table: string): Promise<void> {
-  const client = TableClient.fromConnectionString(connectionString, table, {
-    allowInsecureConnection: true,
-  });
-  const rows = client.listEntities({
-    queryOptions: { filter: odata`PartitionKey eq ${"c:"}`, select: ["RowKey"] },
-  });
-  const limit = pLimit(8);
-  const batches: Array<Promise<unknown>> = [];
-  let batch: TransactionAction[] = [];
-  for await (const { rowKey } of rows) {
-    batch.push(["delete", { partitionKey: "c:", rowKey: rowKey as string }]);
-    if (batch.length === 100) {
-      const actions = batch;
-      batches.push(limit(() => client.submitTransaction(actions)));
-      batch = [];
-    }
-  }
-  if (batch.length > 0) await client.submitTransaction(batch);
-  await Promise.all(batches);
 }
 
 export async function connectMany(
@@ -60,11 +36,6 @@ export async function connectMany(
     ),
   );
   await store.close();
-  // Age the setup: the grants are meant to be old, so their change-log rows are gone, as the
-  // log's retention would have them 10 minutes later. (Azurite scans the whole table for every
-  // query, so 50,000 fresh log rows would slow every read of the storm.)
-  await trimChangeLog(ctx.connectionString, env.MEMBERSHIP_TABLE);
-
   const server = await startSample(env, { nodeArgs: serverNodeArgs() });
   try {
     const before = await serverStats(server.url, true);

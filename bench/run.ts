@@ -15,6 +15,7 @@ import idleMemory from "./idle-memory.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
 import rehydrate from "./rehydrate.js";
 import revoke from "./revoke.js";
+import scaleOut from "./scale-out.js";
 
 const BENCHMARKS: Record<string, Benchmark> = {
   rehydrate,
@@ -23,6 +24,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   revoke,
   "bulk-grant": bulkGrant,
   "idle-memory": idleMemory,
+  "scale-out": scaleOut,
 };
 
 function table(rows: readonly Row[]): string {

@@ -1,16 +1,12 @@
 import { type PipelinePolicy, RestError } from "@azure/core-rest-pipeline";
 import { odata, TableClient } from "@azure/data-tables";
 import { afterEach, describe, expect, inject, it, vi } from "vitest";
-import {
-  type MembershipChange,
-  type MembershipStore,
-  MembershipSync,
-  type MembershipUpdate,
-} from "../adapters/index.js";
+import { type MembershipStore, MembershipSync } from "../adapters/index.js";
 import { CHANGE_LOG_SHARDS } from "../adapters/stores/azure-change-log.js";
 import { azureStore, tableNameOf } from "./support/azure.js";
 import { logReads } from "./support/log-reads.js";
 import { RecordingHub } from "./support/recording-hub.js";
+import { watchChanges } from "./support/watch.js";
 
 const opened: Array<{ close(): Promise<void> }> = [];
 const track = <T extends { close(): Promise<void> }>(item: T): T => {
@@ -23,16 +19,6 @@ afterEach(async () => {
 });
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Everything `store` delivers, updates and resyncs apart. */
-function watch(store: MembershipStore) {
-  const seen = { updates: [] as MembershipUpdate[], resyncs: 0 };
-  store.watch((change: MembershipChange) => {
-    if (change.type === "resync") seen.resyncs++;
-    else seen.updates.push(change);
-  });
-  return seen;
-}
 
 const rawClient = (store: MembershipStore) =>
   TableClient.fromConnectionString(inject("azuriteConnectionString"), `${tableNameOf(store)}`, {
@@ -65,7 +51,7 @@ function outage() {
 }
 
 /** Resolves once `store`'s watcher has seen a change made after it started. */
-async function established(store: MembershipStore, seen: ReturnType<typeof watch>) {
+async function established(store: MembershipStore, seen: ReturnType<typeof watchChanges>) {
   const writer = track(azureStore({ tableName: tableNameOf(store) }));
   let n = 0;
   await expect
@@ -83,7 +69,7 @@ describe("the table change log", () => {
   it("delivers a change from a writer whose clock is an hour behind", async () => {
     const reader = track(azureStore());
     const writer = track(azureStore({ tableName: tableNameOf(reader) }));
-    const seen = watch(reader);
+    const seen = watchChanges(reader);
     await established(reader, seen);
     const realNow = Date.now;
     vi.spyOn(Date, "now").mockImplementation(() => realNow() - 3_600_000);
@@ -102,7 +88,7 @@ describe("the table change log", () => {
     await writer.addMany(Array.from({ length: 500 }, (_, i) => ({ userId: `u${i}`, group: "g" })));
     const reads = logReads();
     const reader = track(azureStore({ tableName: tableNameOf(writer), policies: [reads.policy] }));
-    const seen = watch(reader);
+    const seen = watchChanges(reader);
     await expect.poll(() => seen.resyncs).toBe(1); // the subscription's start is covered
     await sleep(600);
     expect(seen.updates).toEqual([]);
@@ -125,7 +111,7 @@ describe("the table change log", () => {
       const reader = track(
         azureStore({ tableName: tableNameOf(writer), policies: [reads.policy] }),
       );
-      const seen = watch(reader);
+      const seen = watchChanges(reader);
       await expect.poll(() => seen.resyncs).toBe(1);
       const before = { ...reads };
       await sleep(1_000);
@@ -146,7 +132,7 @@ describe("the table change log", () => {
     await writer.addMany(
       Array.from({ length: 2_000 }, (_, i) => ({ userId: `old${i}`, group: "g" })),
     );
-    const seen = watch(reader);
+    const seen = watchChanges(reader);
     await established(reader, seen);
     const before = reads.rows;
     await writer.addMany(Array.from({ length: 50 }, (_, i) => ({ userId: `new${i}`, group: "g" })));
@@ -159,7 +145,7 @@ describe("the table change log", () => {
 
   it("appends from many writers at once keep every partition gapless, and nothing is lost", async () => {
     const reader = track(azureStore());
-    const seen = watch(reader);
+    const seen = watchChanges(reader);
     await established(reader, seen);
     const writers = Array.from({ length: 4 }, () =>
       track(azureStore({ tableName: tableNameOf(reader) })),
@@ -177,11 +163,46 @@ describe("the table change log", () => {
     expect(seen.resyncs).toBe(1); // only the start: no gap was ever seen
   });
 
+  it("concurrent writes of one process share log transactions, and every change arrives", async () => {
+    let transactions = 0;
+    const store = track(
+      azureStore({
+        policies: [
+          {
+            name: "countTransactions",
+            sendRequest(request, next) {
+              if (request.url.endsWith("/$batch")) transactions++;
+              return next(request);
+            },
+          },
+        ],
+      }),
+    );
+    const reader = track(azureStore({ tableName: tableNameOf(store) }));
+    const seen = watchChanges(reader);
+    await established(reader, seen);
+    transactions = 0;
+    const users = ["ann", "bob", "cy", "dee"];
+    await Promise.all(
+      Array.from({ length: 100 }, (_, i) =>
+        store.addToGroup(users[i % 4] as string, `g${String(i).padStart(3, "0")}`),
+      ),
+    );
+    expect(transactions).toBeLessThan(40); // 100 appends alone would be 100
+    await expect
+      .poll(() => seen.updates.filter((u) => users.includes(u.userId)).length, { timeout: 10_000 })
+      .toBe(100);
+    for (const user of users)
+      expect(new Set(seen.updates.filter((u) => u.userId === user).map((u) => u.group)).size).toBe(
+        25,
+      );
+  });
+
   it("trims rows older than the retention, oldest first, and keeps the heads", async () => {
     const store = track(azureStore({ changeRetentionMs: 1_000 }));
     for (let i = 0; i < 5; i++) await store.addToGroup(`u${i}`, "room");
     expect(await logRows(store)).toHaveLength(5);
-    watch(store);
+    watchChanges(store);
     await expect.poll(() => logRows(store), { timeout: 10_000, interval: 200 }).toEqual([]);
     await store.addToGroup("fresh", "room"); // the heads survived: sequence numbers go on
     expect(await logRows(store)).toHaveLength(1);
@@ -210,7 +231,7 @@ describe("the table change log", () => {
     cut.down = true;
     await admin.removeFromGroup("alice", "revoked");
     await admin.addToGroup("alice", "granted");
-    watch(admin); // the admin's own poller trims the log meanwhile
+    watchChanges(admin); // the admin's own poller trims the log meanwhile
     await expect.poll(() => logRows(admin), { timeout: 10_000, interval: 200 }).toEqual([]);
     expect(hub.of("c1")).toEqual(["kept", "revoked"]); // cut off: nothing arrived yet
 

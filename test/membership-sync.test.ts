@@ -26,6 +26,21 @@ class HeldReadStore extends InMemoryMembershipStore {
   }
 }
 
+/**
+ * A store whose watchers hear only what the test announces: changes made on it directly reach no
+ * one, as another process's changes reach a process that is cut off.
+ */
+class AnnouncedStore extends InMemoryMembershipStore {
+  readonly #listeners: Array<(change: MembershipChange) => void> = [];
+  override watch(listener: (change: MembershipChange) => void): () => void {
+    this.#listeners.push(listener);
+    return () => {};
+  }
+  announce(change: MembershipChange) {
+    for (const listener of this.#listeners) listener(change);
+  }
+}
+
 const syncs: MembershipSync[] = [];
 function setup<S extends InMemoryMembershipStore>(store: S) {
   const hub = new RecordingHub();
@@ -96,31 +111,15 @@ describe("MembershipSync", () => {
   });
 
   it("answers a resync by re-reading every connected user, a few at once, and matching the store", async () => {
-    /** Changes made while `silent` reach no watcher: what a process misses while cut off. */
-    class MissingStore extends InMemoryMembershipStore {
-      silent = false;
-      readonly #listeners: Array<(change: MembershipChange) => void> = [];
-      override watch(listener: (change: MembershipChange) => void): () => void {
-        this.#listeners.push(listener);
-        return super.watch((change) => {
-          if (!this.silent) listener(change);
-        });
-      }
-      resync() {
-        for (const listener of this.#listeners) listener({ type: "resync" });
-      }
-    }
-    const store = new MissingStore();
+    const store = new AnnouncedStore();
     const hub = new RecordingHub();
     const sync = new MembershipSync({ store, hub, resyncConcurrency: 3 });
     syncs.push(sync);
     const users = Array.from({ length: 10 }, (_, i) => `user${i}`);
     for (const user of users) await store.addToGroup(user, "lobby");
     for (const user of users) await sync.connect(`${user}-c`, user);
-    store.silent = true;
     await store.removeFromGroup("user0", "lobby");
     await store.addToGroup("user9", "vip");
-    store.silent = false;
     expect(hub.of("user0-c")).toEqual(["lobby"]); // missed, as a cut-off process would
 
     let reading = 0;
@@ -132,7 +131,7 @@ describe("MembershipSync", () => {
       reading--;
       return groupsOf(userId);
     });
-    store.resync();
+    store.announce({ type: "resync" });
     await vi.waitFor(() => expect(hub.of("user9-c")).toEqual(["lobby", "vip"]));
     expect(hub.of("user0-c")).toEqual([]);
     expect(hub.calls).toContain("leave user0-c lobby revoked");
@@ -141,17 +140,6 @@ describe("MembershipSync", () => {
   });
 
   it("a revoke announced before its delete is not undone by a read in between", async () => {
-    /** A store whose changes are announced by hand, as another process's arrive. */
-    class AnnouncedStore extends InMemoryMembershipStore {
-      readonly #listeners: Array<(change: MembershipChange) => void> = [];
-      override watch(listener: (change: MembershipChange) => void): () => void {
-        this.#listeners.push(listener);
-        return () => {};
-      }
-      announce(change: MembershipChange) {
-        for (const listener of this.#listeners) listener(change);
-      }
-    }
     const store = new AnnouncedStore();
     const { hub, sync } = setup(store);
     await store.addToGroup("alice", "room");
@@ -173,16 +161,6 @@ describe("MembershipSync", () => {
   });
 
   it("a pending revoke that is never confirmed (it failed) is settled by a read after pendingRevokeMs", async () => {
-    class AnnouncedStore extends InMemoryMembershipStore {
-      readonly #listeners: Array<(change: MembershipChange) => void> = [];
-      override watch(listener: (change: MembershipChange) => void): () => void {
-        this.#listeners.push(listener);
-        return () => {};
-      }
-      announce(change: MembershipChange) {
-        for (const listener of this.#listeners) listener(change);
-      }
-    }
     const store = new AnnouncedStore();
     const hub = new RecordingHub();
     const sync = new MembershipSync({ store, hub, pendingRevokeMs: 200 });

@@ -1,18 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { createClient } from "redis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  type MembershipChange,
-  MembershipError,
-  type MembershipStore,
-  MembershipSync,
-  type MembershipUpdate,
-} from "../adapters/index.js";
+import { MembershipError, type MembershipStore, MembershipSync } from "../adapters/index.js";
 import { RedisBroadcast, RedisChangeFeed } from "../adapters/redis/index.js";
 import { testMembershipStore } from "../adapters/testing/index.js";
 import { azureStore, tableNameOf } from "./support/azure.js";
 import { RecordingHub } from "./support/recording-hub.js";
 import { partitionableProxy, type RedisServer, startRedis } from "./support/redis.js";
+import { watchChanges } from "./support/watch.js";
 
 /** `npm run test:redis`: the Redis change feed and broadcast on a real redis-server of their own. */
 let redis: RedisServer;
@@ -57,15 +52,6 @@ function redisStore(
   });
   prefixes.set(store, prefix);
   return store;
-}
-
-function watch(store: MembershipStore) {
-  const seen = { updates: [] as MembershipUpdate[], resyncs: 0 };
-  store.watch((change: MembershipChange) => {
-    if (change.type === "resync") seen.resyncs++;
-    else seen.updates.push(change);
-  });
-  return seen;
 }
 
 testMembershipStore(
@@ -118,7 +104,7 @@ describe("RedisChangeFeed", { timeout: 60_000 }, () => {
   it("sends each change as one EVAL per stream, and a reader gets it within milliseconds", async () => {
     const writer = track(redisStore());
     const reader = track(redisStore({ like: writer }));
-    const seen = watch(reader);
+    const seen = watchChanges(reader);
     await expect.poll(() => seen.resyncs).toBe(1);
     const monitor = createClient({ url: redis.url });
     await monitor.connect();

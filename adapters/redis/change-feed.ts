@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
-import { Listeners } from "../listeners.js";
+import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
 import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
 
@@ -58,10 +58,11 @@ export class RedisChangeFeed implements ChangeFeed {
   readonly #maxLength: string;
   readonly #publishTimeoutMs: number;
   readonly #blockMs: number;
-  readonly #listeners = new Listeners();
-  readonly #errorHandlers = new Set<(error: unknown) => void>();
+  readonly #subscribers = new FeedSubscribers(
+    () => void this.#read(++this.#generation),
+    () => this.#generation++,
+  );
   #generation = 0;
-  #failing = false;
 
   constructor(options: RedisChangeFeedOptions) {
     this.#redis = new RedisConnections(options, (error) => this.#report(error));
@@ -111,23 +112,11 @@ export class RedisChangeFeed implements ChangeFeed {
     listener: (change: MembershipChange) => void,
     onError: (error: unknown) => void,
   ): () => void {
-    const unsubscribe = this.#listeners.add(listener);
-    this.#errorHandlers.add(onError);
-    if (this.#listeners.size === 1) void this.#read(++this.#generation);
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      unsubscribe();
-      this.#errorHandlers.delete(onError);
-      if (this.#listeners.size === 0) this.#generation++;
-    };
+    return this.#subscribers.subscribe(listener, onError);
   }
 
   async close(): Promise<void> {
-    this.#generation++;
-    this.#listeners.clear();
-    this.#errorHandlers.clear();
+    this.#subscribers.clear();
     await this.#redis.close();
   }
 
@@ -144,7 +133,7 @@ export class RedisChangeFeed implements ChangeFeed {
           // From now on; the start (and any reconnect) is covered by a resync.
           cursors = await this.#heads(connection, undefined);
           if (!running()) break;
-          this.#listeners.emit({ type: "resync" });
+          this.#subscribers.emit({ type: "resync" });
         }
         const reply = (await connection.sendCommand([
           "XREAD",
@@ -157,7 +146,7 @@ export class RedisChangeFeed implements ChangeFeed {
           ...cursors.map((cursor) => `${cursor}-1`),
         ])) as StreamReply;
         if (!running()) break;
-        this.#failing = false;
+        this.#subscribers.recovered();
         backoff = 100;
         this.#deliver(reply, cursors);
       } catch (error) {
@@ -180,7 +169,7 @@ export class RedisChangeFeed implements ChangeFeed {
       try {
         const connection = await this.#redis.main(this.#publishTimeoutMs);
         const next = await this.#heads(connection, cursors);
-        if (running()) this.#listeners.emit({ type: "resync" });
+        if (running()) this.#subscribers.emit({ type: "resync" });
         return next;
       } catch (error) {
         this.#report(error);
@@ -223,16 +212,12 @@ export class RedisChangeFeed implements ChangeFeed {
       }
       cursors[shard] = cursor;
     }
-    if (gap) this.#listeners.emit({ type: "resync" });
-    for (const update of updates) this.#listeners.emit(update);
+    if (gap) this.#subscribers.emit({ type: "resync" });
+    for (const update of updates) this.#subscribers.emit(update);
   }
 
   #report(error: unknown): void {
-    // Once per outage, however many commands fail during it.
-    if (this.#failing) return;
-    this.#failing = true;
-    const failure = redisUnavailable(error);
-    for (const report of this.#errorHandlers) report(failure);
+    this.#subscribers.failed(redisUnavailable(error));
   }
 }
 

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { odata, type TableClient, type TransactionAction } from "@azure/data-tables";
 import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
-import { Listeners } from "../listeners.js";
+import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
 import { isChanged, isNotFound, storageErrorCode } from "./azure-errors.js";
 
@@ -25,6 +25,12 @@ const IDLE_AFTER_MS = 5_000;
 
 export const changeLogPartition = (shard: number) => `c:${shard}`;
 const seqKey = (seq: number) => seq.toString().padStart(16, "0");
+
+interface QueuedAppend {
+  updates: MembershipUpdate[];
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
 
 interface LogRow {
   [property: string]: unknown;
@@ -61,18 +67,20 @@ export class TableChangeLog implements ChangeFeed {
   readonly writer = randomBytes(6).toString("base64url");
   readonly #client: TableClient;
   readonly #options: TableChangeLogOptions;
-  readonly #listeners = new Listeners();
-  readonly #errorHandlers = new Set<(error: unknown) => void>();
+  readonly #subscribers = new FeedSubscribers(
+    () => this.#start(),
+    () => this.#stop(),
+  );
   /** The last head this writer saw per partition: appends skip reading it while it holds. */
   readonly #heads: Array<{ seq: number; etag: string } | undefined> = [];
-  /** Appends per partition, one at a time: the head is contended by this process only once. */
-  readonly #appending: Array<Promise<unknown>> = [];
+  /** Changes waiting to be appended, per partition, and whether a drain is running. */
+  readonly #queues: QueuedAppend[][] = [];
+  readonly #draining: boolean[] = [];
   #cursors: number[] | undefined;
   #timer: NodeJS.Timeout | undefined;
   #generation = 0;
   #lastChange = 0;
   #lastTrim = Date.now();
-  #failing = false;
 
   constructor(client: TableClient, options: TableChangeLogOptions) {
     this.#client = client;
@@ -90,42 +98,64 @@ export class TableChangeLog implements ChangeFeed {
       else byShard.set(shard, [update]);
     }
     this.#lastChange = Date.now();
-    await Promise.all(
-      [...byShard].map(([shard, list]) => {
-        const previous = this.#appending[shard] ?? Promise.resolve();
-        const next = previous
-          .catch(() => undefined)
-          .then(async () => {
-            for (let i = 0; i < list.length; i += MAX_PER_APPEND)
-              await this.#append(shard, list.slice(i, i + MAX_PER_APPEND));
-          });
-        this.#appending[shard] = next;
-        return next;
-      }),
-    );
+    const done: Array<Promise<void>> = [];
+    for (const [shard, list] of byShard) {
+      this.#queues[shard] ??= [];
+      const queue = this.#queues[shard];
+      for (let i = 0; i < list.length; i += MAX_PER_APPEND) {
+        done.push(
+          new Promise((resolve, reject) =>
+            queue.push({ updates: list.slice(i, i + MAX_PER_APPEND), resolve, reject }),
+          ),
+        );
+      }
+      void this.#drain(shard);
+    }
+    await Promise.all(done);
+  }
+
+  /**
+   * Appends a partition's queue in order, one transaction at a time: what queued up while one
+   * was in flight goes together in the next (up to 99 changes), so concurrent writes of this
+   * process share round trips instead of each waiting for its own.
+   */
+  async #drain(shard: number): Promise<void> {
+    if (this.#draining[shard]) return;
+    this.#draining[shard] = true;
+    const queue = this.#queues[shard] ?? [];
+    try {
+      while (queue.length > 0) {
+        const batch = [queue.shift() as QueuedAppend];
+        let size = batch[0]?.updates.length ?? 0;
+        while (queue.length > 0 && size + (queue[0]?.updates.length ?? 0) <= MAX_PER_APPEND) {
+          const next = queue.shift() as QueuedAppend;
+          size += next.updates.length;
+          batch.push(next);
+        }
+        try {
+          await this.#append(
+            shard,
+            batch.flatMap((item) => item.updates),
+          );
+          for (const item of batch) item.resolve();
+        } catch (error) {
+          for (const item of batch) item.reject(error);
+        }
+      }
+    } finally {
+      this.#draining[shard] = false;
+    }
   }
 
   subscribe(
     listener: (change: MembershipChange) => void,
     onError: (error: unknown) => void,
   ): () => void {
-    const unsubscribe = this.#listeners.add(listener);
-    this.#errorHandlers.add(onError);
-    if (this.#listeners.size === 1) this.#start();
-    let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      unsubscribe();
-      this.#errorHandlers.delete(onError);
-      if (this.#listeners.size === 0) this.#stop();
-    };
+    return this.#subscribers.subscribe(listener, onError);
   }
 
   async close(): Promise<void> {
-    this.#listeners.clear();
-    this.#errorHandlers.clear();
-    this.#stop();
+    this.#subscribers.clear();
   }
 
   async #append(shard: number, updates: readonly MembershipUpdate[]): Promise<void> {
@@ -185,14 +215,9 @@ export class TableChangeLog implements ChangeFeed {
     this.#timer = setTimeout(() => {
       this.#poll(generation)
         .then(
-          () => {
-            this.#failing = false;
-          },
-          (error: unknown) => {
-            // Once per outage, not once per poll; polling goes on, and the cursors hold.
-            if (!this.#failing) for (const report of this.#errorHandlers) report(error);
-            this.#failing = true;
-          },
+          () => this.#subscribers.recovered(),
+          // Once per outage, not once per poll; polling goes on, and the cursors hold.
+          (error: unknown) => this.#subscribers.failed(error),
         )
         .finally(() => {
           if (generation !== this.#generation) return;
@@ -212,7 +237,7 @@ export class TableChangeLog implements ChangeFeed {
       );
       if (generation !== this.#generation) return;
       this.#cursors = heads.map((head) => head?.seq ?? 0);
-      this.#listeners.emit({ type: "resync" });
+      this.#subscribers.emit({ type: "resync" });
       return;
     }
     const cursors = this.#cursors;
@@ -229,8 +254,8 @@ export class TableChangeLog implements ChangeFeed {
       }
     }
     if (resync || updates.length > 0) this.#lastChange = Date.now();
-    if (resync) this.#listeners.emit({ type: "resync" });
-    for (const update of updates) this.#listeners.emit(update);
+    if (resync) this.#subscribers.emit({ type: "resync" });
+    for (const update of updates) this.#subscribers.emit(update);
     if (Date.now() - this.#lastTrim > this.#options.retentionMs / 4) {
       this.#lastTrim = Date.now();
       await Promise.all(shards.map((shard) => this.#trim(changeLogPartition(shard))));
