@@ -1,23 +1,16 @@
-import { randomUUID } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import { type RawData, WebSocket, WebSocketServer } from "ws";
-import { WsGroups } from "../adapters/hubs/ws.js";
-import {
-  isValidName,
-  MembershipError,
-  type MembershipStore,
-  MembershipSync,
-} from "../adapters/index.js";
-import { type BroadcastTarget, RedisBroadcast } from "../adapters/redis/index.js";
-import { authenticate, configurePassport, type Principal } from "./auth.js";
+import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { bindWs, type WsHub } from "../adapters/hubs/ws.js";
+import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
+import { RedisBroadcast } from "../adapters/redis/index.js";
+import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
-const MAX_TIMER = 2 ** 31 - 1;
 const PAGE = new URL("./public/index.html", import.meta.url);
 
 type ClientMessage =
@@ -66,162 +59,82 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const { store, requests } = await openStore(config);
   const auth = configurePassport(config.jwt);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
-
-  /** Frames for a connection held back until its welcome is sent. */
-  const early = new Map<string, Buffer[]>();
-  const deliver = (connectionId: string, frame: Buffer) => {
-    const queue = early.get(connectionId);
-    if (queue) queue.push(frame);
-    else groups.send(connectionId, frame);
-  };
   let slowConsumersDropped = 0;
-  const groups = new WsGroups<WebSocket>({
-    maxBufferedBytes: config.maxBufferedBytes,
-    onSlowConsumer: (connectionId) => {
-      slowConsumersDropped++;
-      console.error(
-        `connection ${connectionId} dropped: over ${config.maxBufferedBytes} bytes unsent`,
-      );
-    },
-    onJoin: (connectionId, group, reason) => {
-      if (reason === "granted") deliver(connectionId, encode({ type: "joined", group }));
-    },
-    onLeave: (connectionId, group, reason) => {
-      deliver(connectionId, encode({ type: "removed", group, reason: reason ?? "revoked" }));
-    },
-  });
-  const sync = new MembershipSync({
-    store,
-    hub: groups,
-    onError: (error) => console.error(`hub binding failed: ${String(error)}`),
-  });
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
-  /** This server's connections of a user get `frame`. */
-  const whisper = (userId: string, frame: Buffer) => {
-    for (const target of sync.connectionsOf(userId)) groups.send(target, frame);
-  };
-  // With Redis, a message reaches the other servers' connections too; each server enforces
-  // membership for its own (WsGroups.broadcast sends only to the group's members there).
-  const redis = config.redisUrl
-    ? new RedisBroadcast({
-        url: config.redisUrl,
-        deliver: (target, frame) =>
-          "group" in target ? groups.broadcast(target.group, frame) : whisper(target.userId, frame),
-        onError: (e) => console.error(`redis broadcast: ${String(e)}`),
-      })
-    : undefined;
-  await redis?.start();
-  /** Delivers here, then to the other servers; `unavailable` for the sender if Redis is down. */
-  const fanOut = async (target: BroadcastTarget, frame: Buffer) => {
-    if ("group" in target) groups.broadcast(target.group, frame);
-    else whisper(target.userId, frame);
-    await redis?.publish(target, frame);
-  };
+  // With Redis, messages reach the other servers' connections too; each server enforces
+  // membership for its own (a group message goes only to the group's members there).
+  const hub: WsHub<WebSocket> = bindWs(wss, {
+    store,
+    userIdOf: async (request) => {
+      const principal = await authenticate(auth, request);
+      return principal && principal.expiresAt > Date.now() ? principal : undefined;
+    },
+    maxBufferedBytes: config.maxBufferedBytes,
+    ...(config.redisUrl && { bus: new RedisBroadcast({ url: config.redisUrl }) }),
+    onConnection: ({ id, userId }, groups) =>
+      hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups })),
+    onJoin: ({ id }, group, reason) => {
+      if (reason === "granted") hub.send(id, encode({ type: "joined", group }));
+    },
+    onLeave: ({ id }, group, reason) =>
+      hub.send(id, encode({ type: "removed", group, reason: reason ?? "revoked" })),
+    onSlowConsumer: ({ id }) => {
+      slowConsumersDropped++;
+      console.error(`connection ${id} dropped: over ${config.maxBufferedBytes} bytes unsent`);
+    },
+    onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
+    onError: (error) => console.error(`hub: ${String(error)}`),
+  });
+  await hub.ready();
 
-  async function onConnection(ws: WebSocket, { userId, expiresAt }: Principal) {
-    const connectionId = randomUUID();
-    const send = (message: object) => groups.send(connectionId, encode(message));
-    const error = (code: string, extra: object = {}) => send({ type: "error", code, ...extra });
-    groups.add(connectionId, ws);
-    early.set(connectionId, []);
-    const expiry = setTimeout(
-      () => ws.close(4401, "token expired"),
-      Math.min(expiresAt - Date.now(), MAX_TIMER),
-    );
-    ws.on("close", () => {
-      clearTimeout(expiry);
-      early.delete(connectionId);
-      sync.disconnect(connectionId);
-      groups.remove(connectionId);
-    });
-    ws.on("error", (e) => console.error(`socket ${connectionId}: ${e.message}`));
-
-    // Frames are handled one at a time, in order, and only once the groups are rehydrated.
-    let queue: Promise<unknown> = sync.connect(connectionId, userId).then(
-      (joined) => {
-        send({ type: "welcome", connectionId, userId, groups: joined });
-        for (const frame of early.get(connectionId) ?? []) groups.send(connectionId, frame);
-        early.delete(connectionId);
-      },
-      (e: unknown) => {
-        console.error(`rehydrating ${JSON.stringify(userId)} failed: ${String(e)}`);
-        ws.close(1011, "membership store unavailable");
-      },
-    );
-    ws.on("message", (data, isBinary) => {
-      queue = queue
-        .then(() => handle(data, isBinary))
-        .catch((e: unknown) => {
-          console.error(`handling a frame of ${connectionId} failed: ${String(e)}`);
-          error("internal");
-        });
-    });
-
-    async function handle(data: RawData, isBinary: boolean) {
-      if (ws.readyState !== WebSocket.OPEN) return;
-      const message = parseClientMessage(data, isBinary);
-      if (message === undefined) return error("bad_request");
-      try {
-        switch (message.type) {
-          case "send": {
-            const { group, text } = message;
-            if (!sync.isInGroup(connectionId, group)) return error("not_member", { group });
-            const at = new Date().toISOString();
-            await fanOut({ group }, encode({ type: "message", group, from: userId, text, at }));
-            return;
-          }
-          case "whisper": {
-            const { to, text } = message;
-            const frame = encode({
-              type: "message",
-              to,
-              from: userId,
-              text,
-              at: new Date().toISOString(),
-            });
-            await fanOut({ userId: to }, frame);
-            return;
-          }
-          case "join":
-            if (!config.openGroups.includes(message.group))
-              return error("forbidden", { group: message.group });
-            await sync.grant(userId, message.group);
-            return;
-          case "leave":
-            if (!(await sync.revoke(userId, message.group, "left"))) {
-              return error("not_member", { group: message.group });
-            }
-            return;
+  async function handle(
+    { id, userId }: { id: string; userId: string },
+    data: RawData,
+    isBinary: boolean,
+  ): Promise<void> {
+    const error = (code: string, extra: object = {}): void => {
+      hub.send(id, encode({ type: "error", code, ...extra }));
+    };
+    const message = parseClientMessage(data, isBinary);
+    if (message === undefined) return error("bad_request");
+    try {
+      switch (message.type) {
+        case "send": {
+          const { group, text } = message;
+          if (!hub.isInGroup(id, group)) return error("not_member", { group });
+          const at = new Date().toISOString();
+          await hub.broadcast(group, encode({ type: "message", group, from: userId, text, at }));
+          return;
         }
-      } catch (e) {
-        if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
-          return error("unavailable");
-        throw e;
+        case "whisper": {
+          const { to, text } = message;
+          const at = new Date().toISOString();
+          await hub.sendToUser(to, encode({ type: "message", to, from: userId, text, at }));
+          return;
+        }
+        case "join":
+          if (!config.openGroups.includes(message.group))
+            return error("forbidden", { group: message.group });
+          await hub.grant(userId, message.group);
+          return;
+        case "leave":
+          if (!(await hub.revoke(userId, message.group, "left")))
+            return error("not_member", { group: message.group });
+          return;
       }
+    } catch (e) {
+      if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
+        return error("unavailable");
+      console.error(`handling a frame of ${id} failed: ${String(e)}`);
+      return error("internal");
     }
   }
 
-  async function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+  function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+    if (new URL(req.url ?? "/", "http://localhost").pathname === "/hub")
+      return void hub.handleUpgrade(req, socket, head);
     socket.on("error", () => socket.destroy());
-    const refuse = (status: number, reason: string) => {
-      socket.end(
-        `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
-          `Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,
-      );
-    };
-    if (new URL(req.url ?? "/", "http://localhost").pathname !== "/hub")
-      return refuse(404, "Not Found");
-    let principal: Principal | undefined;
-    try {
-      principal = await authenticate(auth, req);
-    } catch (e) {
-      console.error(`authentication failed: ${String(e)}`);
-      return refuse(500, "Internal Server Error");
-    }
-    if (principal === undefined || principal.expiresAt <= Date.now())
-      return refuse(401, "Unauthorized");
-    const who = principal;
-    wss.handleUpgrade(req, socket, head, (ws) => void onConnection(ws, who));
+    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 9\r\n\r\nNot Found");
   }
 
   async function onRequest(req: IncomingMessage, res: ServerResponse) {
@@ -261,7 +174,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   }
 
   const server = httpServer(onRequest);
-  server.on("upgrade", (req, socket, head) => void onUpgrade(req, socket, head));
+  server.on("upgrade", onUpgrade);
   const url = await listen(server, config);
 
   return {
@@ -277,8 +190,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       }, 1_000);
       await closed;
       clearTimeout(grace);
-      await sync.close();
-      await redis?.close();
+      await hub.close();
       await store.close();
     },
   };

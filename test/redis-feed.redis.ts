@@ -212,16 +212,10 @@ describe("RedisBroadcast", { timeout: 30_000 }, () => {
   it("delivers what one server publishes to every other server once, not to itself, bytes intact", async () => {
     const channel = `c${randomBytes(4).toString("hex")}`;
     const got: Array<Array<[unknown, string]>> = [[], [], []];
-    const servers = got.map((inbox) =>
-      track(
-        new RedisBroadcast({
-          url: redis.url,
-          channel,
-          deliver: (target, frame) => inbox.push([target, frame.toString()]),
-        }),
-      ),
+    const servers = got.map(() => track(new RedisBroadcast({ url: redis.url, channel })));
+    await Promise.all(
+      servers.map((s, i) => s.start((target, frame) => got[i]?.push([target, frame.toString()]))),
     );
-    await Promise.all(servers.map((s) => s.start()));
     const text = `{"text":"é😀\\n\\u2028 ${"x".repeat(70_000)}"}`;
     await servers[0]?.publish({ group: "Sports" }, Buffer.from(text));
     await servers[1]?.publish({ userId: "a\nb" }, Buffer.from("whisper"));

@@ -1,193 +1,309 @@
-import type { HubBinding, JoinReason, LeaveReason } from "../sync/membership-sync.js";
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
+import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
+import { type GroupSocket, WsGroups } from "./ws-groups.js";
 
-/** What {@link WsGroups} needs of a socket; a `ws` WebSocket has it. */
-export interface GroupSocket {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: Buffer | string, options: { binary: boolean }): void;
-  terminate(): void;
+export { type GroupSocket, WsGroups, type WsGroupsOptions } from "./ws-groups.js";
+
+/** Who a message is for: the members of a group, or the connections of a user. */
+export type BroadcastTarget = { group: string } | { userId: string };
+
+/**
+ * Messages between hub servers: each server delivers to its own connections and publishes once
+ * for the others. `RedisBroadcast` (`hub-membership/redis`) is one.
+ */
+export interface ServerBus {
+  /** Starts handing what other servers publish to `deliver`; resolves once it does. */
+  start(deliver: (target: BroadcastTarget, frame: Buffer) => void): Promise<unknown>;
+  publish(target: BroadcastTarget, frame: Buffer): Promise<void>;
+  close(): Promise<void>;
 }
 
-export interface WsGroupsOptions {
+/** What {@link bindWs} uses of a `ws` WebSocket. */
+export interface BoundSocket extends GroupSocket {
+  close(code?: number, reason?: string): void;
+  on(
+    event: "message",
+    listener: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void,
+  ): unknown;
+  on(event: "close", listener: () => void): unknown;
+  on(event: "error", listener: (error: Error) => void): unknown;
+}
+
+/** What {@link bindWs} uses of a `ws` `WebSocketServer`. */
+export interface BoundServer<S extends BoundSocket> {
+  handleUpgrade(
+    request: IncomingMessage,
+    socket: Duplex,
+    head: Buffer,
+    callback: (socket: S, request: IncomingMessage) => void,
+  ): void;
+  on(event: "connection", listener: (socket: S, request: IncomingMessage) => void): unknown;
+  emit(event: "connection", socket: S, request: IncomingMessage): boolean;
+}
+
+/** Who an upgrade request acts for: a user id, or one with the moment its credentials expire. */
+export type WsPrincipal = string | { userId: string; expiresAt?: Date | number };
+
+/** A connection of {@link bindWs}, as its callbacks see it. */
+export interface WsConnection<S extends BoundSocket> {
+  readonly id: string;
+  readonly userId: string;
+  readonly socket: S;
+  readonly request: IncomingMessage;
+}
+
+export interface WsBindingOptions<S extends BoundSocket> {
+  store: MembershipStore;
   /**
-   * A socket whose unsent data exceeds this many bytes is terminated instead of being sent more:
-   * one client that does not read must not make the server buffer without bound. Default 4 MiB.
+   * Who an upgrade request acts for, from your own authentication (passport, a JWT check, ...):
+   * `undefined` refuses it with HTTP 401 before any socket exists (a throw: 500, and `onError`).
+   * With `expiresAt`, the connection is closed with 4401 when it passes.
    */
-  maxBufferedBytes?: number;
+  userIdOf(request: IncomingMessage): WsPrincipal | undefined | Promise<WsPrincipal | undefined>;
+  /**
+   * The connection is in its stored groups (`groups`, sorted) and nothing has been sent to it
+   * yet: send your welcome here. Whatever `send` is asked for it meanwhile follows this.
+   */
+  onConnection?: (connection: WsConnection<S>, groups: string[]) => void;
+  /** A message from the client, one at a time, in order, only after `onConnection`. */
+  onMessage?: (
+    connection: WsConnection<S>,
+    data: Buffer | ArrayBuffer | Buffer[],
+    isBinary: boolean,
+  ) => void | Promise<void>;
   /** Called after a connection joined a group (tell the client, if the reason calls for it). */
-  onJoin?: (connectionId: string, group: string, reason: JoinReason | undefined) => void;
-  /** Called after a connection left a group, before anything else can be sent to the group. */
-  onLeave?: (connectionId: string, group: string, reason: LeaveReason | undefined) => void;
-  /** Called when a slow consumer is terminated. */
-  onSlowConsumer?: (connectionId: string) => void;
+  onJoin?: (connection: WsConnection<S>, group: string, reason: JoinReason | undefined) => void;
+  /** Called after a connection left a group, before anything else is sent to the group. */
+  onLeave?: (connection: WsConnection<S>, group: string, reason: LeaveReason | undefined) => void;
+  onClose?: (connection: WsConnection<S>) => void;
+  /** Unsent bytes past which a client that does not read is terminated. Default 4 MiB. */
+  maxBufferedBytes?: number;
+  onSlowConsumer?: (connection: WsConnection<S>) => void;
+  /** Messages to and from other servers (e.g. `RedisBroadcast`); started by `bindWs`. */
+  bus?: ServerBus;
+  /** Where failures go that no caller can be told of. Default: a process warning. */
+  onError?: (error: unknown) => void;
 }
 
 const OPEN = 1;
-const MAX_CORKED = 16 * 1024;
-
-interface Corkable {
-  cork(): void;
-  uncork(): void;
-}
-
-/** The parts of a `ws` WebSocket, not in its typings, that a pre-framed send uses. */
-interface WsInternals {
-  _socket: Corkable;
-  _sender: { sendFrame(frame: Buffer[]): void };
-  _extensions: Record<string, unknown>;
-}
-
-/** The header of an unmasked, final text frame of `length` bytes (RFC 6455, section 5.2). */
-function textFrameHeader(length: number): Buffer {
-  if (length < 126) return Buffer.from([0x81, length]);
-  if (length < 65_536) return Buffer.from([0x81, 126, length >> 8, length & 0xff]);
-  const header = Buffer.alloc(10);
-  header[0] = 0x81;
-  header[1] = 127;
-  header.writeBigUInt64BE(BigInt(length), 2);
-  return header;
-}
+const MAX_TIMER = 2 ** 31 - 1;
 
 /**
- * The groups of a `ws` server (or any socket with `send`), as a {@link HubBinding}: connection
- * ids map to sockets, groups to sets of connection ids. Join and leave are synchronous, so once
- * `leave` returns no later broadcast reaches that connection.
+ * A `ws` hub with durable groups: the twin of `bindSocketIo`. Authenticates each upgrade with
+ * `userIdOf` (401 before any socket), joins the connection to its user's stored groups, then
+ * hands it to `onConnection` and its messages to `onMessage`; grants, revokes and expiries from
+ * any process join or leave every connection of the user here; `broadcast` reaches the group's
+ * connections here and, with a `bus`, on every other server. Call `handleUpgrade` from your HTTP
+ * server's `upgrade` event (the `WebSocketServer` made with `noServer: true`).
  */
-export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding {
-  readonly #sockets = new Map<string, S>();
-  readonly #groups = new Map<string, Set<string>>();
-  readonly #ofConnection = new Map<string, Set<string>>();
-  readonly #options: WsGroupsOptions;
-  readonly #maxBuffered: number;
-  /** Sockets corked in this turn of the event loop, with the bytes held back. */
-  readonly #corked = new Map<Corkable, number>();
-  #uncorkScheduled = false;
+export class WsHub<S extends BoundSocket> {
+  readonly #wss: BoundServer<S>;
+  readonly #options: WsBindingOptions<S>;
+  readonly #groups: WsGroups<S>;
+  readonly #sync: MembershipSync;
+  readonly #connections = new Map<string, WsConnection<S>>();
+  /** Frames for a connection whose `onConnection` has not run yet. */
+  readonly #held = new Map<string, Array<Buffer | string>>();
+  readonly #principals = new WeakMap<IncomingMessage, { userId: string; expiresAt?: number }>();
+  readonly #onError: (error: unknown) => void;
+  readonly #started: Promise<unknown>;
 
-  constructor(options: WsGroupsOptions = {}) {
+  constructor(wss: BoundServer<S>, options: WsBindingOptions<S>) {
+    this.#wss = wss;
     this.#options = options;
-    this.#maxBuffered = options.maxBufferedBytes ?? 4 * 1024 * 1024;
+    this.#onError =
+      options.onError ??
+      ((error) => process.emitWarning(`hub-membership: bindWs: ${String(error)}`));
+    const of = (id: string) => this.#connections.get(id);
+    this.#groups = new WsGroups<S>({
+      ...(options.maxBufferedBytes !== undefined && { maxBufferedBytes: options.maxBufferedBytes }),
+      onJoin: (id, group, reason) => {
+        const connection = of(id);
+        if (connection) options.onJoin?.(connection, group, reason);
+      },
+      onLeave: (id, group, reason) => {
+        const connection = of(id);
+        if (connection) options.onLeave?.(connection, group, reason);
+      },
+      onSlowConsumer: (id) => {
+        const connection = of(id);
+        if (connection) options.onSlowConsumer?.(connection);
+      },
+    });
+    this.#sync = new MembershipSync({
+      store: options.store,
+      hub: this.#groups,
+      onError: this.#onError,
+    });
+    this.#started =
+      options.bus?.start((target, frame) => this.#deliverHere(target, frame)) ?? Promise.resolve();
+    wss.on("connection", (socket, request) => void this.#connected(socket, request));
   }
 
-  /** Registers a socket under `connectionId`. */
-  add(connectionId: string, socket: S): void {
-    this.#sockets.set(connectionId, socket);
-    this.#ofConnection.set(connectionId, new Set());
-  }
-
-  /** Forgets a connection and takes it out of every group (no `onLeave`: it is gone). */
-  remove(connectionId: string): void {
-    for (const group of this.#ofConnection.get(connectionId) ?? []) this.#drop(connectionId, group);
-    this.#ofConnection.delete(connectionId);
-    this.#sockets.delete(connectionId);
-  }
-
-  socket(connectionId: string): S | undefined {
-    return this.#sockets.get(connectionId);
-  }
-
-  join(connectionId: string, group: string, reason?: JoinReason): void {
-    const groups = this.#ofConnection.get(connectionId);
-    if (groups === undefined || groups.has(group)) return;
-    groups.add(group);
-    const members = this.#groups.get(group) ?? new Set<string>();
-    if (members.size === 0) this.#groups.set(group, members);
-    members.add(connectionId);
-    this.#options.onJoin?.(connectionId, group, reason);
-  }
-
-  leave(connectionId: string, group: string, reason?: LeaveReason): void {
-    if (!this.#ofConnection.get(connectionId)?.delete(group)) return;
-    this.#drop(connectionId, group);
-    this.#options.onLeave?.(connectionId, group, reason);
-  }
-
-  /** How many connections are in `group` on this server. */
-  size(group: string): number {
-    return this.#groups.get(group)?.size ?? 0;
+  /** Resolves once the bus (if any) delivers other servers' messages. */
+  ready(): Promise<unknown> {
+    return this.#started;
   }
 
   /**
-   * Sends `data` to every connection in `group` as one text message. It is framed once for all
-   * recipients, and each recipient's TCP socket is corked until the end of this turn of the event
-   * loop, so a burst of broadcasts reaches each socket in one write.
-   * @returns how many sockets it was handed to.
+   * Authenticates an upgrade and, if `userIdOf` names a user, completes it. Answers 401 (or 500)
+   * itself and destroys nothing else: call it from your server's `upgrade` event for your path.
    */
-  broadcast(group: string, data: Buffer | string): number {
-    const members = this.#groups.get(group);
-    if (members === undefined) return 0;
-    const payload = typeof data === "string" ? Buffer.from(data) : data;
-    const frame = [textFrameHeader(payload.length), payload];
-    let sent = 0;
-    // Deleting the current entry while iterating a Set is safe (a slow consumer is removed).
-    for (const connectionId of members) if (this.#deliver(connectionId, payload, frame)) sent++;
-    return sent;
+  async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    socket.on("error", () => socket.destroy());
+    let principal: WsPrincipal | undefined;
+    try {
+      principal = await this.#options.userIdOf(request);
+    } catch (error) {
+      this.#onError(error);
+      return refuse(socket, 500, "Internal Server Error");
+    }
+    const who = normalize(principal);
+    if (who === undefined) return refuse(socket, 401, "Unauthorized");
+    this.#wss.handleUpgrade(request, socket, head, (ws, req) => {
+      this.#principals.set(req, who);
+      this.#wss.emit("connection", ws, req);
+    });
   }
 
-  /** Sends to one connection, terminating it instead when it is too far behind. */
+  grant(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
+    return this.#sync.grant(userId, group, options);
+  }
+
+  revoke(userId: string, group: string, reason?: "revoked" | "left"): Promise<boolean> {
+    return this.#sync.revoke(userId, group, reason);
+  }
+
+  isInGroup(connectionId: string, group: string): boolean {
+    return this.#sync.isInGroup(connectionId, group);
+  }
+
+  connectionsOf(userId: string): string[] {
+    return this.#sync.connectionsOf(userId);
+  }
+
+  groupsOfConnection(connectionId: string): string[] {
+    return this.#sync.groupsOfConnection(connectionId);
+  }
+
+  /**
+   * Sends `data` as one text message to every connection in `group` here (framed once) and, with
+   * a bus, on every other server. Rejects with `STORE_UNAVAILABLE` if the bus cannot take it
+   * (this server's connections have it already).
+   */
+  async broadcast(group: string, data: Buffer | string): Promise<void> {
+    const frame = typeof data === "string" ? Buffer.from(data) : data;
+    this.#groups.broadcast(group, frame);
+    await this.#options.bus?.publish({ group }, frame);
+  }
+
+  /** Sends `data` to every connection of `userId`, here and, with a bus, on every other server. */
+  async sendToUser(userId: string, data: Buffer | string): Promise<void> {
+    const frame = typeof data === "string" ? Buffer.from(data) : data;
+    this.#deliverHere({ userId }, frame);
+    await this.#options.bus?.publish({ userId }, frame);
+  }
+
+  /** Sends `data` to one connection here; held until its `onConnection` has run. */
   send(connectionId: string, data: Buffer | string): boolean {
-    return this.#deliver(connectionId, data, undefined);
-  }
-
-  #deliver(connectionId: string, data: Buffer | string, frame: Buffer[] | undefined): boolean {
-    const socket = this.#sockets.get(connectionId);
-    if (socket === undefined || socket.readyState !== OPEN) return false;
-    const raw = socket as Partial<WsInternals>;
-    // Bytes held back by our own cork are not the client's fault.
-    const held = (raw._socket && this.#corked.get(raw._socket)) ?? 0;
-    if (socket.bufferedAmount - held > this.#maxBuffered) {
-      socket.terminate();
-      this.remove(connectionId);
-      this.#options.onSlowConsumer?.(connectionId);
-      return false;
-    }
-    // The same shortcut Socket.IO takes for its broadcasts (engine.io's websocket transport):
-    // hand ws's sender a finished frame. Only without permessage-deflate, which frames differ by.
-    if (
-      frame &&
-      raw._socket &&
-      typeof raw._sender?.sendFrame === "function" &&
-      !raw._extensions?.["permessage-deflate"]
-    ) {
-      this.#cork(raw._socket, (frame[0]?.length ?? 0) + (frame[1]?.length ?? 0));
-      raw._sender.sendFrame(frame);
-    } else {
-      // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame.
-      socket.send(data, { binary: false });
-    }
+    const held = this.#held.get(connectionId);
+    if (held === undefined) return this.#groups.send(connectionId, data);
+    held.push(data);
     return true;
   }
 
-  /**
-   * Corks `socket` until the end of this turn of the event loop, or until `bytes` more would
-   * hold back over 16 KiB: corked bytes count as unsent, and must never make a reader look slow.
-   */
-  #cork(socket: Corkable, bytes: number): void {
-    const held = this.#corked.get(socket);
-    if (held !== undefined && held + bytes <= MAX_CORKED) {
-      this.#corked.set(socket, held + bytes);
-      return;
-    }
-    if (held !== undefined) {
-      socket.uncork(); // flush what is held, in order, before more
-      this.#corked.delete(socket);
-    }
-    if (bytes > MAX_CORKED) return; // large frames gain nothing from waiting
-    if (!this.#uncorkScheduled) {
-      this.#uncorkScheduled = true;
-      setImmediate(this.#uncorkAll);
-    }
-    socket.cork();
-    this.#corked.set(socket, bytes);
+  /** Stops following the store and the bus; the sockets and the server are yours to close. */
+  async close(): Promise<void> {
+    await this.#sync.close();
+    await this.#options.bus?.close();
   }
 
-  readonly #uncorkAll = () => {
-    this.#uncorkScheduled = false;
-    for (const socket of this.#corked.keys()) socket.uncork();
-    this.#corked.clear();
-  };
-
-  #drop(connectionId: string, group: string): void {
-    const members = this.#groups.get(group);
-    if (members?.delete(connectionId) && members.size === 0) this.#groups.delete(group);
+  #deliverHere(target: BroadcastTarget, frame: Buffer): void {
+    if ("group" in target) this.#groups.broadcast(target.group, frame);
+    else for (const id of this.#sync.connectionsOf(target.userId)) this.send(id, frame);
   }
+
+  async #connected(socket: S, request: IncomingMessage): Promise<void> {
+    // Upgrades that did not come through handleUpgrade (a server ws listens on itself) are
+    // authenticated here, after the fact: closed with 1008.
+    let who = this.#principals.get(request);
+    if (who === undefined) {
+      who = normalize(
+        await Promise.resolve(this.#options.userIdOf(request)).catch(() => undefined),
+      );
+      if (who === undefined) return socket.close(1008, "unauthorized");
+    }
+    const connection: WsConnection<S> = { id: randomUUID(), userId: who.userId, socket, request };
+    const { id } = connection;
+    this.#connections.set(id, connection);
+    this.#held.set(id, []);
+    this.#groups.add(id, socket);
+    const expiry =
+      who.expiresAt === undefined
+        ? undefined
+        : setTimeout(
+            () => socket.close(4401, "token expired"),
+            Math.min(Math.max(0, who.expiresAt - Date.now()), MAX_TIMER),
+          );
+    socket.on("close", () => {
+      clearTimeout(expiry);
+      this.#held.delete(id);
+      this.#connections.delete(id);
+      this.#sync.disconnect(id);
+      this.#groups.remove(id);
+      this.#options.onClose?.(connection);
+    });
+    socket.on("error", (error) => this.#onError(error));
+    // Messages are handled one at a time, in order, and only once the groups are rehydrated.
+    let queue: Promise<unknown> = this.#sync.connect(id, who.userId).then(
+      (groups) => {
+        if (!this.#connections.has(id)) return;
+        this.#options.onConnection?.(connection, groups);
+        for (const frame of this.#held.get(id) ?? []) this.#groups.send(id, frame);
+        this.#held.delete(id);
+      },
+      (error: unknown) => {
+        this.#onError(error);
+        socket.close(1011, "membership store unavailable");
+      },
+    );
+    socket.on("message", (data, isBinary) => {
+      queue = queue
+        .then(() =>
+          socket.readyState === OPEN
+            ? this.#options.onMessage?.(connection, data, isBinary)
+            : undefined,
+        )
+        .catch((error: unknown) => this.#onError(error));
+    });
+  }
+}
+
+/** See {@link WsHub}. */
+export function bindWs<S extends BoundSocket>(
+  wss: BoundServer<S>,
+  options: WsBindingOptions<S>,
+): WsHub<S> {
+  if (typeof options?.userIdOf !== "function") {
+    throw new MembershipError("INVALID_ARGUMENT", "bindWs needs userIdOf(request)");
+  }
+  return new WsHub(wss, options);
+}
+
+function normalize(principal: WsPrincipal | undefined) {
+  if (principal === undefined) return undefined;
+  if (typeof principal === "string") return { userId: principal };
+  const { userId, expiresAt } = principal;
+  if (expiresAt === undefined) return { userId };
+  return { userId, expiresAt: typeof expiresAt === "number" ? expiresAt : expiresAt.getTime() };
+}
+
+function refuse(socket: Duplex, status: number, reason: string): void {
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
+      `Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,
+  );
 }

@@ -1,14 +1,10 @@
 import { randomBytes } from "node:crypto";
+import type { BroadcastTarget, ServerBus } from "../hubs/ws.js";
 import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
-
-/** Who a message is for: the members of a group, or the connections of a user. */
-export type BroadcastTarget = { group: string } | { userId: string };
 
 export interface RedisBroadcastSettings {
   /** The pub/sub channel every server shares. Default `hub-membership:messages`. */
   channel?: string;
-  /** Delivers a message another server published, to this server's own connections. */
-  deliver: (target: BroadcastTarget, frame: Buffer) => void;
   /** Called once per Redis outage (messages published meanwhile are lost, as pub/sub loses them). */
   onError?: (error: unknown) => void;
   /** How long a publish may take before it fails. Default 2 s. */
@@ -27,11 +23,11 @@ export type RedisBroadcastOptions = RedisTarget & RedisBroadcastSettings;
  * Socket.IO's Redis adapter does). Membership changes do not travel here; they travel on the
  * store's change feed, which loses nothing.
  */
-export class RedisBroadcast {
+export class RedisBroadcast implements ServerBus {
   readonly #id = randomBytes(6).toString("base64url");
   readonly #redis: RedisConnections;
   readonly #channel: string;
-  readonly #deliver: RedisBroadcastSettings["deliver"];
+  #deliver: ((target: BroadcastTarget, frame: Buffer) => void) | undefined;
   readonly #onError: (error: unknown) => void;
   readonly #publishTimeoutMs: number;
   #subscribed: Promise<unknown> | undefined;
@@ -39,7 +35,6 @@ export class RedisBroadcast {
 
   constructor(options: RedisBroadcastOptions) {
     this.#channel = options.channel ?? "hub-membership:messages";
-    this.#deliver = options.deliver;
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: Redis broadcast: ${String(error)}`));
@@ -47,8 +42,12 @@ export class RedisBroadcast {
     this.#redis = new RedisConnections(options, (error) => this.#report(error));
   }
 
-  /** Subscribes and connects; resolves once messages of other servers arrive. */
-  start(): Promise<unknown> {
+  /**
+   * Subscribes and connects; resolves once messages of other servers arrive, each handed to
+   * `deliver` for this server's own connections (`bindWs` passes its own).
+   */
+  start(deliver: (target: BroadcastTarget, frame: Buffer) => void): Promise<unknown> {
+    this.#deliver = deliver;
     this.#subscribed ??= Promise.all([
       this.#redis
         .own()
@@ -90,7 +89,7 @@ export class RedisBroadcast {
       BroadcastTarget,
     ];
     if (from === this.#id) return;
-    this.#deliver(target, message.subarray(end + 1));
+    this.#deliver?.(target, message.subarray(end + 1));
   }
 
   #report(error: unknown): void {

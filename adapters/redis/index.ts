@@ -1,3 +1,4 @@
-export { type BroadcastTarget, RedisBroadcast, type RedisBroadcastOptions } from "./broadcast.js";
+export type { BroadcastTarget, ServerBus } from "../hubs/ws.js";
+export { RedisBroadcast, type RedisBroadcastOptions } from "./broadcast.js";
 export { RedisChangeFeed, type RedisChangeFeedOptions } from "./change-feed.js";
 export type { RedisClientLike, RedisTarget } from "./client.js";
