@@ -2,6 +2,12 @@ import { afterEach, describe, expect, it } from "vitest";
 import { MembershipError, type MembershipStore, type MembershipUpdate } from "../contract.js";
 import { EVERY_CODE_POINT_NAMES, HOSTILE_NAMES, INVALID_NAMES } from "./hostile-names.js";
 
+export {
+  type HarnessConnection,
+  type HubHarness,
+  type HubHarnessFactory,
+  testHubBinding,
+} from "./hubs.js";
 export { EVERY_CODE_POINT_NAMES, HOSTILE_NAMES, INVALID_NAMES };
 
 type Awaitable<T> = T | Promise<T>;

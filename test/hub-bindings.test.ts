@@ -1,0 +1,147 @@
+import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { Server } from "socket.io";
+import { io as ioClient } from "socket.io-client";
+import { WebSocket, WebSocketServer } from "ws";
+import { bindSocketIo } from "../adapters/hubs/socket-io.js";
+import { bindWs } from "../adapters/hubs/ws.js";
+import { MembershipSync } from "../adapters/index.js";
+import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
+import { RecordingHub } from "./support/recording-hub.js";
+
+type Message = { group: string; text: string };
+
+async function listening(server: ReturnType<typeof createServer>) {
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  return `127.0.0.1:${(server.address() as AddressInfo).port}`;
+}
+
+/** MembershipSync on a hub that is a map of connection ids to groups: the smallest binding. */
+testHubBinding("MembershipSync + a recording hub", {
+  async create(store) {
+    const hub = new RecordingHub();
+    const sync = new MembershipSync({ store, hub, onError: () => {} });
+    const inboxes = new Map<string, Message[]>();
+    let ids = 0;
+    return {
+      async connect(userId, onOpening) {
+        const id = `c${ids++}`;
+        const received: Message[] = [];
+        const close = async () => {
+          inboxes.delete(id);
+          sync.disconnect(id);
+        };
+        onOpening?.(close);
+        await sync.connect(id, userId);
+        inboxes.set(id, received);
+        return { received, close };
+      },
+      async broadcast(group, text) {
+        for (const [id, inbox] of inboxes)
+          if (hub.of(id).includes(group)) inbox.push({ group, text });
+      },
+      grant: (userId, group, options) => sync.grant(userId, group, options),
+      revoke: (userId, group) => sync.revoke(userId, group),
+      close: () => sync.close(),
+    };
+  },
+});
+
+testHubBinding("bindWs", {
+  async create(store) {
+    const http = createServer();
+    const wss = new WebSocketServer({ noServer: true });
+    const hub = bindWs(wss, {
+      store,
+      userIdOf: (request) =>
+        new URL(request.url ?? "/", "http://x").searchParams.get("user") ?? undefined,
+      onConnection: ({ id }) => hub.send(id, JSON.stringify({ type: "welcome" })),
+      onError: () => {},
+    });
+    http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
+    const address = await listening(http);
+    const clients: WebSocket[] = [];
+    return {
+      async connect(userId, onOpening) {
+        const client = new WebSocket(`ws://${address}/?user=${encodeURIComponent(userId)}`);
+        clients.push(client);
+        const received: Message[] = [];
+        const close = async () => {
+          client.terminate();
+        };
+        onOpening?.(close);
+        await new Promise<void>((resolve, reject) => {
+          client.on("message", (data) => {
+            const message = JSON.parse(data.toString()) as { type?: string } & Message;
+            if (message.type === "welcome") resolve();
+            else received.push({ group: message.group, text: message.text });
+          });
+          client.on("close", () => reject(new Error("closed before welcome")));
+          client.on("error", reject);
+        });
+        return { received, close } satisfies HarnessConnection;
+      },
+      broadcast: (group, text) => hub.broadcast(group, JSON.stringify({ group, text })),
+      grant: (userId, group, options) => hub.grant(userId, group, options),
+      revoke: (userId, group) => hub.revoke(userId, group),
+      async close() {
+        for (const client of clients) client.terminate();
+        await hub.close();
+        http.closeAllConnections();
+        http.close();
+      },
+    };
+  },
+});
+
+testHubBinding("bindSocketIo", {
+  async create(store) {
+    const http = createServer();
+    const io = new Server(http, { transports: ["websocket"] });
+    const sync = bindSocketIo(io, {
+      store,
+      userIdOf: (socket) => (socket.handshake.auth as { user: string }).user,
+      onError: () => {},
+    });
+    const address = await listening(http);
+    const clients: Array<ReturnType<typeof ioClient>> = [];
+    return {
+      async connect(userId, onOpening) {
+        const client = ioClient(`http://${address}`, {
+          transports: ["websocket"],
+          reconnection: false,
+          forceNew: true,
+          auth: { user: userId },
+        });
+        clients.push(client);
+        const received: Message[] = [];
+        client.on("message", (message: Message) => received.push(message));
+        let giveUp: (error: Error) => void = () => {};
+        const close = async () => {
+          client.disconnect(); // before it connected, socket.io-client says nothing more
+          giveUp(new Error("closed by the client"));
+        };
+        onOpening?.(close);
+        await new Promise<void>((resolve, reject) => {
+          giveUp = reject;
+          client.once("connect", resolve);
+          client.once("connect_error", reject);
+          client.once("disconnect", () => reject(new Error("disconnected")));
+        });
+        return { received, close };
+      },
+      async broadcast(group, text) {
+        io.to(group).emit("message", { group, text });
+      },
+      grant: (userId, group, options) => sync.grant(userId, group, options),
+      revoke: (userId, group) => sync.revoke(userId, group),
+      async close() {
+        for (const client of clients) client.disconnect();
+        await sync.close();
+        await io.close();
+      },
+    };
+  },
+});
