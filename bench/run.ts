@@ -7,7 +7,7 @@ import { once } from "node:events";
 import { writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
-import { startAzurite } from "../sample/azurite.js";
+import { startAzurite } from "../adapters/testing/azurite.js";
 import bulkGrant from "./bulk-grant.js";
 import connectStorm from "./connect-storm.js";
 import fanOut from "./fan-out.js";

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { isValidName, MembershipError } from "../adapters/index.js";
-import { azuriteConnectionString } from "./azurite.js";
+import { azuriteConnectionString } from "../adapters/testing/azurite.js";
 
 /** A configuration problem, reported as one clear line before anything starts. */
 export class ConfigError extends Error {

@@ -2,7 +2,7 @@
  * `npm start`: the chat sample. Starts Azurite (table service, data in azurite-data/) unless
  * AZURE_TABLES_CONNECTION_STRING is set, then the hub server. Ctrl-C stops both.
  */
-import { type Azurite, startAzurite } from "./azurite.js";
+import { type Azurite, startAzurite } from "../adapters/testing/azurite.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { startHubServer } from "./server.js";
 import { startSocketIoServer } from "./socket-io-server.js";

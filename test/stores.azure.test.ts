@@ -15,12 +15,12 @@ import {
 } from "../adapters/index.js";
 import { shardOf } from "../adapters/shard.js";
 import { CHANGE_LOG_SHARDS } from "../adapters/stores/azure-change-log.js";
+import { startAzurite } from "../adapters/testing/azurite.js";
 import {
   EVERY_CODE_POINT_NAMES,
   HOSTILE_NAMES,
   testMembershipStore,
 } from "../adapters/testing/index.js";
-import { startAzurite } from "../sample/azurite.js";
 import { azureStore, requestCounter, tableNameOf } from "./support/azure.js";
 
 testMembershipStore("AzureTableMembershipStore on Azurite", {

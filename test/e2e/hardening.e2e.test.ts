@@ -5,8 +5,8 @@ import { join } from "node:path";
 import jwt from "jsonwebtoken";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AzureTableMembershipStore, MembershipError } from "../../adapters/index.js";
+import { startAzurite } from "../../adapters/testing/azurite.js";
 import { HOSTILE_NAMES } from "../../adapters/testing/index.js";
-import { startAzurite } from "../../sample/azurite.js";
 import {
   admin,
   type Client,

@@ -1,5 +1,5 @@
 import type { TestProject } from "vitest/node";
-import { startAzurite } from "../../sample/azurite.js";
+import { startAzurite } from "../../adapters/testing/azurite.js";
 
 declare module "vitest" {
   export interface ProvidedContext {

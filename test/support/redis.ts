@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { once } from "node:events";
 import { createServer, type Socket, connect as tcpConnect } from "node:net";
-import { freePort } from "../../sample/azurite.js";
+import { freePort } from "../../adapters/testing/azurite.js";
 
 export interface RedisServer {
   readonly url: string;

@@ -1,17 +1,22 @@
+/**
+ * Azurite's table service for tests, benchmarks and local runs (`hub-membership/testing/azurite`):
+ * started as a child process on a free port, in memory unless given a folder. Needs the
+ * `azurite` package (an optional peer dependency; 3.35 is the last that runs on Node 20).
+ *
+ * @module
+ */
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import { createRequire } from "node:module";
 import { createServer } from "node:net";
-import { fileURLToPath } from "node:url";
 
 /** Azurite's well-known development account (public, documented by Microsoft; not a secret). */
 const DEV_ACCOUNT = "devstoreaccount1";
 const DEV_KEY =
   "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
-/** What node_modules/.bin/azurite-table runs: the table service alone. */
-const BIN = fileURLToPath(
-  new URL("../node_modules/azurite/dist/src/table/main.js", import.meta.url),
-);
+/** What azurite-table runs: the table service alone (the package's main is a VS Code extension). */
+const tableServer = () => createRequire(import.meta.url).resolve("azurite/dist/src/table/main.js");
 
 export interface AzuriteOptions {
   /** TCP port on 127.0.0.1; 0 or absent picks a free one. */
@@ -76,7 +81,7 @@ async function launch(
     "--silent",
   ];
   args.push(...(location ? ["--location", location] : ["--inMemoryPersistence"]));
-  const child = spawn(process.execPath, [...nodeArgs, BIN, ...args], {
+  const child = spawn(process.execPath, [...nodeArgs, tableServer(), ...args], {
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
