@@ -1,0 +1,24 @@
+import { createServer } from "node:http";
+import { Server } from "socket.io";
+import { bindSocketIo } from "../adapters/hubs/socket-io.js";
+import { AzureTableMembershipStore } from "../adapters/index.js";
+
+declare function userOf(token: unknown): string | undefined; // your auth
+
+const store = AzureTableMembershipStore.fromConnectionString("UseDevelopmentStorage=true");
+const io = new Server(createServer().listen(3000));
+io.use((socket, next) => {
+  socket.data.userId = userOf(socket.handshake.auth.token);
+  next(socket.data.userId ? undefined : new Error("unauthorized"));
+});
+const sync = bindSocketIo(io, {
+  store,
+  userIdOf: (socket) => socket.data.userId, // the socket joins its stored groups' rooms first
+  onLeave: (socket, group, reason) => socket.emit("removed", { group, reason }),
+});
+io.on("connection", (socket) => {
+  socket.on("send", ({ group, text }) => {
+    if (sync.isInGroup(socket.id, group)) io.to(group).emit("message", { group, text });
+  });
+});
+await sync.revoke("alice", "Sports"); // alice's sockets leave the room, on every server
