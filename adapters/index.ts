@@ -9,6 +9,7 @@ export type {
   MembershipUpdate,
 } from "./contract.js";
 export { MembershipError } from "./contract.js";
+export { type Grant, isLive, MembershipStoreBase } from "./store-base.js";
 export {
   AzureTableMembershipStore,
   type AzureTableMembershipStoreOptions,

@@ -14,25 +14,14 @@ import {
 } from "@azure/data-tables";
 import pLimit from "p-limit";
 import {
-  type AddToGroupOptions,
   type ChangeFeed,
   type Membership,
   type MembershipChange,
   MembershipError,
-  type MembershipGrant,
-  type MembershipStore,
   type MembershipUpdate,
 } from "../contract.js";
-import { Listeners } from "../listeners.js";
-import {
-  addedChange,
-  assertName,
-  assertOpen,
-  byGroup,
-  pairKey,
-  readExpiresAt,
-  readGrants,
-} from "../validate.js";
+import { type Grant, isLive, MembershipStoreBase } from "../store-base.js";
+import { addedChange, pairKey } from "../validate.js";
 import { TableChangeLog } from "./azure-change-log.js";
 import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
 import { groupPartition, toKey, userPartition } from "./azure-keys.js";
@@ -128,16 +117,13 @@ const isHttp = (url: string) => /^http:/i.test(url);
  * whose authoritative row is gone (listed by `membersOf` until the same call is retried or the
  * pair is repaired). Bulk removals differ in one point, see `#removeAll`.
  */
-export class AzureTableMembershipStore implements MembershipStore {
+export class AzureTableMembershipStore extends MembershipStoreBase {
   readonly #client: TableClient;
   readonly #feed: ChangeFeed;
   readonly #onWatchError: (error: unknown) => void;
-  #unsubscribe: (() => void) | undefined;
   #feedChecked: Promise<void> | undefined;
-  readonly #listeners = new Listeners();
   readonly #limit: ReturnType<typeof pLimit>;
   #ready: Promise<void> | undefined;
-  #closed = false;
 
   /** Connects with a connection string (an account key, a SAS, or `UseDevelopmentStorage=true`). */
   static fromConnectionString(
@@ -170,6 +156,7 @@ export class AzureTableMembershipStore implements MembershipStore {
     credentialOrOptions?: TableCredential | ClientOnlyOptions,
     maybeOptions?: AzureTableMembershipStoreOptions,
   ) {
+    super();
     let options: AzureTableMembershipStoreOptions;
     if (typeof target === "string") {
       options = maybeOptions ?? {};
@@ -197,41 +184,16 @@ export class AzureTableMembershipStore implements MembershipStore {
       });
   }
 
-  async addToGroup(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
-    this.#open();
-    assertName("userId", userId);
-    assertName("group", group);
-    const expiresAt = readExpiresAt(options);
-    const change = addedChange(userId, group, expiresAt);
-    await this.#write(async () => {
-      const fields = { userId, group, addedAt: new Date(), ...(expiresAt && { expiresAt }) };
-      await this.#client.upsertEntity(
-        { partitionKey: groupPartition(group), rowKey: toKey(userId), ...fields },
-        "Replace",
-      );
-      await this.#client.upsertEntity(
-        { partitionKey: userPartition(userId), rowKey: toKey(group), ...fields },
-        "Replace",
-      );
-      await this.#publish([change]);
-    });
-    this.#listeners.emit(change);
-  }
-
-  async addMany(grants: Iterable<MembershipGrant>): Promise<number> {
-    this.#open();
-    const changes = readGrants(grants);
-    if (changes.length === 0) return 0;
-    await this.#write(async () => {
+  protected writeGrants(grants: readonly Grant[]): Promise<void> {
+    return this.#write(async () => {
       const addedAt = new Date();
-      const fields = changes.map(({ userId, group, expiresAt }) => ({
+      const fields = grants.map(({ userId, group, expiresAt }) => ({
         userId,
         group,
         addedAt,
         ...(expiresAt && { expiresAt }),
       }));
-      // addToGroup's order, for all at once: every index row is written before any
-      // authoritative row, and the log after both.
+      // Every index row is written before any authoritative row, and the log after both.
       await this.#upsertAll(
         fields.map((f) => ({
           partitionKey: groupPartition(f.group),
@@ -246,17 +208,12 @@ export class AzureTableMembershipStore implements MembershipStore {
           ...f,
         })),
       );
-      await this.#publish(changes);
+      await this.#publish(grants);
     });
-    for (const change of changes) this.#listeners.emit(change);
-    return changes.length;
   }
 
-  async removeFromGroup(userId: string, group: string): Promise<boolean> {
-    this.#open();
-    assertName("userId", userId);
-    assertName("group", group);
-    const removed = await this.#write(async () => {
+  protected removeOne(userId: string, group: string): Promise<boolean> {
+    return this.#write(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
       const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
       if (live) await this.#publish([{ type: "removed", userId, group, pending: true }]);
@@ -282,76 +239,50 @@ export class AzureTableMembershipStore implements MembershipStore {
       await this.#delete({ partitionKey: groupPartition(group), rowKey: toKey(userId) });
       return live && deleted;
     });
-    if (removed) this.#listeners.emit({ type: "removed", userId, group });
-    return removed;
   }
 
-  async isMember(userId: string, group: string): Promise<boolean> {
-    this.#open();
-    assertName("userId", userId);
-    assertName("group", group);
+  protected readOne(userId: string, group: string): Promise<Membership | undefined> {
     return this.#run(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
-      return row !== undefined && row.userId === userId && isLive(row, Date.now());
+      return row?.userId === userId ? toMembership(row) : undefined;
     });
   }
 
-  async groupsOf(userId: string): Promise<Membership[]> {
-    this.#open();
-    assertName("userId", userId);
+  protected readUser(userId: string): Promise<Membership[]> {
     return this.#run(async () => {
-      const now = Date.now();
       const memberships: Membership[] = [];
-      for await (const row of this.#rows(userPartition(userId))) {
-        if (row.userId === userId && isLive(row, now)) memberships.push(toMembership(row));
-      }
-      return memberships.sort(byGroup);
+      for await (const row of this.#rows(userPartition(userId)))
+        if (row.userId === userId) memberships.push(toMembership(row));
+      return memberships;
     });
   }
 
-  membersOf(group: string): AsyncIterable<Membership> {
-    const store = this;
-    return (async function* () {
-      store.#open();
-      assertName("group", group);
-      const now = Date.now();
-      for await (const row of store.#guarded(store.#rows(groupPartition(group)))) {
-        if (row.group === group && isLive(row, now)) yield toMembership(row);
-      }
-    })();
+  protected async *readGroup(group: string): AsyncIterable<Membership> {
+    for await (const row of this.#guarded(this.#rows(groupPartition(group))))
+      if (row.group === group) yield toMembership(row);
   }
 
-  async countMembers(group: string): Promise<number> {
-    this.#open();
-    assertName("group", group);
+  protected override countLive(group: string, now: number): Promise<number> {
     return this.#run(async () => {
-      const now = Date.now();
       let count = 0;
-      for await (const row of this.#rows(groupPartition(group), ["group", "expiresAt"])) {
+      for await (const row of this.#rows(groupPartition(group), ["group", "expiresAt"]))
         if (row.group === group && isLive(row, now)) count++;
-      }
       return count;
     });
   }
 
-  async removeUser(userId: string): Promise<number> {
-    this.#open();
-    assertName("userId", userId);
-    return this.#removeAll(
-      userPartition(userId),
-      (row) => row.userId === userId,
-      (row) => ({ partitionKey: groupPartition(row.group as string), rowKey: toKey(userId) }),
-    );
-  }
-
-  async deleteGroup(group: string): Promise<number> {
-    this.#open();
-    assertName("group", group);
-    return this.#removeAll(
-      groupPartition(group),
-      (row) => row.group === group,
-      (row) => ({ partitionKey: userPartition(row.userId as string), rowKey: toKey(group) }),
-    );
+  protected removeAll(side: "user" | "group", name: string): Promise<MembershipUpdate[]> {
+    return side === "user"
+      ? this.#removeAll(
+          userPartition(name),
+          (row) => row.userId === name,
+          (row) => ({ partitionKey: groupPartition(row.group as string), rowKey: toKey(name) }),
+        )
+      : this.#removeAll(
+          groupPartition(name),
+          (row) => row.group === name,
+          (row) => ({ partitionKey: userPartition(row.userId as string), rowKey: toKey(name) }),
+        );
   }
 
   /**
@@ -362,7 +293,7 @@ export class AzureTableMembershipStore implements MembershipStore {
    * whose user-side write is about to land. Idempotent; safe while the store is in use.
    */
   async repair(options: { dryRun?: boolean; minAgeMs?: number } = {}): Promise<RepairReport> {
-    this.#open();
+    this.assertOpen();
     const { dryRun = false, minAgeMs = 60_000 } = options;
     return this.#run(async () => {
       const now = Date.now();
@@ -422,35 +353,18 @@ export class AzureTableMembershipStore implements MembershipStore {
     });
   }
 
-  watch(listener: (change: MembershipChange) => void): () => void {
-    this.#open();
-    const unsubscribe = this.#listeners.add(listener);
-    if (this.#unsubscribe === undefined) {
-      this.#unsubscribe = this.#feed.subscribe(
-        (change) => this.#listeners.emit(change),
-        this.#onWatchError,
-      );
-      // Only a wrong feed is reported from here: an outage or a refused key is the feed's
-      // to report, once, as its reads fail too.
-      this.#run(() => this.#checkFeed()).catch((error: unknown) => {
-        if (error instanceof FeedMismatch) this.#onWatchError(error);
-      });
-    }
-    return () => {
-      unsubscribe();
-      if (this.#listeners.size === 0) {
-        this.#unsubscribe?.();
-        this.#unsubscribe = undefined;
-      }
-    };
+  protected override subscribeRemote(deliver: (change: MembershipChange) => void): () => void {
+    const unsubscribe = this.#feed.subscribe(deliver, this.#onWatchError);
+    // Only a wrong feed is reported from here: an outage or a refused key is the feed's to
+    // report, once, as its reads fail too.
+    this.#run(() => this.#checkFeed()).catch((error: unknown) => {
+      if (error instanceof FeedMismatch) this.#onWatchError(error);
+    });
+    return unsubscribe;
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#unsubscribe?.();
-    this.#listeners.clear();
-    await this.#feed.close();
+  protected override closeStorage(): Promise<void> {
+    return this.#feed.close();
   }
 
   /**
@@ -459,7 +373,7 @@ export class AzureTableMembershipStore implements MembershipStore {
    * listens. Throws `ACCESS_DENIED`, `STORE_REJECTED` (another feed) or `STORE_UNAVAILABLE`.
    */
   async verify(): Promise<void> {
-    this.#open();
+    this.assertOpen();
     await this.#run(() => this.#checkFeed());
   }
 
@@ -469,7 +383,7 @@ export class AzureTableMembershipStore implements MembershipStore {
    * first write or `verify()`, so stop the others first and start them on the new feed after.
    */
   async adoptChangeFeed(): Promise<void> {
-    this.#open();
+    this.assertOpen();
     await this.#run(async () => {
       await this.#client.upsertEntity({ ...FEED_MARKER, feed: this.#feed.kind }, "Replace");
       this.#feedChecked = Promise.resolve();
@@ -534,8 +448,8 @@ export class AzureTableMembershipStore implements MembershipStore {
     partitionKey: string,
     owns: (row: Row) => boolean,
     twinOf: (row: Row) => { partitionKey: string; rowKey: string },
-  ): Promise<number> {
-    const changes = await this.#write(async () => {
+  ): Promise<MembershipUpdate[]> {
+    return this.#write(async () => {
       const now = Date.now();
       const rows: Row[] = [];
       for await (const row of this.#rows(partitionKey)) if (owns(row)) rows.push(row);
@@ -554,8 +468,6 @@ export class AzureTableMembershipStore implements MembershipStore {
       await this.#publish(changes); // confirmed, as in removeFromGroup
       return changes;
     });
-    for (const change of changes) this.#listeners.emit(change);
-    return changes.length;
   }
 
   /** Upserts rows: one transaction per 100 rows of a partition, `concurrency` requests at once. */
@@ -664,10 +576,6 @@ export class AzureTableMembershipStore implements MembershipStore {
     });
     return this.#ready;
   }
-
-  #open(): void {
-    assertOpen(this.#closed);
-  }
 }
 
 function createClient(
@@ -706,9 +614,6 @@ const ESCAPE_SEPARATORS: PipelinePolicy = {
     return next(request);
   },
 };
-
-const isLive = (row: Row, now: number) =>
-  row.expiresAt === undefined || row.expiresAt.getTime() > now;
 
 function toMembership(row: Row): Membership {
   const membership = {
