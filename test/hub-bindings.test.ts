@@ -3,10 +3,11 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Server } from "socket.io";
 import { io as ioClient } from "socket.io-client";
+import { describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { bindWs } from "../adapters/hubs/ws.js";
-import { MembershipSync } from "../adapters/index.js";
+import { InMemoryMembershipStore, MembershipSync } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
 import { RecordingHub } from "./support/recording-hub.js";
 
@@ -144,4 +145,32 @@ testHubBinding("bindSocketIo", {
       },
     };
   },
+});
+
+describe("bindWs on a WebSocketServer that listens by itself", () => {
+  it("authenticates after the upgrade: a refused client is closed with 1008, an accepted one rehydrated", async () => {
+    const store = new InMemoryMembershipStore();
+    await store.addToGroup("alice", "room");
+    const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
+    await once(wss, "listening");
+    const hub = bindWs(wss, {
+      store,
+      userIdOf: (request) =>
+        new URL(request.url ?? "/", "http://x").searchParams.get("user") ?? undefined,
+      onConnection: ({ id }, groups) => hub.send(id, JSON.stringify({ groups })),
+    });
+    try {
+      const url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
+      const refused = new WebSocket(`${url}/`);
+      const [code] = (await once(refused, "close")) as [number];
+      expect(code).toBe(1008);
+      const alice = new WebSocket(`${url}/?user=alice`);
+      const [data] = (await once(alice, "message")) as [Buffer];
+      expect(JSON.parse(data.toString())).toEqual({ groups: ["room"] });
+      alice.close();
+    } finally {
+      await hub.close();
+      wss.close();
+    }
+  });
 });

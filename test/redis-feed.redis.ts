@@ -83,6 +83,30 @@ describe("RedisChangeFeed", { timeout: 60_000 }, () => {
     expect(await late.isMember("alice", "room")).toBe(true);
   });
 
+  it("takes a connected client of yours, duplicates it for its blocking reads, and leaves it open", async () => {
+    const client = createClient({ url: redis.url });
+    await client.connect();
+    const prefix = `c${randomBytes(4).toString("hex")}`;
+    const writer = track(azureStore({ changeFeed: new RedisChangeFeed({ client, prefix }) }));
+    const reader = track(
+      azureStore({
+        tableName: tableNameOf(writer),
+        changeFeed: new RedisChangeFeed({ client, prefix }),
+      }),
+    );
+    const seen = watchChanges(reader);
+    await expect.poll(() => seen.resyncs).toBe(1);
+    await writer.addToGroup("alice", "room");
+    await expect
+      .poll(() => seen.updates)
+      .toEqual([{ type: "added", userId: "alice", group: "room" }]);
+    await writer.close();
+    await reader.close();
+    opened.splice(0);
+    expect(await client.ping()).toBe("PONG"); // still yours, still open
+    await client.close();
+  });
+
   it("a publish that fails fails the operation: a revoke is never stored unannounced", async () => {
     const store = track(redisStore());
     await store.addToGroup("alice", "room");
