@@ -3,6 +3,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { azuriteConnectionString } from "../adapters/testing/azurite.js";
+import type { Limits } from "./limits.js";
 
 /** A configuration problem, reported as one clear line before anything starts. */
 export class ConfigError extends Error {
@@ -40,6 +41,8 @@ export interface SampleConfig {
    * for `ws`, `@socket.io/redis-adapter` for Socket.IO); unset, changes travel on the table's log.
    */
   redisUrl: string | undefined;
+  /** What a client may send (rate limits and connection cap). */
+  limits: Limits;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -131,6 +134,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
     maxBufferedBytes: integer(env, "MAX_BUFFERED_BYTES", 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
     hub,
     redisUrl,
+    limits: {
+      messagesPerSecond: integer(env, "RATE_MESSAGES", 20, 1, 1_000_000),
+      messageBurst: integer(env, "RATE_BURST", 40, 0, 1_000_000),
+      // At least one largest frame (64 KiB) a second, or such a frame could never pass.
+      bytesPerSecond: integer(env, "RATE_BYTES", 256 * 1024, 64 * 1024, 2 ** 30),
+      userMessagesPerSecond: integer(env, "RATE_USER_MESSAGES", 50, 1, 1_000_000),
+      connectionsPerUser: integer(env, "MAX_CONNECTIONS_PER_USER", 20, 1, 100_000),
+      closeAfterRefusals: integer(env, "RATE_CLOSE_AFTER", 100, 1, 1_000_000),
+    },
   };
 }
 

@@ -2,12 +2,14 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
-import { bindWs, type WsHub } from "../adapters/hubs/ws.js";
+import { bindWs, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
+import { floodGuardOf } from "./limits.js";
+import { connectRedis } from "./redis.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
@@ -18,6 +20,13 @@ type ClientMessage =
   | { type: "whisper"; to: string; text: string }
   | { type: "join"; group: string }
   | { type: "leave"; group: string };
+
+const byteLength = (data: RawData) =>
+  Array.isArray(data)
+    ? data.reduce((sum, part) => sum + part.length, 0)
+    : data instanceof ArrayBuffer
+      ? data.byteLength
+      : data.length;
 
 /** Parses one client frame; `undefined` for anything that is not exactly a known message. */
 function parseClientMessage(data: RawData, isBinary: boolean): ClientMessage | undefined {
@@ -60,6 +69,9 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const auth = configurePassport(config.jwt);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
   let slowConsumersDropped = 0;
+  let rateLimited = 0;
+  const limiterRedis = config.redisUrl ? await connectRedis(config.redisUrl) : undefined;
+  const guard = floodGuardOf(config, limiterRedis);
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
   // With Redis, messages reach the other servers' connections too; each server enforces
   // membership for its own (a group message goes only to the group's members there).
@@ -67,7 +79,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     store,
     userIdOf: async (request) => {
       const principal = await authenticate(auth, request);
-      return principal && principal.expiresAt > Date.now() ? principal : undefined;
+      if (principal === undefined || principal.expiresAt <= Date.now()) return undefined;
+      if (hub.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
+        throw new WsRefusal(429, "Too Many Connections");
+      return principal;
     },
     maxBufferedBytes: config.maxBufferedBytes,
     ...(config.redisUrl && { bus: new RedisBroadcast({ url: config.redisUrl }) }),
@@ -88,13 +103,20 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   await hub.ready();
 
   async function handle(
-    { id, userId }: { id: string; userId: string },
+    { id, userId, socket }: { id: string; userId: string; socket: WebSocket },
     data: RawData,
     isBinary: boolean,
   ): Promise<void> {
     const error = (code: string, extra: object = {}): void => {
       hub.send(id, encode({ type: "error", code, ...extra }));
     };
+    const verdict = await guard.admit(id, userId, byteLength(data));
+    if (!verdict.ok) {
+      rateLimited++;
+      error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
+      if (verdict.close) socket.close(1008, "rate limit exceeded");
+      return;
+    }
     const message = parseClientMessage(data, isBinary);
     if (message === undefined) return error("bad_request");
     try {
@@ -145,6 +167,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     const stats = () => ({
       connections: wss.clients.size,
       slowConsumersDropped,
+      rateLimited,
       storageRequests: requests,
     });
     if (await commonRoute(req, res, { config, store, stats })) return;
@@ -191,6 +214,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       await closed;
       clearTimeout(grace);
       await hub.close();
+      limiterRedis?.destroy();
       await store.close();
     },
   };

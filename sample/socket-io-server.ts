@@ -5,6 +5,7 @@ import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
+import { floodGuardOf } from "./limits.js";
 import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
 
@@ -22,7 +23,7 @@ interface ServerEvents {
   removed(message: { group: string; reason: string }): void;
   message(message: { group: string; from: string; text: string; at: string }): void;
 }
-type Reply = { ok: true } | { error: string; group?: string };
+type Reply = { ok: true } | { error: string; group?: string; retryAfterMs?: number };
 type SocketData = { principal: Principal };
 type HubSocket = Socket<ClientEvents, ServerEvents, Record<string, never>, SocketData>;
 
@@ -52,6 +53,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       connections: io.of("/").sockets.size,
       joins,
       leaves,
+      rateLimited,
       storageRequests: requests,
     });
     if (!(await commonRoute(req, res, { config, store, stats })))
@@ -63,6 +65,8 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     serveClient: false,
   });
   const redis = config.redisUrl ? await connectRedis(config.redisUrl).catch(fail) : undefined;
+  const guard = floodGuardOf(config, redis);
+  let rateLimited = 0;
   const redisSub = redis?.duplicate();
   if (redis && redisSub) {
     await redisSub.connect();
@@ -75,6 +79,8 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       (principal) => {
         if (principal === undefined || principal.expiresAt <= Date.now())
           return next(new Error("unauthorized"));
+        if (sync.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
+          return next(new Error("too_many_connections"));
         socket.data.principal = principal;
         next();
       },
@@ -106,9 +112,28 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
 
     const handle = (payload: unknown, ack: unknown, action: (group: string) => Promise<Reply>) => {
       const reply = typeof ack === "function" ? (ack as (r: Reply) => void) : () => {};
+      const bytes = Buffer.byteLength(JSON.stringify(payload ?? null));
+      const admitted = guard.admit(socket.id, userId, bytes).then((verdict) => {
+        if (verdict.ok) return true;
+        rateLimited++;
+        reply({ error: "rate_limited", retryAfterMs: verdict.retryAfterMs });
+        if (verdict.close) socket.disconnect(true);
+        return false;
+      });
+      // One event at a time per socket, in order, as the ws hub handles its frames.
+      queue = queue
+        .then(() => admitted)
+        .then((ok) => (ok ? run(payload, reply, action) : undefined));
+    };
+    let queue: Promise<unknown> = Promise.resolve();
+    const run = (
+      payload: unknown,
+      reply: (r: Reply) => void,
+      action: (group: string) => Promise<Reply>,
+    ) => {
       const group = groupOf(payload);
       if (group === undefined) return reply({ error: "bad_request" });
-      action(group).then(reply, (e: unknown) => {
+      return action(group).then(reply, (e: unknown) => {
         if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
           return reply({ error: "unavailable" });
         console.error(`handling an event of ${socket.id} failed: ${String(e)}`);

@@ -174,3 +174,44 @@ describe("bindWs on a WebSocketServer that listens by itself", () => {
     }
   });
 });
+
+describe("bindWs fair reading", () => {
+  it("stops reading from a connection whose messages pile up, and resumes once they are handled, in order", async () => {
+    const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
+    await once(wss, "listening");
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const handled: string[] = [];
+    let serverSide: WebSocket | undefined;
+    const hub = bindWs(wss, {
+      store: new InMemoryMembershipStore(),
+      userIdOf: () => "alice",
+      maxQueuedMessages: 4,
+      onConnection: ({ id, socket }) => {
+        serverSide = socket;
+        hub.send(id, "welcome");
+      },
+      onMessage: async (_connection, data) => {
+        await gate;
+        handled.push(String(data));
+      },
+    });
+    try {
+      const client = new WebSocket(`ws://127.0.0.1:${(wss.address() as AddressInfo).port}`);
+      await once(client, "message");
+      for (let i = 0; i < 100; i++) client.send(`m${i}`);
+      await expect.poll(() => serverSide?.isPaused).toBe(true);
+      expect(handled).toEqual([]);
+      release();
+      await expect.poll(() => handled.length).toBe(100);
+      expect(handled).toEqual(Array.from({ length: 100 }, (_, i) => `m${i}`));
+      expect(serverSide?.isPaused).toBe(false);
+      client.close();
+    } finally {
+      await hub.close();
+      wss.close();
+    }
+  });
+});

@@ -24,6 +24,9 @@ export interface ServerBus {
 /** What {@link bindWs} uses of a `ws` WebSocket. */
 export interface BoundSocket extends GroupSocket {
   close(code?: number, reason?: string): void;
+  /** Stops and resumes reading from the client (ws 8 has both). */
+  pause?(): void;
+  resume?(): void;
   on(
     event: "message",
     listener: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void,
@@ -44,6 +47,16 @@ export interface BoundServer<S extends BoundSocket> {
   emit(event: "connection", socket: S, request: IncomingMessage): boolean;
 }
 
+/** Thrown by `userIdOf` to refuse an upgrade with this HTTP status. */
+export class WsRefusal extends Error {
+  readonly status: number;
+
+  constructor(status: number, message: string) {
+    super(message);
+    this.status = status;
+  }
+}
+
 /** Who an upgrade request acts for: a user id, or one with the moment its credentials expire. */
 export type WsPrincipal = string | { userId: string; expiresAt?: Date | number };
 
@@ -59,7 +72,8 @@ export interface WsBindingOptions<S extends BoundSocket> {
   store: MembershipStore;
   /**
    * Who an upgrade request acts for, from your own authentication (passport, a JWT check, ...):
-   * `undefined` refuses it with HTTP 401 before any socket exists (a throw: 500, and `onError`).
+   * `undefined` refuses it with HTTP 401 before any socket exists; a thrown {@link WsRefusal}
+   * with its status (429 for too many connections, say); any other throw with 500 and `onError`.
    * With `expiresAt`, the connection is closed with 4401 when it passes.
    */
   userIdOf(request: IncomingMessage): WsPrincipal | undefined | Promise<WsPrincipal | undefined>;
@@ -84,6 +98,12 @@ export interface WsBindingOptions<S extends BoundSocket> {
   onSlowConsumer?: (connection: WsConnection<S>) => void;
   /** Messages to and from other servers (e.g. `RedisBroadcast`); started by `bindWs`. */
   bus?: ServerBus;
+  /**
+   * Messages of one connection waiting for `onMessage` past which the server stops reading from
+   * it until they are handled: a flood stays in that client's TCP window, not in server memory.
+   * Default 16.
+   */
+  maxQueuedMessages?: number;
   /** Where failures go that no caller can be told of. Default: a process warning. */
   onError?: (error: unknown) => void;
 }
@@ -158,6 +178,7 @@ export class WsHub<S extends BoundSocket> {
     try {
       principal = await this.#options.userIdOf(request);
     } catch (error) {
+      if (error instanceof WsRefusal) return refuse(socket, error.status, error.message);
       this.#onError(error);
       return refuse(socket, 500, "Internal Server Error");
     }
@@ -270,14 +291,28 @@ export class WsHub<S extends BoundSocket> {
         socket.close(1011, "membership store unavailable");
       },
     );
+    // Fair reading: past maxQueuedMessages waiting, stop reading until the queue has drained.
+    const maxQueued = this.#options.maxQueuedMessages ?? 16;
+    let queued = 0;
+    let paused = false;
     socket.on("message", (data, isBinary) => {
+      if (++queued > maxQueued && !paused) {
+        paused = true;
+        socket.pause?.();
+      }
       queue = queue
         .then(() =>
           socket.readyState === OPEN
             ? this.#options.onMessage?.(connection, data, isBinary)
             : undefined,
         )
-        .catch((error: unknown) => this.#onError(error));
+        .catch((error: unknown) => this.#onError(error))
+        .finally(() => {
+          if (--queued === 0 && paused) {
+            paused = false;
+            socket.resume?.();
+          }
+        });
     });
   }
 }

@@ -10,6 +10,7 @@ import { HOSTILE_NAMES } from "../../adapters/testing/index.js";
 import {
   admin,
   type Client,
+  NO_RATE_LIMITS,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
@@ -171,6 +172,7 @@ describe("hostile input through the protocol", { timeout: 90_000 }, () => {
     env = {
       ...sampleEnv(inject("azuriteConnectionString")),
       OPEN_GROUPS: "lobby,__proto__,a/b#c?d",
+      ...NO_RATE_LIMITS, // protocol handling, not rate limits (those have their own tests)
     };
     expect((await admin(env, "grant", "victim", "private")).code).toBe(0);
     expect((await admin(env, "grant", "friend", "private")).code).toBe(0);

@@ -113,3 +113,48 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
     for (const c of [daveA, daveC]) await c.next(isRemoved("Ops"), 15_000);
   });
 });
+
+describe("rate limits with Redis: a user's budget holds across servers", {
+  timeout: 60_000,
+}, () => {
+  let redis: RedisServer;
+  let env: SampleEnv;
+  let servers: RunningSample[];
+  beforeAll(async () => {
+    redis = await startRedis();
+    env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      REDIS_URL: redis.url,
+      RATE_MESSAGES: "1000",
+      RATE_USER_MESSAGES: "6",
+      RATE_CLOSE_AFTER: "1000",
+    };
+    await grant(env, "busy", "room");
+    await grant(env, "watcher", "room");
+    servers = await Promise.all([startSample(env), startSample(env)]);
+  });
+  afterAll(async () => {
+    await Promise.all((servers ?? []).map((s) => s.stop()));
+    await redis?.stop();
+  });
+
+  it("one user's connections on two servers share one budget", async () => {
+    const [a, b] = servers as [RunningSample, RunningSample];
+    const onA = await connect(a.wsUrl, token(env, "busy"));
+    const onB = await connect(b.wsUrl, token(env, "busy"));
+    const watcher = await connect(a.wsUrl, token(env, "watcher"));
+    for (let i = 0; i < 10; i++) {
+      onA.send({ type: "send", group: "room", text: `a${i}` });
+      onB.send({ type: "send", group: "room", text: `b${i}` });
+    }
+    const limited = () =>
+      [onA, onB].flatMap((c) => c.messages.filter((m) => m.code === "rate_limited")).length;
+    await expect.poll(limited).toBeGreaterThanOrEqual(12);
+    await sleep(300);
+    const delivered = watcher.messages.filter((m) => /^[ab]\d$/.test(String(m.text))).length;
+    // Two servers with a budget each would have let 12 through; one shared budget lets 6 a
+    // second (a few more if the window turned meanwhile).
+    expect(delivered + limited()).toBe(20);
+    expect(delivered).toBeLessThanOrEqual(8);
+  });
+});

@@ -16,6 +16,16 @@ export interface SampleEnv {
 }
 
 let tables = 0;
+/**
+ * Rate limits out of the way, for tests and benchmarks of something else (protocol handling,
+ * fan-out capacity) that send faster than a person would.
+ */
+export const NO_RATE_LIMITS = {
+  RATE_MESSAGES: "1000000",
+  RATE_USER_MESSAGES: "1000000",
+  RATE_BYTES: "1073741824",
+} as const;
+
 /** A fresh environment: its own table, its own JWT secret. */
 export function sampleEnv(connectionString: string): SampleEnv {
   return {

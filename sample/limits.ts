@@ -1,0 +1,79 @@
+import {
+  BurstyRateLimiter,
+  RateLimiterMemory,
+  RateLimiterRedis,
+  RateLimiterRes,
+} from "rate-limiter-flexible";
+import type { RedisClientType } from "redis";
+import type { SampleConfig } from "./config.js";
+
+/** What a client may send, per connection and per user (all in config.ts, see sample/README.md). */
+export interface Limits {
+  /** Messages per second per connection, and how many more it may send in a burst. */
+  messagesPerSecond: number;
+  messageBurst: number;
+  /** Bytes per second per connection. */
+  bytesPerSecond: number;
+  /** Messages per second per user, over all their connections (and servers, with Redis). */
+  userMessagesPerSecond: number;
+  /** Open connections per user on one server. */
+  connectionsPerUser: number;
+  /** Messages refused within 10 s after which the connection is closed (1008). */
+  closeAfterRefusals: number;
+}
+
+export type Verdict = { ok: true } | { ok: false; retryAfterMs: number; close: boolean };
+
+/**
+ * Token buckets for what clients send (rate-limiter-flexible): per connection in memory, per user
+ * in Redis when the sample has one (so a user's budget holds across servers), with an in-memory
+ * stand-in while Redis is away. A refused message is not delivered; a connection that keeps
+ * going past `closeAfterRefusals` is told to go.
+ */
+export class FloodGuard {
+  readonly limits: Limits;
+  readonly #messages: BurstyRateLimiter;
+  readonly #bytes: RateLimiterMemory;
+  readonly #user: RateLimiterMemory | RateLimiterRedis;
+  readonly #refusals: RateLimiterMemory;
+
+  constructor(limits: Limits, redis?: RedisClientType) {
+    this.limits = limits;
+    this.#messages = new BurstyRateLimiter(
+      new RateLimiterMemory({ points: limits.messagesPerSecond, duration: 1 }),
+      new RateLimiterMemory({ points: limits.messageBurst, duration: 10, keyPrefix: "burst" }),
+    );
+    this.#bytes = new RateLimiterMemory({ points: limits.bytesPerSecond, duration: 1 });
+    const perUser = { points: limits.userMessagesPerSecond, duration: 1, keyPrefix: "user" };
+    this.#user = redis
+      ? new RateLimiterRedis({
+          ...perUser,
+          storeClient: redis,
+          useRedisPackage: true,
+          keyPrefix: "hub-membership:rate:user",
+          insuranceLimiter: new RateLimiterMemory(perUser),
+        })
+      : new RateLimiterMemory(perUser);
+    this.#refusals = new RateLimiterMemory({ points: limits.closeAfterRefusals, duration: 10 });
+  }
+
+  /** Whether a message of `bytes` from this connection may be handled. */
+  async admit(connectionId: string, userId: string, bytes: number): Promise<Verdict> {
+    try {
+      await this.#messages.consume(connectionId);
+      await this.#bytes.consume(connectionId, bytes);
+      await this.#user.consume(userId);
+      return { ok: true };
+    } catch (refusal) {
+      if (!(refusal instanceof RateLimiterRes)) throw refusal;
+      const close = await this.#refusals.consume(connectionId).then(
+        () => false,
+        () => true,
+      );
+      return { ok: false, retryAfterMs: Math.max(1, Math.ceil(refusal.msBeforeNext)), close };
+    }
+  }
+}
+
+export const floodGuardOf = (config: SampleConfig, redis?: RedisClientType) =>
+  new FloodGuard(config.limits, redis);
