@@ -6,6 +6,7 @@ import {
 } from "rate-limiter-flexible";
 import type { RedisClientType } from "redis";
 import type { SampleConfig } from "./config.js";
+import { connectRedis } from "./redis.js";
 
 /** What a client may send, per connection and per user (all in config.ts, see sample/README.md). */
 export interface Limits {
@@ -37,8 +38,11 @@ export class FloodGuard {
   readonly #user: RateLimiterMemory | RateLimiterRedis;
   readonly #refusals: RateLimiterMemory;
 
+  readonly #redis: RedisClientType | undefined;
+
   constructor(limits: Limits, redis?: RedisClientType) {
     this.limits = limits;
+    this.#redis = redis;
     this.#messages = new BurstyRateLimiter(
       new RateLimiterMemory({ points: limits.messagesPerSecond, duration: 1 }),
       new RateLimiterMemory({ points: limits.messageBurst, duration: 10, keyPrefix: "burst" }),
@@ -50,6 +54,11 @@ export class FloodGuard {
           ...perUser,
           storeClient: redis,
           useRedisPackage: true,
+          // While Redis is away, at once to the in-memory stand-in: a message must not wait.
+          rejectIfRedisNotReady: true,
+          // A user past the budget is refused from memory for the rest of the second: a flood
+          // costs no Redis calls, and others' checks do not queue behind it.
+          inMemoryBlockOnConsumed: limits.userMessagesPerSecond + 1,
           keyPrefix: "hub-membership:rate:user",
           insuranceLimiter: new RateLimiterMemory(perUser),
         })
@@ -73,7 +82,17 @@ export class FloodGuard {
       return { ok: false, retryAfterMs: Math.max(1, Math.ceil(refusal.msBeforeNext)), close };
     }
   }
+
+  /** Closes the guard's Redis connection, if it has one. */
+  close(): void {
+    if (this.#redis?.isOpen) this.#redis.destroy();
+  }
 }
 
-export const floodGuardOf = (config: SampleConfig, redis?: RedisClientType) =>
-  new FloodGuard(config.limits, redis);
+/** The sample's guard: per-user budgets in Redis (a fail-fast connection of its own) with REDIS_URL. */
+export async function floodGuardOf(config: SampleConfig): Promise<FloodGuard> {
+  const redis = config.redisUrl
+    ? await connectRedis(config.redisUrl, { failFast: true })
+    : undefined;
+  return new FloodGuard(config.limits, redis);
+}

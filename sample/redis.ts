@@ -6,10 +6,15 @@ import type { SampleConfig } from "./config.js";
  * A Redis client for the sample: the start-up fails at once, with one clear line, if Redis is not
  * there; once it was, the client rides out Redis restarts.
  */
-export async function connectRedis(url: string): Promise<RedisClientType> {
+export async function connectRedis(
+  url: string,
+  options: { failFast?: boolean } = {},
+): Promise<RedisClientType> {
   let up = false;
   const client: RedisClientType = createClient({
     url,
+    // failFast: commands fail at once while Redis is away instead of waiting for it.
+    ...(options.failFast && { disableOfflineQueue: true }),
     socket: {
       reconnectStrategy: (retries, cause) => (up ? Math.min(100 * retries, 2_000) : cause),
     },

@@ -9,7 +9,6 @@ import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 import { floodGuardOf } from "./limits.js";
-import { connectRedis } from "./redis.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
@@ -70,8 +69,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
   let slowConsumersDropped = 0;
   let rateLimited = 0;
-  const limiterRedis = config.redisUrl ? await connectRedis(config.redisUrl) : undefined;
-  const guard = floodGuardOf(config, limiterRedis);
+  const guard = await floodGuardOf(config);
   const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
   // With Redis, messages reach the other servers' connections too; each server enforces
   // membership for its own (a group message goes only to the group's members there).
@@ -114,7 +112,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     if (!verdict.ok) {
       rateLimited++;
       error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
-      if (verdict.close) socket.close(1008, "rate limit exceeded");
+      if (verdict.close) {
+        socket.close(1008, "rate limit exceeded");
+        // A flooder's reply to the close sits behind its flood, in a socket no longer read.
+        setTimeout(() => socket.terminate(), 1_000).unref();
+      }
       return;
     }
     const message = parseClientMessage(data, isBinary);
@@ -214,7 +216,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       await closed;
       clearTimeout(grace);
       await hub.close();
-      limiterRedis?.destroy();
+      guard.close();
       await store.close();
     },
   };

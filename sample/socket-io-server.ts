@@ -65,7 +65,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     serveClient: false,
   });
   const redis = config.redisUrl ? await connectRedis(config.redisUrl).catch(fail) : undefined;
-  const guard = floodGuardOf(config, redis);
+  const guard = await floodGuardOf(config);
   let rateLimited = 0;
   const redisSub = redis?.duplicate();
   if (redis && redisSub) {
@@ -172,6 +172,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       await io.close(); // disconnects every socket and closes the HTTP server
       await sync.close();
       await Promise.all([redis?.quit(), redisSub?.quit()]);
+      guard.close();
       await store.close();
     },
   };

@@ -1,0 +1,60 @@
+/**
+ * A flooder for the flood load test, in a process of its own: `tsx test/load/flooder.ts JSON`
+ * with `{ wsUrls, tokens, group, ms }`. Each token has a connection to every URL, which sends to `group` as fast as its
+ * socket takes frames, reconnects whenever the server closes it, and stops after `ms`. Prints one
+ * JSON line: frames sent, `rate_limited` answers, closes, and refused reconnections.
+ */
+import { WebSocket } from "ws";
+
+const { wsUrls, tokens, group, ms } = JSON.parse(process.argv[2] ?? "{}") as {
+  wsUrls: string[];
+  tokens: string[];
+  group: string;
+  ms: number;
+};
+const report = { sent: 0, rateLimited: 0, closed: 0, refused: 0 };
+const until = Date.now() + ms;
+const frame = (i: number) => JSON.stringify({ type: "send", group, text: `flood ${i}` });
+
+function flood(wsUrl: string, token: string): Promise<void> {
+  return new Promise((resolve) => {
+    if (Date.now() >= until) return resolve();
+    const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${token}` } });
+    let timer: NodeJS.Timeout | undefined;
+    const pump = () => {
+      if (Date.now() >= until) return ws.close();
+      // As fast as the connection takes frames, in slices, so this process still reads answers.
+      for (
+        let i = 0;
+        i < 200 && ws.readyState === WebSocket.OPEN && ws.bufferedAmount < 65_536;
+        i++
+      )
+        ws.send(frame(report.sent++));
+      timer = setTimeout(pump, ws.bufferedAmount < 65_536 ? 0 : 1);
+    };
+    let welcomed = false;
+    ws.on("message", (data) => {
+      const message = JSON.parse(data.toString()) as { type?: string; code?: string };
+      if (message.type === "welcome") {
+        welcomed = true;
+        pump();
+      }
+      if (message.code === "rate_limited") report.rateLimited++;
+    });
+    ws.on("unexpected-response", () => {
+      report.refused++; // over the connection cap, say: the close below tries again
+      ws.terminate();
+    });
+    // Every connection ends here once; an attacker comes straight back.
+    ws.on("close", () => {
+      clearTimeout(timer);
+      if (Date.now() >= until) return resolve();
+      if (welcomed) report.closed++;
+      setTimeout(() => flood(wsUrl, token).then(resolve), welcomed ? 10 : 50);
+    });
+    ws.on("error", () => {});
+  });
+}
+
+await Promise.all(wsUrls.flatMap((wsUrl) => tokens.map((token) => flood(wsUrl, token))));
+console.log(JSON.stringify(report));
