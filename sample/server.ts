@@ -113,6 +113,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       rateLimited++;
       error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
       if (verdict.close) {
+        console.error(`connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`);
         socket.close(1008, "rate limit exceeded");
         // A flooder's reply to the close sits behind its flood, in a socket no longer read.
         setTimeout(() => socket.terminate(), 1_000).unref();

@@ -117,7 +117,12 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
         if (verdict.ok) return true;
         rateLimited++;
         reply({ error: "rate_limited", retryAfterMs: verdict.retryAfterMs });
-        if (verdict.close) socket.disconnect(true);
+        if (verdict.close) {
+          console.error(
+            `socket ${socket.id} of ${JSON.stringify(userId)} closed: over the rate limit`,
+          );
+          socket.disconnect(true);
+        }
         return false;
       });
       // One event at a time per socket, in order, as the ws hub handles its frames.

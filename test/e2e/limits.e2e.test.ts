@@ -60,6 +60,7 @@ describe("a flooding client cannot starve the others (ws)", { timeout: 60_000 },
     // Keeping on past 20 refusals in 10 s closes the connection.
     for (let i = 0; i < 30; i++) flooder.send({ type: "send", group: "room", text: `more ${i}` });
     expect(await flooder.closed).toMatchObject({ code: 1008, reason: "rate limit exceeded" });
+    expect(sample.output()).toMatch(/connection \S+ of "flooder" closed: over the rate limit/);
   });
 
   it("refuses a user's connection past the cap with 429, before any socket", async () => {
