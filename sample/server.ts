@@ -108,21 +108,23 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     const error = (code: string, extra: object = {}): void => {
       hub.send(id, encode({ type: "error", code, ...extra }));
     };
-    const verdict = await guard.admit(id, userId, byteLength(data));
-    if (!verdict.ok) {
-      rateLimited++;
-      error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
-      if (verdict.close) {
-        console.error(`connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`);
-        socket.close(1008, "rate limit exceeded");
-        // A flooder's reply to the close sits behind its flood, in a socket no longer read.
-        setTimeout(() => socket.terminate(), 1_000).unref();
-      }
-      return;
-    }
-    const message = parseClientMessage(data, isBinary);
-    if (message === undefined) return error("bad_request");
     try {
+      const verdict = await guard.admit(id, userId, byteLength(data));
+      if (!verdict.ok) {
+        rateLimited++;
+        error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
+        if (verdict.close) {
+          console.error(
+            `connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`,
+          );
+          socket.close(1008, "rate limit exceeded");
+          // A flooder's reply to the close sits behind its flood, in a socket no longer read.
+          setTimeout(() => socket.terminate(), 1_000).unref();
+        }
+        return;
+      }
+      const message = parseClientMessage(data, isBinary);
+      if (message === undefined) return error("bad_request");
       switch (message.type) {
         case "send": {
           const { group, text } = message;

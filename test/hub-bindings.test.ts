@@ -153,17 +153,27 @@ describe("bindWs on a WebSocketServer that listens by itself", () => {
     await store.addToGroup("alice", "room");
     const wss = new WebSocketServer({ port: 0, host: "127.0.0.1" });
     await once(wss, "listening");
+    const errors: unknown[] = [];
     const hub = bindWs(wss, {
       store,
-      userIdOf: (request) =>
-        new URL(request.url ?? "/", "http://x").searchParams.get("user") ?? undefined,
+      userIdOf: (request) => {
+        const user = new URL(request.url ?? "/", "http://x").searchParams.get("user");
+        if (user === "boom") throw new Error("the token service is down");
+        return user ?? undefined;
+      },
       onConnection: ({ id }, groups) => hub.send(id, JSON.stringify({ groups })),
+      onError: (error) => errors.push(error),
     });
     try {
       const url = `ws://127.0.0.1:${(wss.address() as AddressInfo).port}`;
       const refused = new WebSocket(`${url}/`);
       const [code] = (await once(refused, "close")) as [number];
       expect(code).toBe(1008);
+      expect(errors).toEqual([]); // a refusal is no error
+      // An authentication that fails (not one that says no) is closed too, and reported.
+      const failed = new WebSocket(`${url}/?user=boom`);
+      expect(((await once(failed, "close")) as [number])[0]).toBe(1008);
+      expect(errors).toEqual([new Error("the token service is down")]);
       const alice = new WebSocket(`${url}/?user=alice`);
       const [data] = (await once(alice, "message")) as [Buffer];
       expect(JSON.parse(data.toString())).toEqual({ groups: ["room"] });

@@ -252,9 +252,12 @@ export class WsHub<S extends BoundSocket> {
     // authenticated here, after the fact: closed with 1008.
     let who = this.#principals.get(request);
     if (who === undefined) {
-      who = normalize(
-        await Promise.resolve(this.#options.userIdOf(request)).catch(() => undefined),
-      );
+      try {
+        who = normalize(await this.#options.userIdOf(request));
+      } catch (error) {
+        if (!(error instanceof WsRefusal)) this.#onError(error);
+        return socket.close(1008, error instanceof WsRefusal ? error.message : "unauthorized");
+      }
       if (who === undefined) return socket.close(1008, "unauthorized");
     }
     const connection: WsConnection<S> = { id: randomUUID(), userId: who.userId, socket, request };

@@ -29,7 +29,7 @@ const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 
 describe("flood: 5 flooders in a room of 200 cannot starve an ordinary member", () => {
   let env: SampleEnv;
-  let servers: RunningSample[] = [];
+  let sample: RunningSample;
   const clients: Client[] = [];
   beforeAll(async () => {
     env = sampleEnv(inject("azuriteConnectionString"));
@@ -41,19 +41,16 @@ describe("flood: 5 flooders in a room of 200 cannot starve an ordinary member", 
       Array.from({ length: MEMBERS }, (_, i) => ({ userId: `m${i}`, group: "room" })),
     );
     await store.close();
-    servers = [await startSample(env)];
+    sample = await startSample(env);
   });
   afterAll(async () => {
     for (const client of clients) client.close();
-    await Promise.all(servers.map((s) => s.stop()));
+    await sample?.stop();
   });
-  /** Server i of the run (the last one when there is only one). */
-  const server = (i: number) => servers[Math.min(i, servers.length - 1)] as RunningSample;
 
   it("keeps the ordinary member's latency, refuses the flood, bounds memory, delivers nothing past the limit", async () => {
-    // The ordinary member on one server, the one measuring on the other, the room on both.
     for (let i = FLOODERS; i < MEMBERS; i++)
-      clients.push(await Client.connect(server(i % 2).wsUrl, token(env, `m${i}`)));
+      clients.push(await Client.connect(sample.wsUrl, token(env, `m${i}`)));
     const [ordinary, receiver] = clients as [Client, Client];
 
     /** One message every 100 ms for `ms`; the latencies at `receiver`, in ms. */
@@ -70,7 +67,7 @@ describe("flood: 5 flooders in a room of 200 cannot starve an ordinary member", 
       return latencies;
     };
     const stats = async () =>
-      (await (await fetch(`${server(0).url}/stats?gc=1`)).json()) as {
+      (await (await fetch(`${sample.url}/stats?gc=1`)).json()) as {
         heapUsed: number;
         rss: number;
       };
@@ -84,8 +81,7 @@ describe("flood: 5 flooders in a room of 200 cannot starve an ordinary member", 
         "tsx",
         "test/load/flooder.ts",
         JSON.stringify({
-          // Each flooder on both servers at once when there are two: its budget is one.
-          wsUrls: servers.map((s) => s.wsUrl),
+          wsUrl: sample.wsUrl,
           tokens: Array.from({ length: FLOODERS }, (_, i) => token(env, `m${i}`)),
           group: "room",
           ms: PHASE_MS + 500,

@@ -1,13 +1,13 @@
 /**
  * A flooder for the flood load test, in a process of its own: `tsx test/load/flooder.ts JSON`
- * with `{ wsUrls, tokens, group, ms }`. Each token has a connection to every URL, which sends to `group` as fast as its
+ * with `{ wsUrl, tokens, group, ms }`. Each token's connection sends to `group` as fast as its
  * socket takes frames, reconnects whenever the server closes it, and stops after `ms`. Prints one
  * JSON line: frames sent, `rate_limited` answers, closes, and refused reconnections.
  */
 import { WebSocket } from "ws";
 
-const { wsUrls, tokens, group, ms } = JSON.parse(process.argv[2] ?? "{}") as {
-  wsUrls: string[];
+const { wsUrl, tokens, group, ms } = JSON.parse(process.argv[2] ?? "{}") as {
+  wsUrl: string;
   tokens: string[];
   group: string;
   ms: number;
@@ -16,7 +16,7 @@ const report = { sent: 0, rateLimited: 0, closed: 0, refused: 0 };
 const until = Date.now() + ms;
 const frame = (i: number) => JSON.stringify({ type: "send", group, text: `flood ${i}` });
 
-function flood(wsUrl: string, token: string): Promise<void> {
+function flood(token: string): Promise<void> {
   return new Promise((resolve) => {
     if (Date.now() >= until) return resolve();
     const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${token}` } });
@@ -50,11 +50,11 @@ function flood(wsUrl: string, token: string): Promise<void> {
       clearTimeout(timer);
       if (Date.now() >= until) return resolve();
       if (welcomed) report.closed++;
-      setTimeout(() => flood(wsUrl, token).then(resolve), welcomed ? 10 : 50);
+      setTimeout(() => flood(token).then(resolve), welcomed ? 10 : 50);
     });
     ws.on("error", () => {});
   });
 }
 
-await Promise.all(wsUrls.flatMap((wsUrl) => tokens.map((token) => flood(wsUrl, token))));
+await Promise.all(tokens.map(flood));
 console.log(JSON.stringify(report));
