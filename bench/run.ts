@@ -11,6 +11,7 @@ import { startAzurite } from "../adapters/testing/azurite.js";
 import bulkGrant from "./bulk-grant.js";
 import connectStorm from "./connect-storm.js";
 import fanOut from "./fan-out.js";
+import flood from "./flood.js";
 import idleMemory from "./idle-memory.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
 import rehydrate from "./rehydrate.js";
@@ -25,6 +26,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   "bulk-grant": bulkGrant,
   "idle-memory": idleMemory,
   "scale-out": scaleOut,
+  flood,
 };
 
 function table(rows: readonly Row[]): string {

@@ -142,6 +142,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
       userMessagesPerSecond: integer(env, "RATE_USER_MESSAGES", 50, 1, 1_000_000),
       connectionsPerUser: integer(env, "MAX_CONNECTIONS_PER_USER", 20, 1, 100_000),
       closeAfterRefusals: integer(env, "RATE_CLOSE_AFTER", 100, 1, 1_000_000),
+      penaltySeconds: integer(env, "RATE_PENALTY_SECONDS", 10, 1, 86_400),
     },
   };
 }

@@ -1,5 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { PipelinePolicy } from "@azure/core-rest-pipeline";
 import {
   AzureTableMembershipStore,
@@ -58,6 +59,9 @@ export async function openStore(config: SampleConfig): Promise<{
   return { store, requests };
 }
 
+const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+loopDelay.enable();
+
 export function sendJson(res: ServerResponse, status: number, body: object): void {
   res.writeHead(status, { "content-type": "application/json", "cache-control": "no-store" });
   res.end(JSON.stringify(body));
@@ -65,7 +69,7 @@ export function sendJson(res: ServerResponse, status: number, body: object): voi
 
 /**
  * The routes both sample hubs serve: /healthz (the store answers), /stats (`stats()` plus heap,
- * RSS and CPU time; `?gc=1` collects garbage first when node runs with --expose-gc), the dev
+ * RSS, CPU time and the event loop's delay since the previous /stats; `?gc=1` collects garbage first when node runs with --expose-gc), the dev
  * sign-in /token, and /favicon.ico. Returns false for any other path.
  */
 export async function commonRoute(
@@ -87,7 +91,19 @@ export async function commonRoute(
       if (url.searchParams.get("gc") === "1") globalThis.gc?.();
       const { heapUsed, rss } = process.memoryUsage();
       const { user, system } = process.cpuUsage();
-      sendJson(res, 200, { ...context.stats(), heapUsed, rss, cpuMicros: user + system });
+      // How long the event loop was held up, since the previous /stats (which starts anew).
+      const eventLoopDelayMs = {
+        p99: Math.round(loopDelay.percentile(99) / 1e4) / 100,
+        max: Math.round(loopDelay.max / 1e4) / 100,
+      };
+      loopDelay.reset();
+      sendJson(res, 200, {
+        ...context.stats(),
+        heapUsed,
+        rss,
+        cpuMicros: user + system,
+        eventLoopDelayMs,
+      });
       return true;
     }
     case "/token": {

@@ -21,6 +21,8 @@ export interface Limits {
   connectionsPerUser: number;
   /** Messages refused within 10 s after which the connection is closed (1008). */
   closeAfterRefusals: number;
+  /** How long a user whose connection was closed for flooding may not connect again. */
+  penaltySeconds: number;
 }
 
 export type Verdict = { ok: true } | { ok: false; retryAfterMs: number; close: boolean };
@@ -37,6 +39,7 @@ export class FloodGuard {
   readonly #bytes: RateLimiterMemory;
   readonly #user: RateLimiterMemory | RateLimiterRedis;
   readonly #refusals: RateLimiterMemory;
+  readonly #penalties: RateLimiterMemory | RateLimiterRedis;
 
   readonly #redis: RedisClientType | undefined;
 
@@ -48,21 +51,23 @@ export class FloodGuard {
       new RateLimiterMemory({ points: limits.messageBurst, duration: 10, keyPrefix: "burst" }),
     );
     this.#bytes = new RateLimiterMemory({ points: limits.bytesPerSecond, duration: 1 });
-    const perUser = { points: limits.userMessagesPerSecond, duration: 1, keyPrefix: "user" };
-    this.#user = redis
-      ? new RateLimiterRedis({
-          ...perUser,
-          storeClient: redis,
-          useRedisPackage: true,
-          // While Redis is away, at once to the in-memory stand-in: a message must not wait.
-          rejectIfRedisNotReady: true,
-          // A user past the budget is refused from memory for the rest of the second: a flood
-          // costs no Redis calls, and others' checks do not queue behind it.
-          inMemoryBlockOnConsumed: limits.userMessagesPerSecond + 1,
-          keyPrefix: "hub-membership:rate:user",
-          insuranceLimiter: new RateLimiterMemory(perUser),
-        })
-      : new RateLimiterMemory(perUser);
+    const shared = (options: { points: number; duration: number; keyPrefix: string }) =>
+      redis
+        ? new RateLimiterRedis({
+            ...options,
+            storeClient: redis,
+            useRedisPackage: true,
+            // While Redis is away, at once to the in-memory stand-in: a message must not wait.
+            rejectIfRedisNotReady: true,
+            // A key past its budget is refused from memory for the rest of its window: a flood
+            // costs no Redis calls, and others' checks do not queue behind it.
+            inMemoryBlockOnConsumed: options.points + 1,
+            keyPrefix: `hub-membership:rate:${options.keyPrefix}`,
+            insuranceLimiter: new RateLimiterMemory(options),
+          })
+        : new RateLimiterMemory(options);
+    this.#user = shared({ points: limits.userMessagesPerSecond, duration: 1, keyPrefix: "user" });
+    this.#penalties = shared({ points: 1, duration: limits.penaltySeconds, keyPrefix: "penalty" });
     this.#refusals = new RateLimiterMemory({ points: limits.closeAfterRefusals, duration: 10 });
   }
 
@@ -79,8 +84,21 @@ export class FloodGuard {
         () => false,
         () => true,
       );
+      // Closed for flooding, the user stays out a while: reconnecting at once would buy a fresh
+      // connection budget, and each connection costs a token check and a rehydrating read.
+      if (close) await this.#penalties.block(userId, this.limits.penaltySeconds);
       return { ok: false, retryAfterMs: Math.max(1, Math.ceil(refusal.msBeforeNext)), close };
     }
+  }
+
+  /**
+   * Whether the user may open a connection now: not within `penaltySeconds` of one of theirs
+   * being closed for flooding (on any server, with Redis).
+   */
+  async admitConnection(userId: string): Promise<Verdict> {
+    const penalty = await this.#penalties.get(userId);
+    if (penalty === null || penalty.consumedPoints <= 1) return { ok: true };
+    return { ok: false, retryAfterMs: Math.max(1, penalty.msBeforeNext), close: true };
   }
 
   /** Closes the guard's Redis connection, if it has one. */

@@ -70,7 +70,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   let slowConsumersDropped = 0;
   let rateLimited = 0;
   const guard = await floodGuardOf(config);
-  const wss = new WebSocketServer({ noServer: true, maxPayload: MAX_FRAME_BYTES });
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: MAX_FRAME_BYTES,
+    allowSynchronousEvents: false,
+  });
   // With Redis, messages reach the other servers' connections too; each server enforces
   // membership for its own (a group message goes only to the group's members there).
   const hub: WsHub<WebSocket> = bindWs(wss, {
@@ -80,6 +84,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       if (principal === undefined || principal.expiresAt <= Date.now()) return undefined;
       if (hub.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
         throw new WsRefusal(429, "Too Many Connections");
+      const verdict = await guard.admitConnection(principal.userId);
+      if (!verdict.ok)
+        throw new WsRefusal(429, "Too Many Requests", {
+          "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
+        });
       return principal;
     },
     maxBufferedBytes: config.maxBufferedBytes,

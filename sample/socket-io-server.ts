@@ -75,15 +75,16 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
 
   // Authentication first: the membership binding below needs to know who the socket is.
   io.use((socket, next) => {
-    authenticate(auth, socket.request).then(
-      (principal) => {
-        if (principal === undefined || principal.expiresAt <= Date.now())
-          return next(new Error("unauthorized"));
-        if (sync.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
-          return next(new Error("too_many_connections"));
-        socket.data.principal = principal;
-        next();
-      },
+    const admit = async (): Promise<string | undefined> => {
+      const principal = await authenticate(auth, socket.request);
+      if (principal === undefined || principal.expiresAt <= Date.now()) return "unauthorized";
+      if (sync.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
+        return "too_many_connections";
+      if (!(await guard.admitConnection(principal.userId)).ok) return "rate_limited";
+      socket.data.principal = principal;
+    };
+    admit().then(
+      (refusal) => next(refusal === undefined ? undefined : new Error(refusal)),
       (e: unknown) => next(e instanceof Error ? e : new Error(String(e))),
     );
   });

@@ -50,10 +50,13 @@ export interface BoundServer<S extends BoundSocket> {
 /** Thrown by `userIdOf` to refuse an upgrade with this HTTP status. */
 export class WsRefusal extends Error {
   readonly status: number;
+  /** Extra response headers, `Retry-After` say. */
+  readonly headers: Readonly<Record<string, string>>;
 
-  constructor(status: number, message: string) {
+  constructor(status: number, message: string, headers: Record<string, string> = {}) {
     super(message);
     this.status = status;
+    this.headers = headers;
   }
 }
 
@@ -178,7 +181,8 @@ export class WsHub<S extends BoundSocket> {
     try {
       principal = await this.#options.userIdOf(request);
     } catch (error) {
-      if (error instanceof WsRefusal) return refuse(socket, error.status, error.message);
+      if (error instanceof WsRefusal)
+        return refuse(socket, error.status, error.message, error.headers);
       this.#onError(error);
       return refuse(socket, 500, "Internal Server Error");
     }
@@ -339,9 +343,15 @@ function normalize(principal: WsPrincipal | undefined) {
   return { userId, expiresAt: typeof expiresAt === "number" ? expiresAt : expiresAt.getTime() };
 }
 
-function refuse(socket: Duplex, status: number, reason: string): void {
+function refuse(
+  socket: Duplex,
+  status: number,
+  reason: string,
+  headers: Readonly<Record<string, string>> = {},
+): void {
+  const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
-      `Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,
+      `${extra.join("")}Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,
   );
 }

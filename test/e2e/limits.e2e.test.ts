@@ -7,6 +7,7 @@ import {
   sleep,
   startSample,
   token,
+  upgradeAnswer,
   upgradeStatus,
   useClients,
 } from "../support/sample.js";
@@ -20,6 +21,7 @@ const LIMITS = {
   RATE_BURST: "2",
   RATE_USER_MESSAGES: "50",
   RATE_CLOSE_AFTER: "20",
+  RATE_PENALTY_SECONDS: "2",
   MAX_CONNECTIONS_PER_USER: "2",
 };
 
@@ -61,6 +63,16 @@ describe("a flooding client cannot starve the others (ws)", { timeout: 60_000 },
     for (let i = 0; i < 30; i++) flooder.send({ type: "send", group: "room", text: `more ${i}` });
     expect(await flooder.closed).toMatchObject({ code: 1008, reason: "rate limit exceeded" });
     expect(sample.output()).toMatch(/connection \S+ of "flooder" closed: over the rate limit/);
+
+    // Coming straight back is refused for RATE_PENALTY_SECONDS, before any socket; others are not.
+    const again = await upgradeAnswer(sample.wsUrl, {
+      authorization: `Bearer ${token(env, "flooder")}`,
+    });
+    expect(again).toMatchObject({ status: 429, headers: { "retry-after": "2" } });
+    await connect(sample.wsUrl, token(env, "ordinary"));
+    await sleep(2_100);
+    const back = await connect(sample.wsUrl, token(env, "flooder"));
+    expect(back.messages[0]).toMatchObject({ type: "welcome", groups: ["room"] });
   });
 
   it("refuses a user's connection past the cap with 429, before any socket", async () => {
@@ -105,6 +117,16 @@ describe("a flooding client cannot starve the others (Socket.IO)", { timeout: 60
         "too_many_connections",
       );
       second.close();
+
+      // Keeping on past 20 refusals disconnects it, and it may not come back for 2 s.
+      for (let i = 0; i < 30; i++)
+        flooder.request("send", { group: "room", text: `g${i}` }).catch(() => {});
+      await expect.poll(() => flooder.socket.connected).toBe(false);
+      await expect(IoClient.connect(sample.url, token(env, "flooder"))).rejects.toThrow(
+        "rate_limited",
+      );
+      await sleep(2_100);
+      (await IoClient.connect(sample.url, token(env, "flooder"))).close();
     } finally {
       flooder.close();
     }

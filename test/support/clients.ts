@@ -95,14 +95,23 @@ export class Client extends Recorder {
 }
 
 /** The HTTP status a WebSocket upgrade is refused with, or "open" if it is accepted. */
-export function upgradeStatus(
+export async function upgradeStatus(
   url: string,
   headers: Record<string, string> = {},
 ): Promise<number | "open"> {
+  const answer = await upgradeAnswer(url, headers);
+  return answer === "open" ? answer : answer.status;
+}
+
+/** The HTTP answer (status and headers) a WebSocket upgrade is refused with, or "open". */
+export function upgradeAnswer(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; headers: Record<string, string | string[] | undefined> } | "open"> {
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(url, { headers });
     ws.once("unexpected-response", (_req, res) => {
-      resolve(res.statusCode ?? 0);
+      resolve({ status: res.statusCode ?? 0, headers: res.headers });
       ws.terminate();
     });
     ws.once("open", () => {

@@ -1,13 +1,14 @@
 /**
- * A flooder for the flood load test, in a process of its own: `tsx test/load/flooder.ts JSON`
- * with `{ wsUrl, tokens, group, ms }`. Each token's connection sends to `group` as fast as its
- * socket takes frames, reconnects whenever the server closes it, and stops after `ms`. Prints one
- * JSON line: frames sent, `rate_limited` answers, closes, and refused reconnections.
+ * A flooder for the flood scenario (flood.ts), in a process of its own:
+ * `tsx test/support/flooder.ts JSON` with `{ wsUrls, tokens, group, ms }`. Each token's connection
+ * sends to `group` as fast as its socket takes frames, comes straight back whenever the server
+ * closes it (to the next server of `wsUrls`), and stops after `ms`. Prints one JSON line: frames
+ * sent, `rate_limited` answers, closes, and refused reconnections.
  */
 import { WebSocket } from "ws";
 
-const { wsUrl, tokens, group, ms } = JSON.parse(process.argv[2] ?? "{}") as {
-  wsUrl: string;
+const { wsUrls, tokens, group, ms } = JSON.parse(process.argv[2] ?? "{}") as {
+  wsUrls: string[];
   tokens: string[];
   group: string;
   ms: number;
@@ -16,10 +17,15 @@ const report = { sent: 0, rateLimited: 0, closed: 0, refused: 0 };
 const until = Date.now() + ms;
 const frame = (i: number) => JSON.stringify({ type: "send", group, text: `flood ${i}` });
 
-function flood(token: string): Promise<void> {
+function flood(token: string, attempt: number): Promise<void> {
   return new Promise((resolve) => {
     if (Date.now() >= until) return resolve();
-    const ws = new WebSocket(wsUrl, { headers: { authorization: `Bearer ${token}` } });
+    const url = wsUrls[attempt % wsUrls.length] as string;
+    const ws = new WebSocket(url, {
+      headers: { authorization: `Bearer ${token}` },
+      // A server that never answers must not keep this process (and the test) waiting.
+      handshakeTimeout: 5_000,
+    });
     let timer: NodeJS.Timeout | undefined;
     const pump = () => {
       if (Date.now() >= until) return ws.close();
@@ -32,6 +38,8 @@ function flood(token: string): Promise<void> {
         ws.send(frame(report.sent++));
       timer = setTimeout(pump, ws.bufferedAmount < 65_536 ? 0 : 1);
     };
+    // The server's close handshake may not come while its reading is paused: end it ourselves.
+    const stop = setTimeout(() => ws.terminate(), until - Date.now() + 2_000);
     let welcomed = false;
     ws.on("message", (data) => {
       const message = JSON.parse(data.toString()) as { type?: string; code?: string };
@@ -48,13 +56,14 @@ function flood(token: string): Promise<void> {
     // Every connection ends here once; an attacker comes straight back.
     ws.on("close", () => {
       clearTimeout(timer);
+      clearTimeout(stop);
       if (Date.now() >= until) return resolve();
       if (welcomed) report.closed++;
-      setTimeout(() => flood(token).then(resolve), welcomed ? 10 : 50);
+      setTimeout(() => flood(token, attempt + 1).then(resolve), welcomed ? 10 : 50);
     });
     ws.on("error", () => {});
   });
 }
 
-await Promise.all(tokens.map(flood));
+await Promise.all(tokens.map((token, i) => flood(token, i)));
 console.log(JSON.stringify(report));
