@@ -20,6 +20,10 @@ export interface BenchContext {
 
 /** One line of the results table. */
 export interface Row {
+  /** The benchmark's name in `npm run bench -- --only` (set by the runner). */
+  id?: string;
+  /** When a row was kept from an earlier run (`--only` of other benchmarks): that run's date. */
+  measured?: string;
   benchmark: string;
   case: string;
   /** The figure measured: a median where there are many samples. */

@@ -4,7 +4,7 @@
  * bench/results.json (a --quick run: bench/results.quick.json, not committed).
  */
 import { once } from "node:events";
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
 import { startAzurite } from "../adapters/testing/azurite.js";
@@ -45,6 +45,19 @@ function table(rows: readonly Row[]): string {
   return [line(header), line(widths.map((w) => "-".repeat(w))), ...cells.map(line)].join("\n");
 }
 
+/** The rows of an earlier run in `file` that are not of `replaced` (none if there is no file). */
+async function previousRows(file: URL, replaced: string[]): Promise<Row[]> {
+  const text = await readFile(file, "utf8").catch((error: NodeJS.ErrnoException) => {
+    if (error.code === "ENOENT") return undefined;
+    throw error;
+  });
+  if (text === undefined) return [];
+  const { rows, date } = JSON.parse(text) as { rows: Row[]; date: string };
+  return rows
+    .filter((row) => row.id === undefined || !replaced.includes(row.id))
+    .map((row) => ({ ...row, measured: row.measured ?? date }));
+}
+
 async function main() {
   const { values } = parseArgs({
     options: { quick: { type: "boolean", default: false }, only: { type: "string" } },
@@ -70,13 +83,12 @@ async function main() {
       const benchmark = BENCHMARKS[name] as Benchmark;
       const t = performance.now();
       process.stderr.write(`${name}${quick ? " (quick)" : ""} … `);
-      rows.push(
-        ...(await benchmark({
-          quick,
-          connectionString: azurite.connectionString,
-          table: () => `bench${Date.now().toString(36)}x${tables++}`,
-        })),
-      );
+      const measured = await benchmark({
+        quick,
+        connectionString: azurite.connectionString,
+        table: () => `bench${Date.now().toString(36)}x${tables++}`,
+      });
+      rows.push(...measured.map((row) => ({ id: name, ...row })));
       process.stderr.write(`${((performance.now() - t) / 1_000).toFixed(1)} s\n`);
     }
   } finally {
@@ -99,11 +111,19 @@ async function main() {
   console.log(
     `\n${machine.cpu}, ${machine.cores} cores, Node ${machine.node}; ${quick ? "quick" : "full"} run in ${seconds.toFixed(0)} s`,
   );
-  const results = { date: new Date().toISOString(), quick, seconds, machine, rows };
   // Only a full run replaces the committed figures the README quotes; a quick one (CI's) goes
-  // to a file git ignores, so running it leaves the checkout clean.
-  const file = quick ? "./results.quick.json" : "./results.json";
-  await writeFile(new URL(file, import.meta.url), `${JSON.stringify(results, null, 2)}\n`);
+  // to a file git ignores, so running it leaves the checkout clean. With --only, the other
+  // benchmarks' rows stay as they were.
+  const file = new URL(quick ? "./results.quick.json" : "./results.json", import.meta.url);
+  const kept = values.only ? await previousRows(file, only) : [];
+  const results = {
+    date: new Date().toISOString(),
+    quick,
+    seconds,
+    machine,
+    rows: [...kept, ...rows],
+  };
+  await writeFile(file, `${JSON.stringify(results, null, 2)}\n`);
 }
 
 main().catch((error: unknown) => {
