@@ -8,6 +8,7 @@ import { readFile, writeFile } from "node:fs/promises";
 import { cpus } from "node:os";
 import { parseArgs } from "node:util";
 import { startAzurite } from "../adapters/testing/azurite.js";
+import broadcast from "./broadcast.js";
 import bulkGrant from "./bulk-grant.js";
 import connectStorm from "./connect-storm.js";
 import fanOut from "./fan-out.js";
@@ -22,6 +23,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   rehydrate,
   "connect-storm": connectStorm,
   "fan-out": fanOut,
+  broadcast,
   revoke,
   "bulk-grant": bulkGrant,
   "idle-memory": idleMemory,

@@ -61,6 +61,71 @@ describe("WsGroups.broadcast", () => {
     });
   }
 
+  it("keeps one order per socket in a turn: broadcasts, send, the socket's own send and close", async () => {
+    const groups = new WsGroups();
+    const [a, b] = await connected(groups, 2);
+    if (a === undefined || b === undefined) throw new Error("not connected");
+    const server = groups.socket("c0") as unknown as WebSocket;
+    const closed = new Promise<number>((resolve) => a.ws.once("close", resolve));
+    groups.broadcast("room", "1");
+    groups.broadcast("room", "2");
+    groups.send("c0", "3");
+    server.send("4");
+    groups.broadcast("room", "5");
+    for (let i = 6; i < 206; i++) groups.broadcast("room", `${i}:${"z".repeat(1_000)}`);
+    server.close(4000, "bye");
+    groups.broadcast("room", "after the close");
+    expect(await closed).toBe(4000);
+    const numbers = (received: { text: string }[]) => received.map((m) => m.text.split(":")[0]);
+    const all = Array.from({ length: 205 }, (_, i) => String(i + 1));
+    expect(numbers(a.received)).toEqual(all);
+    await expect.poll(() => b.received.length).toBe(204);
+    expect(numbers(b.received)).toEqual([
+      ...all.filter((n) => n !== "3" && n !== "4"),
+      "after the close",
+    ]);
+  });
+
+  it("sends each socket exactly its groups' messages, in order, when groups interleave in a turn", async () => {
+    const groups = new WsGroups();
+    const clients = await connected(groups, 3);
+    // c0 in A, c1 in A and B, c2 in B (and all in room, which gets nothing here)
+    groups.join("c0", "A");
+    groups.join("c1", "A");
+    groups.join("c1", "B");
+    groups.join("c2", "B");
+    for (let i = 0; i < 30; i++) groups.broadcast(i % 3 === 0 ? "B" : "A", `${i}`);
+    const of = (group: "A" | "B") =>
+      Array.from({ length: 30 }, (_, i) => i)
+        .filter((i) => (i % 3 === 0) === (group === "B"))
+        .map(String);
+    const expected = [of("A"), Array.from({ length: 30 }, (_, i) => `${i}`), of("B")];
+    for (const [i, client] of clients.entries()) {
+      await expect.poll(() => client.received.length).toBe(expected[i]?.length);
+      expect(client.received.map((m) => m.text)).toEqual(expected[i]);
+    }
+  });
+
+  it("sends a connection that left mid-turn nothing broadcast after its leave", async () => {
+    const left: string[] = [];
+    const groups = new WsGroups({
+      onLeave: (id) => {
+        left.push(id);
+        groups.send(id, "removed");
+      },
+    });
+    const [leaver, stayer] = await connected(groups, 2);
+    if (leaver === undefined || stayer === undefined) throw new Error("not connected");
+    groups.broadcast("room", "before 1");
+    groups.broadcast("room", "before 2");
+    groups.leave("c0", "room", "revoked");
+    groups.broadcast("room", "after");
+    await expect.poll(() => stayer.received.length).toBe(3);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(leaver.received.map((m) => m.text)).toEqual(["before 1", "before 2", "removed"]);
+    expect(left).toEqual(["c0"]);
+  });
+
   it("does not count a burst it holds back itself against a reading client", async () => {
     const dropped: string[] = [];
     // 12 KB in one turn of the event loop: over the limit, but all of it waiting on our cork.

@@ -23,45 +23,116 @@ export interface WsGroupsOptions {
 }
 
 const OPEN = 1;
-const MAX_CORKED = 16 * 1024;
+/** Frames held for one socket past this many bytes are written at once. */
+const MAX_HELD = 64 * 1024;
 
-interface Corkable {
-  cork(): void;
-  uncork(): void;
-}
-
-/** The parts of a `ws` WebSocket, not in its typings, that a pre-framed send uses. */
+/** The parts of a `ws` WebSocket, not in its typings, that writing finished frames uses. */
 interface WsInternals {
-  _socket: Corkable;
-  _sender: { sendFrame(frame: Buffer[]): void };
+  _socket: { write(data: Buffer): boolean; readonly writableLength: number };
+  _sender: { _state?: number };
   _extensions: Record<string, unknown>;
 }
 
-/** The header of an unmasked, final text frame of `length` bytes (RFC 6455, section 5.2). */
-function textFrameHeader(length: number): Buffer {
-  if (length < 126) return Buffer.from([0x81, length]);
-  if (length < 65_536) return Buffer.from([0x81, 126, length >> 8, length & 0xff]);
-  const header = Buffer.alloc(10);
-  header[0] = 0x81;
-  header[1] = 127;
-  header.writeBigUInt64BE(BigInt(length), 2);
-  return header;
+interface Member<S> {
+  readonly id: string;
+  readonly socket: S;
+  readonly groups: Set<string>;
+  /** ws's TCP socket, when finished frames may be written to it: no permessage-deflate. */
+  readonly tcp: WsInternals["_socket"] | undefined;
+  readonly sender: WsInternals["_sender"] | undefined;
+  /** The turn of the event loop this socket was last written to directly. */
+  turn: number;
+  /** Frames held until the end of that turn. */
+  held: Held | undefined;
+}
+
+/**
+ * Frames held for sockets until the end of a turn, as a tree: the members of a group that got
+ * the same broadcasts share one node, so a turn's frames are concatenated once per distinct
+ * sequence, not once per socket.
+ */
+class Held {
+  #lastFrame: Buffer | undefined;
+  #lastChild: Held | undefined;
+  #children: Map<Buffer, Held> | undefined;
+  #joined: Buffer | undefined;
+
+  constructor(
+    readonly parent: Held | undefined,
+    readonly frame: Buffer | undefined,
+    readonly bytes: number,
+  ) {}
+
+  after(frame: Buffer): Held {
+    // A broadcast moves every member of a group from one node to the same child.
+    if (this.#lastFrame === frame) return this.#lastChild as Held;
+    let child = this.#children?.get(frame);
+    if (child === undefined) {
+      child = new Held(this, frame, this.bytes + frame.length);
+      this.#children ??= new Map();
+      this.#children.set(frame, child);
+    }
+    this.#lastFrame = frame;
+    this.#lastChild = child;
+    return child;
+  }
+
+  joined(): Buffer {
+    if (this.#joined === undefined) {
+      const frames: Buffer[] = [];
+      for (let node: Held | undefined = this; node?.frame; node = node.parent)
+        frames.push(node.frame);
+      this.#joined = frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames.reverse());
+    }
+    return this.#joined;
+  }
+}
+
+/** An unmasked, final text frame (RFC 6455, section 5.2) carrying `payload`, in one buffer. */
+function textFrame(payload: Buffer): Buffer {
+  const length = payload.length;
+  const headerLength = length < 126 ? 2 : length < 65_536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(headerLength + length);
+  frame[0] = 0x81;
+  if (length < 126) frame[1] = length;
+  else if (length < 65_536) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeBigUInt64BE(BigInt(length), 2);
+  }
+  payload.copy(frame, headerLength);
+  return frame;
 }
 
 /**
  * The groups of a `ws` server (or any socket with `send`), as a {@link HubBinding}: connection
- * ids map to sockets, groups to sets of connection ids. Join and leave are synchronous, so once
+ * ids map to sockets, groups to sets of connections. Join and leave are synchronous, so once
  * `leave` returns no later broadcast reaches that connection.
+ *
+ * Sending: a message is framed once for all its recipients. The first frame a socket gets in a
+ * turn of the event loop is written at once; later ones in the same turn are held and written
+ * together at its end, one write per socket (after a turn of bursts, the first is held too). The socket's own `send` and `close` write what is
+ * held for it first, so one order holds whichever way a frame is sent.
  */
 export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding {
-  readonly #sockets = new Map<string, S>();
-  readonly #groups = new Map<string, Set<string>>();
-  readonly #ofConnection = new Map<string, Set<string>>();
+  readonly #members = new Map<string, Member<S>>();
+  readonly #groups = new Map<string, Set<Member<S>>>();
   readonly #options: WsGroupsOptions;
   readonly #maxBuffered: number;
-  /** Sockets corked in this turn of the event loop, with the bytes held back. */
-  readonly #corked = new Map<Corkable, number>();
-  #uncorkScheduled = false;
+  #turn = 1;
+  #turnEnding = false;
+  #root = new Held(undefined, undefined, 0);
+  #holding: Member<S>[] = [];
+  /** Deliveries this turn to sockets already sent to in it. */
+  #repeats = 0;
+  /**
+   * Whether the last turn sent some socket more than one frame: then this one holds the first
+   * frame too, for one write per socket per turn in a run of bursts. A lone message a turn is
+   * written at once.
+   */
+  #burst = false;
 
   constructor(options: WsGroupsOptions = {}) {
     this.#options = options;
@@ -70,34 +141,61 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
 
   /** Registers a socket under `connectionId`. */
   add(connectionId: string, socket: S): void {
-    this.#sockets.set(connectionId, socket);
-    this.#ofConnection.set(connectionId, new Set());
+    const raw = socket as Partial<WsInternals>;
+    const direct =
+      typeof raw._socket?.write === "function" &&
+      raw._sender !== undefined &&
+      !raw._extensions?.["permessage-deflate"];
+    const member: Member<S> = {
+      id: connectionId,
+      socket,
+      groups: new Set(),
+      tcp: direct ? raw._socket : undefined,
+      sender: direct ? raw._sender : undefined,
+      turn: 0,
+      held: undefined,
+    };
+    this.#members.set(connectionId, member);
+    if (direct) {
+      // What the app writes through the socket itself (a reply, a close frame) comes after what
+      // this turn holds for it, as it would through ws alone.
+      const own = socket as unknown as Record<"send" | "close", (...args: unknown[]) => unknown>;
+      for (const name of ["send", "close"] as const) {
+        const original = own[name];
+        own[name] = (...args: unknown[]) => {
+          this.#flush(member);
+          return original.apply(socket, args);
+        };
+      }
+    }
   }
 
   /** Forgets a connection and takes it out of every group (no `onLeave`: it is gone). */
   remove(connectionId: string): void {
-    for (const group of this.#ofConnection.get(connectionId) ?? []) this.#drop(connectionId, group);
-    this.#ofConnection.delete(connectionId);
-    this.#sockets.delete(connectionId);
+    const member = this.#members.get(connectionId);
+    if (member === undefined) return;
+    for (const group of member.groups) this.#drop(member, group);
+    this.#members.delete(connectionId);
   }
 
   socket(connectionId: string): S | undefined {
-    return this.#sockets.get(connectionId);
+    return this.#members.get(connectionId)?.socket;
   }
 
   join(connectionId: string, group: string, reason?: JoinReason): void {
-    const groups = this.#ofConnection.get(connectionId);
-    if (groups === undefined || groups.has(group)) return;
-    groups.add(group);
-    const members = this.#groups.get(group) ?? new Set<string>();
+    const member = this.#members.get(connectionId);
+    if (member === undefined || member.groups.has(group)) return;
+    member.groups.add(group);
+    const members = this.#groups.get(group) ?? new Set<Member<S>>();
     if (members.size === 0) this.#groups.set(group, members);
-    members.add(connectionId);
+    members.add(member);
     this.#options.onJoin?.(connectionId, group, reason);
   }
 
   leave(connectionId: string, group: string, reason?: LeaveReason): void {
-    if (!this.#ofConnection.get(connectionId)?.delete(group)) return;
-    this.#drop(connectionId, group);
+    const member = this.#members.get(connectionId);
+    if (!member?.groups.delete(group)) return;
+    this.#drop(member, group);
     this.#options.onLeave?.(connectionId, group, reason);
   }
 
@@ -107,87 +205,118 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
   }
 
   /**
-   * Sends `data` to every connection in `group` as one text message. It is framed once for all
-   * recipients, and each recipient's TCP socket is corked until the end of this turn of the event
-   * loop, so a burst of broadcasts reaches each socket in one write.
+   * Sends `data` to every connection in `group` as one text message, framed once for all.
    * @returns how many sockets it was handed to.
    */
   broadcast(group: string, data: Buffer | string): number {
     const members = this.#groups.get(group);
     if (members === undefined) return 0;
     const payload = typeof data === "string" ? Buffer.from(data) : data;
-    const frame = [textFrameHeader(payload.length), payload];
+    const frame = textFrame(payload);
     let sent = 0;
+    const turn = this.#turn;
+    const direct = !this.#burst;
     // Deleting the current entry while iterating a Set is safe (a slow consumer is removed).
-    for (const connectionId of members) if (this.#deliver(connectionId, payload, frame)) sent++;
+    for (const member of members) {
+      const tcp = member.tcp;
+      // The common case inline, a lone message this turn (#deliver says why each test).
+      if (
+        direct &&
+        tcp !== undefined &&
+        member.turn !== turn &&
+        member.socket.readyState === OPEN &&
+        member.sender?._state === 0 &&
+        tcp.writableLength <= this.#maxBuffered
+      ) {
+        member.turn = turn;
+        tcp.write(frame);
+        sent++;
+      } else if (this.#deliver(member, payload, frame)) sent++;
+    }
+    if (sent > 0) this.#endTurnLater();
     return sent;
   }
 
   /** Sends to one connection, terminating it instead when it is too far behind. */
   send(connectionId: string, data: Buffer | string): boolean {
-    return this.#deliver(connectionId, data, undefined);
+    const member = this.#members.get(connectionId);
+    if (member === undefined) return false;
+    const payload = typeof data === "string" ? Buffer.from(data) : data;
+    return this.#deliver(member, payload, member.tcp && textFrame(payload));
   }
 
-  #deliver(connectionId: string, data: Buffer | string, frame: Buffer[] | undefined): boolean {
-    const socket = this.#sockets.get(connectionId);
-    if (socket === undefined || socket.readyState !== OPEN) return false;
-    const raw = socket as Partial<WsInternals>;
-    // Bytes held back by our own cork are not the client's fault.
-    const held = (raw._socket && this.#corked.get(raw._socket)) ?? 0;
-    if (socket.bufferedAmount - held > this.#maxBuffered) {
-      socket.terminate();
-      this.remove(connectionId);
-      this.#options.onSlowConsumer?.(connectionId);
-      return false;
-    }
-    // The same shortcut Socket.IO takes for its broadcasts (engine.io's websocket transport):
-    // hand ws's sender a finished frame. Only without permessage-deflate, which frames differ by.
-    if (
-      frame &&
-      raw._socket &&
-      typeof raw._sender?.sendFrame === "function" &&
-      !raw._extensions?.["permessage-deflate"]
-    ) {
-      this.#cork(raw._socket, (frame[0]?.length ?? 0) + (frame[1]?.length ?? 0));
-      raw._sender.sendFrame(frame);
+  #deliver(member: Member<S>, payload: Buffer, frame: Buffer | undefined): boolean {
+    const { socket, tcp } = member;
+    if (socket.readyState !== OPEN) return false;
+    // Held frames are ours to write: only what the socket itself has not sent counts.
+    if (member.held === undefined && this.#isSlow(member)) return false;
+    if (tcp === undefined || frame === undefined || (member.sender?._state ?? 0) !== 0) {
+      // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame. Also
+      // while ws's sender is busy (a Blob being read): it queues, and a write would overtake.
+      this.#flush(member);
+      socket.send(payload, { binary: false });
+    } else if (member.turn !== this.#turn && !this.#burst) {
+      member.turn = this.#turn;
+      this.#endTurnLater();
+      tcp.write(frame);
+    } else if (frame.length > MAX_HELD) {
+      this.#flush(member);
+      tcp.write(frame);
     } else {
-      // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame.
-      socket.send(data, { binary: false });
+      if (member.turn === this.#turn) this.#repeats++;
+      else {
+        member.turn = this.#turn;
+        this.#endTurnLater();
+      }
+      if (member.held === undefined) this.#holding.push(member);
+      const held = (member.held ?? this.#root).after(frame);
+      member.held = held;
+      if (held.bytes > MAX_HELD) this.#flush(member);
     }
     return true;
   }
 
-  /**
-   * Corks `socket` until the end of this turn of the event loop, or until `bytes` more would
-   * hold back over 16 KiB: corked bytes count as unsent, and must never make a reader look slow.
-   */
-  #cork(socket: Corkable, bytes: number): void {
-    const held = this.#corked.get(socket);
-    if (held !== undefined && held + bytes <= MAX_CORKED) {
-      this.#corked.set(socket, held + bytes);
-      return;
-    }
-    if (held !== undefined) {
-      socket.uncork(); // flush what is held, in order, before more
-      this.#corked.delete(socket);
-    }
-    if (bytes > MAX_CORKED) return; // large frames gain nothing from waiting
-    if (!this.#uncorkScheduled) {
-      this.#uncorkScheduled = true;
-      setImmediate(this.#uncorkAll);
-    }
-    socket.cork();
-    this.#corked.set(socket, bytes);
+  #isSlow(member: Member<S>): boolean {
+    if (member.socket.bufferedAmount <= this.#maxBuffered) return false;
+    member.socket.terminate();
+    this.remove(member.id);
+    this.#options.onSlowConsumer?.(member.id);
+    return true;
   }
 
-  readonly #uncorkAll = () => {
-    this.#uncorkScheduled = false;
-    for (const socket of this.#corked.keys()) socket.uncork();
-    this.#corked.clear();
+  /** Writes what is held for `member`, if anything. */
+  #flush(member: Member<S>): void {
+    const held = member.held;
+    if (held === undefined) return;
+    member.held = undefined;
+    member.tcp?.write(held.joined());
+  }
+
+  #endTurnLater(): void {
+    if (this.#turnEnding) return;
+    this.#turnEnding = true;
+    setImmediate(this.#endTurn);
+  }
+
+  readonly #endTurn = () => {
+    this.#turnEnding = false;
+    this.#turn++;
+    this.#burst = this.#repeats > 0;
+    this.#repeats = 0;
+    const holding = this.#holding;
+    this.#holding = [];
+    this.#root = new Held(undefined, undefined, 0);
+    for (const member of holding) {
+      // A socket closed or dropped meanwhile gets nothing more; its close frame may be out.
+      if (member.held === undefined) continue;
+      if (member.socket.readyState !== OPEN || this.#members.get(member.id) !== member)
+        member.held = undefined;
+      else if (!this.#isSlow(member)) this.#flush(member);
+    }
   };
 
-  #drop(connectionId: string, group: string): void {
+  #drop(member: Member<S>, group: string): void {
     const members = this.#groups.get(group);
-    if (members?.delete(connectionId) && members.size === 0) this.#groups.delete(group);
+    if (members?.delete(member) && members.size === 0) this.#groups.delete(group);
   }
 }
