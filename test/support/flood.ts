@@ -156,8 +156,8 @@ async function holdConnections(
   users: string[],
 ): Promise<() => Promise<void>> {
   let close = () => {};
-  let ready = () => {};
-  const held = new Promise<void>((resolve) => {
+  let ready: (missing: number) => void = () => {};
+  const held = new Promise<number>((resolve) => {
     ready = resolve;
   });
   const done = loadgen<{ connections: number; failed: number }>(
@@ -174,18 +174,23 @@ async function holdConnections(
     },
     (line, child) => {
       if (!line.includes('"ready"')) return;
-      const { connections } = JSON.parse(line) as { connections: number };
-      if (connections !== users.length)
-        throw new Error(`${users.length - connections} members did not connect`);
       close = () => child.stdin?.write("close\n");
-      ready();
+      ready(users.length - (JSON.parse(line) as { connections: number }).connections);
     },
   );
-  await Promise.race([held, done]);
-  return async () => {
+  const missing = await Promise.race([
+    held,
+    done.then(() => Promise.reject(new Error("the load generator left before holding"))),
+  ]);
+  const release = async () => {
     close();
     await done;
   };
+  if (missing > 0) {
+    await release();
+    throw new Error(`${missing} of the room's members did not connect`);
+  }
+  return release;
 }
 
 /** One line for a log: both latencies and what the flood did. */
