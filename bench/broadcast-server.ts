@@ -18,7 +18,7 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Server } from "socket.io";
 import { type WebSocket, WebSocketServer } from "ws";
-import { WsGroups } from "../adapters/hubs/ws-groups.js";
+import { textFrame, WsGroups } from "../adapters/hubs/ws-groups.js";
 
 export type Mode = "wsgroups" | "socket.io" | "naive" | "d1" | "d2";
 export interface Run {
@@ -60,18 +60,6 @@ send({
 /** A raw TCP write, as ws would do it: the frame ws's sender would build. */
 const tcp = (ws: WebSocket) =>
   (ws as unknown as { _socket: { write(b: Buffer): boolean } })._socket;
-const frameOf = (payload: Buffer) => {
-  const header = payload.length < 126 ? 2 : 4;
-  const frame = Buffer.allocUnsafe(header + payload.length);
-  frame[0] = 0x81;
-  if (header === 2) frame[1] = payload.length;
-  else {
-    frame[1] = 126;
-    frame.writeUInt16BE(payload.length, 2);
-  }
-  payload.copy(frame, header);
-  return frame;
-};
 
 /** Broadcasts messages `from`..`to` (exclusive), `perTurn` in each turn. */
 function turn(mode: Mode, from: number, to: number): void {
@@ -91,13 +79,13 @@ function turn(mode: Mode, from: number, to: number): void {
       return;
     case "d1":
       for (let seq = from; seq < to; seq++) {
-        const frame = frameOf(Buffer.from(message(seq)));
+        const frame = textFrame(Buffer.from(message(seq)));
         for (const ws of sockets) tcp(ws).write(frame);
       }
       return;
     case "d2": {
       const frames: Buffer[] = [];
-      for (let seq = from; seq < to; seq++) frames.push(frameOf(Buffer.from(message(seq))));
+      for (let seq = from; seq < to; seq++) frames.push(textFrame(Buffer.from(message(seq))));
       const all = Buffer.concat(frames);
       for (const ws of sockets) tcp(ws).write(all);
       return;

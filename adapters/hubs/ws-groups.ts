@@ -28,7 +28,7 @@ const MAX_HELD = 64 * 1024;
 
 /** The parts of a `ws` WebSocket, not in its typings, that writing finished frames uses. */
 interface WsInternals {
-  _socket: { write(data: Buffer): boolean; readonly writableLength: number };
+  _socket: { write(data: Buffer): boolean };
   _sender: { _state?: number };
   _extensions: Record<string, unknown>;
 }
@@ -89,7 +89,7 @@ class Held {
 }
 
 /** An unmasked, final text frame (RFC 6455, section 5.2) carrying `payload`, in one buffer. */
-function textFrame(payload: Buffer): Buffer {
+export function textFrame(payload: Buffer): Buffer {
   const length = payload.length;
   const headerLength = length < 126 ? 2 : length < 65_536 ? 4 : 10;
   const frame = Buffer.allocUnsafe(headerLength + length);
@@ -113,8 +113,8 @@ function textFrame(payload: Buffer): Buffer {
  *
  * Sending: a message is framed once for all its recipients. The first frame a socket gets in a
  * turn of the event loop is written at once; later ones in the same turn are held and written
- * together at its end, one write per socket (after a turn of bursts, the first is held too). The socket's own `send` and `close` write what is
- * held for it first, so one order holds whichever way a frame is sent.
+ * together at its end, one write per socket (after a turn of bursts, the first is held too). The
+ * socket's own `send` and `close` write what is held for it first: one order, whichever way.
  */
 export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding {
   readonly #members = new Map<string, Member<S>>();
@@ -176,6 +176,7 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     if (member === undefined) return;
     for (const group of member.groups) this.#drop(member, group);
     this.#members.delete(connectionId);
+    member.held = undefined; // gone (closed, or terminated as slow): nothing more to write
   }
 
   socket(connectionId: string): S | undefined {
@@ -214,26 +215,8 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     const payload = typeof data === "string" ? Buffer.from(data) : data;
     const frame = textFrame(payload);
     let sent = 0;
-    const turn = this.#turn;
-    const direct = !this.#burst;
     // Deleting the current entry while iterating a Set is safe (a slow consumer is removed).
-    for (const member of members) {
-      const tcp = member.tcp;
-      // The common case inline, a lone message this turn (#deliver says why each test).
-      if (
-        direct &&
-        tcp !== undefined &&
-        member.turn !== turn &&
-        member.socket.readyState === OPEN &&
-        member.sender?._state === 0 &&
-        tcp.writableLength <= this.#maxBuffered
-      ) {
-        member.turn = turn;
-        tcp.write(frame);
-        sent++;
-      } else if (this.#deliver(member, payload, frame)) sent++;
-    }
-    if (sent > 0) this.#endTurnLater();
+    for (const member of members) if (this.#deliver(member, payload, frame)) sent++;
     return sent;
   }
 
