@@ -60,8 +60,13 @@ export class WsRefusal extends Error {
   }
 }
 
-/** Who an upgrade request acts for: a user id, or one with the moment its credentials expire. */
-export type WsPrincipal = string | { userId: string; expiresAt?: Date | number };
+/**
+ * Who an upgrade request acts for: a user id, or one with the moment its credentials expire and
+ * the connection's id if the protocol chose it already (SignalR's negotiate does).
+ */
+export type WsPrincipal =
+  | string
+  | { userId: string; expiresAt?: Date | number; connectionId?: string };
 
 /** A connection of {@link bindWs}, as its callbacks see it. */
 export interface WsConnection<S extends BoundSocket> {
@@ -109,6 +114,25 @@ export interface WsBindingOptions<S extends BoundSocket> {
   maxQueuedMessages?: number;
   /** Where failures go that no caller can be told of. Default: a process warning. */
   onError?: (error: unknown) => void;
+  /**
+   * A protocol's opening handshake (SignalR's, say): the connection's first message comes here
+   * instead of `onMessage`, and its groups are read only once this resolves. Resolve to the part
+   * of the message after the handshake, if any, to have it handled as a message; throw to end
+   * the connection (through `close`, with 1002 and the error's message). No answer within
+   * `handshakeTimeoutMs` (default 15 s) ends it too.
+   */
+  handshake?: (
+    connection: WsConnection<S>,
+    data: Buffer,
+    isBinary: boolean,
+  ) => Buffer | undefined | Promise<Buffer | undefined>;
+  handshakeTimeoutMs?: number;
+  /**
+   * How the hub ends a connection itself: credentials expired (4401), the store unavailable when
+   * it connects (1011), a failed handshake (1002). Default `socket.close(code, reason)`; a
+   * protocol with its own close message sends it first.
+   */
+  close?: (connection: WsConnection<S>, code: number, reason: string) => void;
 }
 
 const OPEN = 1;
@@ -130,7 +154,10 @@ export class WsHub<S extends BoundSocket> {
   readonly #connections = new Map<string, WsConnection<S>>();
   /** Frames for a connection whose `onConnection` has not run yet. */
   readonly #held = new Map<string, Array<Buffer | string>>();
-  readonly #principals = new WeakMap<IncomingMessage, { userId: string; expiresAt?: number }>();
+  readonly #principals = new WeakMap<
+    IncomingMessage,
+    { userId: string; expiresAt?: number; connectionId?: string }
+  >();
   readonly #onError: (error: unknown) => void;
   readonly #started: Promise<unknown>;
 
@@ -251,6 +278,30 @@ export class WsHub<S extends BoundSocket> {
     else for (const id of this.#sync.connectionsOf(target.userId)) this.send(id, frame);
   }
 
+  /** Waits for a connection's first message and hands it to `handshake`, within the timeout. */
+  #opening(
+    connection: WsConnection<S>,
+    handshake: NonNullable<WsBindingOptions<S>["handshake"]>,
+  ): {
+    first: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void;
+    done: Promise<Buffer | undefined>;
+  } {
+    let first: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void = () => {};
+    let timer: NodeJS.Timeout | undefined;
+    const done = new Promise<{ data: Buffer; isBinary: boolean }>((resolve, reject) => {
+      first = (data, isBinary) => resolve({ data: toBuffer(data), isBinary });
+      timer = setTimeout(
+        () => reject(new Error("handshake timed out")),
+        this.#options.handshakeTimeoutMs ?? 15_000,
+      );
+      connection.socket.on("close", () => clearTimeout(timer));
+    }).then(({ data, isBinary }) => {
+      clearTimeout(timer);
+      return handshake(connection, data, isBinary);
+    });
+    return { first, done };
+  }
+
   async #connected(socket: S, request: IncomingMessage): Promise<void> {
     // Upgrades that did not come through handleUpgrade (a server ws listens on itself) are
     // authenticated here, after the fact: closed with 1008.
@@ -264,7 +315,16 @@ export class WsHub<S extends BoundSocket> {
       }
       if (who === undefined) return socket.close(1008, "unauthorized");
     }
-    const connection: WsConnection<S> = { id: randomUUID(), userId: who.userId, socket, request };
+    const connection: WsConnection<S> = {
+      id: who.connectionId ?? randomUUID(),
+      userId: who.userId,
+      socket,
+      request,
+    };
+    const end = (code: number, reason: string) =>
+      this.#options.close
+        ? this.#options.close(connection, code, reason)
+        : socket.close(code, reason);
     const { id } = connection;
     this.#connections.set(id, connection);
     this.#held.set(id, []);
@@ -273,7 +333,7 @@ export class WsHub<S extends BoundSocket> {
       who.expiresAt === undefined
         ? undefined
         : setTimeout(
-            () => socket.close(4401, "token expired"),
+            () => end(4401, "token expired"),
             Math.min(Math.max(0, who.expiresAt - Date.now()), MAX_TIMER),
           );
     socket.on("close", () => {
@@ -285,34 +345,57 @@ export class WsHub<S extends BoundSocket> {
       this.#options.onClose?.(connection);
     });
     socket.on("error", (error) => this.#onError(error));
-    // Messages are handled one at a time, in order, and only once the groups are rehydrated.
-    let queue: Promise<unknown> = this.#sync.connect(id, who.userId).then(
-      (groups) => {
-        if (!this.#connections.has(id)) return;
+    const { userId } = who;
+    // `onConnection` runs in the turn the groups are joined, before them: its welcome is the
+    // first thing the client gets, ahead of any group's message.
+    const ready = (groups: string[]) => {
+      try {
         this.#options.onConnection?.(connection, groups);
-        for (const frame of this.#held.get(id) ?? []) this.#groups.send(id, frame);
-        this.#held.delete(id);
-      },
-      (error: unknown) => {
+      } catch (error) {
         this.#onError(error);
-        socket.close(1011, "membership store unavailable");
-      },
-    );
+      }
+      for (const frame of this.#held.get(id) ?? []) this.#groups.send(id, frame);
+      this.#held.delete(id);
+    };
+    const connect = () =>
+      this.#sync.connect(id, userId, ready).catch((error: unknown) => {
+        this.#onError(error);
+        end(1011, "membership store unavailable");
+      });
+    // Messages are handled one at a time, in order, and only once the groups are rehydrated
+    // (and the protocol's handshake, if any, is done).
+    const handle = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) =>
+      socket.readyState === OPEN
+        ? this.#options.onMessage?.(connection, data, isBinary)
+        : undefined;
+    let opening = this.#options.handshake && this.#opening(connection, this.#options.handshake);
+    let queue: Promise<unknown> =
+      opening === undefined
+        ? connect()
+        : opening.done.then(
+            async (rest) => {
+              const groups = await connect();
+              if (groups !== undefined && rest !== undefined && rest.length > 0)
+                await handle(rest, false);
+            },
+            (error: unknown) => end(1002, error instanceof Error ? error.message : String(error)),
+          );
     // Fair reading: past maxQueuedMessages waiting, stop reading until the queue has drained.
     const maxQueued = this.#options.maxQueuedMessages ?? 16;
     let queued = 0;
     let paused = false;
     socket.on("message", (data, isBinary) => {
+      if (opening !== undefined) {
+        opening.first(data, isBinary);
+        opening = undefined;
+        return;
+      }
       if (++queued > maxQueued && !paused) {
         paused = true;
         socket.pause?.();
       }
       queue = queue
-        .then(() =>
-          socket.readyState === OPEN
-            ? this.#options.onMessage?.(connection, data, isBinary)
-            : undefined,
-        )
+        .then(() => handle(data, isBinary))
         .catch((error: unknown) => this.#onError(error))
         .finally(() => {
           if (--queued === 0 && paused) {
@@ -335,12 +418,25 @@ export function bindWs<S extends BoundSocket>(
   return new WsHub(wss, options);
 }
 
-function normalize(principal: WsPrincipal | undefined) {
+function normalize(
+  principal: WsPrincipal | undefined,
+): { userId: string; expiresAt?: number; connectionId?: string } | undefined {
   if (principal === undefined) return undefined;
   if (typeof principal === "string") return { userId: principal };
-  const { userId, expiresAt } = principal;
-  if (expiresAt === undefined) return { userId };
-  return { userId, expiresAt: typeof expiresAt === "number" ? expiresAt : expiresAt.getTime() };
+  const { userId, expiresAt, connectionId } = principal;
+  return {
+    userId,
+    ...(expiresAt !== undefined && {
+      expiresAt: typeof expiresAt === "number" ? expiresAt : expiresAt.getTime(),
+    }),
+    ...(connectionId !== undefined && { connectionId }),
+  };
+}
+
+/** One buffer of a `ws` message, whatever its binaryType. */
+export function toBuffer(data: Buffer | ArrayBuffer | Buffer[]): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
 }
 
 function refuse(

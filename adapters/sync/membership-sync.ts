@@ -122,11 +122,19 @@ export class MembershipSync {
    * Concurrent connects of one user share one `groupsOf`; a connect of a user who already has a
    * settled connection here copies its groups (they are kept current by `watch`) and reads
    * nothing, so a store is read at most once per user while the user stays connected.
+   * `ready`, if given, is called with those groups once they are read, just before the
+   * connection joins them and in the same turn: whatever it sends (a welcome, a protocol's
+   * handshake answer) is sent before anything a group sends. It is not called for a connection
+   * that disconnected meanwhile.
    * @returns the groups the connection is in, sorted.
    * @throws MembershipError `INVALID_ARGUMENT` for a bad user id or a connection id already
    * connected; the store's error when the read fails (the connection is then not registered).
    */
-  async connect(connectionId: string, userId: string): Promise<string[]> {
+  async connect(
+    connectionId: string,
+    userId: string,
+    ready?: (groups: string[]) => void,
+  ): Promise<string[]> {
     this.#open();
     assertName("userId", userId);
     if (typeof connectionId !== "string" || this.#connections.has(connectionId)) {
@@ -156,6 +164,7 @@ export class MembershipSync {
     }
     if (this.#connections.get(connectionId) !== connection) return [];
     connection.ready = true;
+    ready?.(this.groupsOfConnection(connectionId));
     await Promise.all(
       [...connection.groups.keys()].map((g) => this.#join(connectionId, g, "connect")),
     );
