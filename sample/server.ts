@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { bindSignalR, HubError } from "../adapters/hubs/signalr.js";
 import { bindWs, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { RedisBroadcast } from "../adapters/redis/index.js";
@@ -13,6 +14,14 @@ import { floodGuardOf } from "./limits.js";
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
 const PAGE = new URL("./public/index.html", import.meta.url);
+/** The official SignalR browser client, served by the sample for the page's SignalR mode. */
+const SIGNALR_CLIENT = new URL(
+  "../node_modules/@microsoft/signalr/dist/browser/signalr.min.js",
+  import.meta.url,
+);
+
+/** A connection of either endpoint, as the chat sees it. */
+type Connection = { id: string; userId: string };
 
 type ClientMessage =
   | { type: "send"; group: string; text: string }
@@ -37,7 +46,11 @@ function parseClientMessage(data: RawData, isBinary: boolean): ClientMessage | u
     return undefined; // not JSON: answered with bad_request by the caller
   }
   if (typeof message !== "object" || message === null || Array.isArray(message)) return undefined;
-  const m = message as Record<string, unknown>;
+  return checkClientMessage(message as Record<string, unknown>);
+}
+
+/** A client's request, from either protocol; `undefined` unless it is exactly a known one. */
+function checkClientMessage(m: Record<string, unknown>): ClientMessage | undefined {
   const text = typeof m.text === "string" && m.text.isWellFormed() ? m.text : undefined;
   switch (m.type) {
     case "send":
@@ -62,7 +75,10 @@ export interface HubServer {
   close(): Promise<void>;
 }
 
-/** Starts the sample hub: HTTP (page, /healthz, dev /token) and the WebSocket endpoint /hub. */
+/**
+ * Starts the sample hub: HTTP (page, /healthz, dev /token), the WebSocket endpoint /hub and the
+ * SignalR endpoint /signalr, on one store: a group's messages reach its members on both.
+ */
 export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const { store, requests } = await openStore(config);
   const auth = configurePassport(config.jwt);
@@ -70,29 +86,56 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   let slowConsumersDropped = 0;
   let rateLimited = 0;
   const guard = await floodGuardOf(config);
-  const wss = new WebSocketServer({
+  const socketOptions = {
     noServer: true,
     maxPayload: MAX_FRAME_BYTES,
     allowSynchronousEvents: false,
-  });
-  // With Redis, messages reach the other servers' connections too; each server enforces
-  // membership for its own (a group message goes only to the group's members there).
+  } as const;
+  const wss = new WebSocketServer(socketOptions);
+  const signalrWss = new WebSocketServer(socketOptions);
+
+  /** Who an upgrade (or a SignalR negotiate) acts for, if they may connect now. */
+  const userIdOf = async (request: IncomingMessage) => {
+    const principal = await authenticate(auth, request);
+    if (principal === undefined || principal.expiresAt <= Date.now()) return undefined;
+    const { userId } = principal;
+    if (
+      hub.connectionsOf(userId).length + signalr.connectionsOf(userId).length >=
+      config.limits.connectionsPerUser
+    )
+      throw new WsRefusal(429, "Too Many Connections");
+    const verdict = await guard.admitConnection(userId);
+    if (!verdict.ok)
+      throw new WsRefusal(429, "Too Many Requests", {
+        "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
+      });
+    return principal;
+  };
+  const onSlowConsumer = ({ id }: { id: string }) => {
+    slowConsumersDropped++;
+    console.error(`connection ${id} dropped: over ${config.maxBufferedBytes} bytes unsent`);
+  };
+  /** Whether a client's message may be handled; counts and logs the ones that may not. */
+  const admit = async (id: string, userId: string, bytes: number, close: () => void) => {
+    const verdict = await guard.admit(id, userId, bytes);
+    if (verdict.ok) return verdict;
+    rateLimited++;
+    if (verdict.close) {
+      console.error(`connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`);
+      close();
+    }
+    return verdict;
+  };
+  // With Redis, messages reach the other servers' connections too (each protocol on its own
+  // channel); each server enforces membership for its own connections.
+  const bus = (channel: string) =>
+    config.redisUrl ? { bus: new RedisBroadcast({ url: config.redisUrl, channel }) } : {};
+
   const hub: WsHub<WebSocket> = bindWs(wss, {
     store,
-    userIdOf: async (request) => {
-      const principal = await authenticate(auth, request);
-      if (principal === undefined || principal.expiresAt <= Date.now()) return undefined;
-      if (hub.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
-        throw new WsRefusal(429, "Too Many Connections");
-      const verdict = await guard.admitConnection(principal.userId);
-      if (!verdict.ok)
-        throw new WsRefusal(429, "Too Many Requests", {
-          "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
-        });
-      return principal;
-    },
+    userIdOf,
     maxBufferedBytes: config.maxBufferedBytes,
-    ...(config.redisUrl && { bus: new RedisBroadcast({ url: config.redisUrl }) }),
+    ...bus("hub-membership:messages"),
     onConnection: ({ id, userId }, groups) =>
       hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups })),
     onJoin: ({ id }, group, reason) => {
@@ -100,75 +143,140 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     },
     onLeave: ({ id }, group, reason) =>
       hub.send(id, encode({ type: "removed", group, reason: reason ?? "revoked" })),
-    onSlowConsumer: ({ id }) => {
-      slowConsumersDropped++;
-      console.error(`connection ${id} dropped: over ${config.maxBufferedBytes} bytes unsent`);
-    },
+    onSlowConsumer,
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
     onError: (error) => console.error(`hub: ${String(error)}`),
   });
-  await hub.ready();
+
+  const signalr = bindSignalR(signalrWss, {
+    store,
+    path: "/signalr",
+    userIdOf,
+    maxBufferedBytes: config.maxBufferedBytes,
+    maxMessageBytes: MAX_FRAME_BYTES,
+    ...bus("hub-membership:signalr"),
+    onConnection: ({ id, userId }, groups) =>
+      signalr.send(id, "welcome", { connectionId: id, userId, groups }),
+    onJoin: ({ id }, group, reason) => {
+      if (reason === "granted") signalr.send(id, "joined", { group });
+    },
+    onLeave: ({ id }, group, reason) =>
+      signalr.send(id, "removed", { group, reason: reason ?? "revoked" }),
+    onSlowConsumer,
+    // Every invocation, of a known method or not, spends the client's budget.
+    filter: async ({ connection: { id, userId }, size }, next) => {
+      const verdict = await admit(id, userId, size, () =>
+        signalr.closeConnection(id, "rate limit exceeded"),
+      );
+      if (!verdict.ok) throw new HubError("rate_limited");
+      return next();
+    },
+    methods: {
+      Send: (connection, group, text, ...rest) =>
+        invoke(connection, rest.length === 0 && { type: "send", group, text }),
+      Whisper: (connection, to, text, ...rest) =>
+        invoke(connection, rest.length === 0 && { type: "whisper", to, text }),
+      Join: (connection, group, ...rest) =>
+        invoke(connection, rest.length === 0 && { type: "join", group }),
+      Leave: (connection, group, ...rest) =>
+        invoke(connection, rest.length === 0 && { type: "leave", group }),
+    },
+    onError: (error) => console.error(`signalr: ${String(error)}`),
+  });
+  await Promise.all([hub.ready(), signalr.ready()]);
+
+  /** A SignalR invocation: completes with null, or fails with the error's code. */
+  async function invoke(connection: Connection, request: Record<string, unknown> | false) {
+    const message = request === false ? undefined : checkClientMessage(request);
+    if (message === undefined) throw new HubError("bad_request");
+    const refusal = await act(connection, message, signalr);
+    if (refusal !== undefined) throw new HubError(refusal);
+    return null;
+  }
 
   async function handle(
-    { id, userId, socket }: { id: string; userId: string; socket: WebSocket },
+    connection: Connection & { socket: WebSocket },
     data: RawData,
     isBinary: boolean,
   ): Promise<void> {
+    const { id, userId, socket } = connection;
     const error = (code: string, extra: object = {}): void => {
       hub.send(id, encode({ type: "error", code, ...extra }));
     };
     try {
-      const verdict = await guard.admit(id, userId, byteLength(data));
-      if (!verdict.ok) {
-        rateLimited++;
-        error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
-        if (verdict.close) {
-          console.error(
-            `connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`,
-          );
-          socket.close(1008, "rate limit exceeded");
-          // A flooder's reply to the close sits behind its flood, in a socket no longer read.
-          setTimeout(() => socket.terminate(), 1_000).unref();
-        }
-        return;
-      }
+      const verdict = await admit(id, userId, byteLength(data), () => {
+        socket.close(1008, "rate limit exceeded");
+        // A flooder's reply to the close sits behind its flood, in a socket no longer read.
+        setTimeout(() => socket.terminate(), 1_000).unref();
+      });
+      if (!verdict.ok) return error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
       const message = parseClientMessage(data, isBinary);
       if (message === undefined) return error("bad_request");
-      switch (message.type) {
-        case "send": {
-          const { group, text } = message;
-          if (!hub.isInGroup(id, group)) return error("not_member", { group });
-          const at = new Date().toISOString();
-          await hub.broadcast(group, encode({ type: "message", group, from: userId, text, at }));
-          return;
-        }
-        case "whisper": {
-          const { to, text } = message;
-          const at = new Date().toISOString();
-          await hub.sendToUser(to, encode({ type: "message", to, from: userId, text, at }));
-          return;
-        }
-        case "join":
-          if (!config.openGroups.includes(message.group))
-            return error("forbidden", { group: message.group });
-          await hub.grant(userId, message.group);
-          return;
-        case "leave":
-          if (!(await hub.revoke(userId, message.group, "left")))
-            return error("not_member", { group: message.group });
-          return;
-      }
+      const refusal = await act(connection, message, hub);
+      if (refusal !== undefined)
+        error(
+          refusal,
+          refusal === "unavailable" || !("group" in message) ? {} : { group: message.group },
+        );
     } catch (e) {
-      if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
-        return error("unavailable");
       console.error(`handling a frame of ${id} failed: ${String(e)}`);
       return error("internal");
     }
   }
 
+  /**
+   * Does what a client asked, whichever protocol it speaks; returns the refusal's code, if any.
+   * A group's messages go to its members on both endpoints, each in its own framing.
+   */
+  async function act(
+    { id, userId }: Connection,
+    message: ClientMessage,
+    endpoint: Pick<WsHub<WebSocket>, "isInGroup" | "grant">,
+  ): Promise<string | undefined> {
+    try {
+      const at = new Date().toISOString();
+      switch (message.type) {
+        case "send": {
+          const { group, text } = message;
+          if (!endpoint.isInGroup(id, group)) return "not_member";
+          const payload = { group, from: userId, text, at };
+          await Promise.all([
+            hub.broadcast(group, encode({ type: "message", ...payload })),
+            signalr.sendToGroup(group, "message", payload),
+          ]);
+          return undefined;
+        }
+        case "whisper": {
+          const payload = { to: message.to, from: userId, text: message.text, at };
+          await Promise.all([
+            hub.sendToUser(message.to, encode({ type: "message", ...payload })),
+            signalr.sendToUser(message.to, "message", payload),
+          ]);
+          return undefined;
+        }
+        case "join":
+          if (!config.openGroups.includes(message.group)) return "forbidden";
+          await endpoint.grant(userId, message.group);
+          return undefined;
+        case "leave": {
+          // Through both endpoints, so the user's connections on either are told they left.
+          const removed = await Promise.all([
+            hub.revoke(userId, message.group, "left"),
+            signalr.revoke(userId, message.group, "left"),
+          ]);
+          return removed.includes(true) ? undefined : "not_member";
+        }
+      }
+    } catch (e) {
+      if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE") return "unavailable";
+      throw e;
+    }
+  }
+
   function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
-    if (new URL(req.url ?? "/", "http://localhost").pathname === "/hub")
-      return void hub.handleUpgrade(req, socket, head);
+    const { pathname } = new URL(req.url ?? "/", "http://localhost");
+    if (pathname === "/hub") return void hub.handleUpgrade(req, socket, head);
+    if (pathname === "/signalr") return void signalr.handleUpgrade(req, socket, head);
     socket.on("error", () => socket.destroy());
     socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 9\r\n\r\nNot Found");
   }
@@ -176,10 +284,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   async function onRequest(req: IncomingMessage, res: ServerResponse) {
     const url = new URL(req.url ?? "/", "http://localhost");
     const json = (status: number, body: object) => sendJson(res, status, body);
+    if (await signalr.handleRequest(req, res)) return;
     if (req.method !== "GET" && req.method !== "HEAD")
       return json(405, { error: "method_not_allowed" });
     const stats = () => ({
-      connections: wss.clients.size,
+      connections: wss.clients.size + signalrWss.clients.size,
       slowConsumersDropped,
       rateLimited,
       storageRequests: requests,
@@ -207,6 +316,15 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       });
       return res.end(page);
     }
+    if (url.pathname === "/vendor/signalr.js") {
+      const client = await readFile(SIGNALR_CLIENT).catch(() => undefined);
+      if (client === undefined) return json(404, { error: "not_found" });
+      res.writeHead(200, {
+        "content-type": "text/javascript; charset=utf-8",
+        "cache-control": "public, max-age=3600",
+      });
+      return res.end(client);
+    }
     return json(404, { error: "not_found" });
   }
 
@@ -220,14 +338,15 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();
-      for (const ws of wss.clients) ws.close(1001, "server shutting down");
+      const sockets = () => [...wss.clients, ...signalrWss.clients];
+      for (const ws of sockets()) ws.close(1001, "server shutting down");
       // Give clients a moment to answer the close handshake, then cut the rest.
       const grace = setTimeout(() => {
-        for (const ws of wss.clients) ws.terminate();
+        for (const ws of sockets()) ws.terminate();
       }, 1_000);
       await closed;
       clearTimeout(grace);
-      await hub.close();
+      await Promise.all([hub.close(), signalr.close()]);
       guard.close();
       await store.close();
     },

@@ -69,8 +69,9 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   /** The methods clients invoke, by name (matched case-insensitively, as ASP.NET Core does). */
   methods: Record<string, HubMethod<S>>;
   /**
-   * Runs around every invocation of a known method (as ASP.NET Core's hub filters do): call
-   * `next` to invoke it, or throw a {@link HubError} to refuse it (a rate limit, say).
+   * Runs around every invocation (as ASP.NET Core's hub filters do, and also for unknown
+   * methods, whose `next` fails): call `next` to invoke it, or throw a {@link HubError} to refuse
+   * it (a rate limit, say).
    */
   filter?: (invocation: HubInvocation<S>, next: () => Promise<unknown>) => Promise<unknown>;
   /**
@@ -411,10 +412,12 @@ export class SignalRHub<S extends BoundSocket> {
     const method = this.#methods.get(target.toLowerCase());
     if (type === STREAM_INVOCATION || (Array.isArray(streamIds) && streamIds.length > 0))
       complete({ error: "Streaming is not supported by this server." });
-    else if (method === undefined) complete({ error: `Unknown hub method '${target}'.` });
     else {
       try {
-        const next = async () => method(connection, ...args);
+        const next = async () => {
+          if (method === undefined) throw new HubError(`Unknown hub method '${target}'.`);
+          return method(connection, ...args);
+        };
         const { filter } = this.#options;
         const invocation = { connection, target, arguments: args, size: data.length };
         const result = await (filter ? filter(invocation, next) : next());

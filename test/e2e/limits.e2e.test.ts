@@ -3,6 +3,7 @@ import {
   grant,
   type RunningSample,
   type SampleEnv,
+  SignalRClient,
   sampleEnv,
   sleep,
   startSample,
@@ -127,6 +128,51 @@ describe("a flooding client cannot starve the others (Socket.IO)", { timeout: 60
       );
       await sleep(2_100);
       (await IoClient.connect(sample.url, token(env, "flooder"))).close();
+    } finally {
+      flooder.close();
+    }
+  });
+});
+
+describe("a flooding client cannot starve the others (SignalR)", { timeout: 60_000 }, () => {
+  let env: SampleEnv;
+  let sample: RunningSample;
+  beforeAll(async () => {
+    env = { ...sampleEnv(inject("azuriteConnectionString")), ...LIMITS };
+    await grant(env, "flooder", "room");
+    sample = await startSample(env);
+  });
+  afterAll(async () => {
+    await sample?.stop();
+  });
+
+  it("fails invocations with rate_limited past the limit, closes past the ceiling, and counts connections on both endpoints", async () => {
+    const flooder = await SignalRClient.connect(sample.url, token(env, "flooder"));
+    try {
+      const replies = await Promise.all(
+        Array.from({ length: 12 }, (_, i) => flooder.invoke("Send", "room", `f${i}`)),
+      );
+      expect(replies.filter((r) => r === null).length).toBeLessThanOrEqual(7);
+      expect(
+        replies.filter((r) => (r as { error?: string })?.error === "rate_limited").length,
+      ).toBeGreaterThanOrEqual(5);
+
+      // One connection on each endpoint is the cap of 2: a third is refused on negotiate.
+      const wsToo = await connect(sample.wsUrl, token(env, "flooder"));
+      const negotiate = () =>
+        fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token(env, "flooder")}` },
+        });
+      expect((await negotiate()).status).toBe(429);
+
+      for (let i = 0; i < 30; i++) void flooder.invoke("Send", "room", `g${i}`);
+      expect((await flooder.closed)?.message).toContain("rate limit exceeded");
+      wsToo.close();
+      await sleep(300); // both places free: what refuses now is the ban
+      const banned = await negotiate();
+      expect(banned.status).toBe(429);
+      expect(banned.headers.get("retry-after")).toBe("2");
     } finally {
       flooder.close();
     }

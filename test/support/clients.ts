@@ -1,4 +1,11 @@
-/** Clients of the sample's `ws` protocol. No vitest here: the benchmarks use them too. */
+/** Clients of the sample's protocols. No vitest here: the benchmarks use them too. */
+import {
+  HttpTransportType,
+  type HubConnection,
+  HubConnectionBuilder,
+  HubConnectionState,
+  LogLevel,
+} from "@microsoft/signalr";
 import WebSocket from "ws";
 
 export type ServerMessage = { type: string; [key: string]: unknown };
@@ -120,4 +127,59 @@ export function upgradeAnswer(
     });
     ws.once("error", (e) => reject(e));
   });
+}
+
+/** A client of the sample's SignalR endpoint on the official `@microsoft/signalr` client. */
+export class SignalRClient extends Recorder {
+  readonly connection: HubConnection;
+  /** Resolves with the error the connection closed with (undefined for a clean stop). */
+  readonly closed: Promise<Error | undefined>;
+
+  private constructor(connection: HubConnection) {
+    super();
+    this.connection = connection;
+    this.closed = new Promise((resolve) => connection.onclose(resolve));
+    for (const type of ["welcome", "message", "joined", "removed"])
+      connection.on(type, (payload: object) => this.record({ type, ...payload }));
+  }
+
+  protected get isClosed(): boolean {
+    return this.connection.state === HubConnectionState.Disconnected;
+  }
+
+  /**
+   * Connects to `<url>/signalr` with the token from `accessTokenFactory` and waits for `welcome`.
+   * `reconnectDelays` turns on `withAutomaticReconnect` with them.
+   */
+  static async connect(
+    url: string,
+    bearer: string | (() => string),
+    options: { reconnectDelays?: number[]; skipNegotiation?: boolean } = {},
+  ): Promise<SignalRClient> {
+    let builder = new HubConnectionBuilder()
+      .withUrl(`${url}/signalr`, {
+        accessTokenFactory: typeof bearer === "string" ? () => bearer : bearer,
+        ...(options.skipNegotiation && {
+          skipNegotiation: true,
+          transport: HttpTransportType.WebSockets,
+        }),
+      })
+      .configureLogging(LogLevel.None);
+    if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
+    const client = new SignalRClient(builder.build());
+    await client.connection.start();
+    await client.next((m) => m.type === "welcome");
+    return client;
+  }
+
+  /** Invokes a hub method; resolves to its result or the error message it failed with. */
+  invoke(method: string, ...args: unknown[]): Promise<unknown> {
+    return this.connection
+      .invoke(method, ...args)
+      .catch((error: unknown) => ({ error: error instanceof Error ? error.message : error }));
+  }
+
+  close(): void {
+    void this.connection.stop();
+  }
 }

@@ -1,6 +1,7 @@
+import jwt from "jsonwebtoken";
 import { afterEach, expect } from "vitest";
 import { Client } from "./clients.js";
-import { admin, type SampleEnv } from "./processes.js";
+import { admin, type SampleEnv, token } from "./processes.js";
 
 export * from "./clients.js";
 export * from "./processes.js";
@@ -27,5 +28,40 @@ export function useClients() {
     const client = await Client.connect(...args);
     clients.push(client);
     return client;
+  };
+}
+
+/** Requests headers with every kind of bad token the sample must refuse (and none at all). */
+export function badTokens(env: SampleEnv): Record<string, Record<string, string>> {
+  const bearer = (t: string) => ({ authorization: `Bearer ${t}` });
+  const none = `${Buffer.from('{"alg":"none","typ":"JWT"}').toString("base64url")}.${Buffer.from(
+    JSON.stringify({
+      sub: "alice",
+      exp: Math.floor(Date.now() / 1000) + 600,
+      iss: "hub-membership-sample",
+      aud: "hub-membership-sample",
+    }),
+  ).toString("base64url")}.`;
+  return {
+    missing: {},
+    "not a JWT": bearer("garbage"),
+    forged: bearer(token(env, "alice", {}, "x".repeat(40))),
+    expired: bearer(token(env, "alice", { expiresIn: -10 })),
+    "not yet valid": bearer(token(env, "alice", { notBefore: 3600 })),
+    "wrong audience": bearer(token(env, "alice", { audience: "someone-else" })),
+    "wrong issuer": bearer(token(env, "alice", { issuer: "someone-else" })),
+    "no sub": bearer(token(env, undefined)),
+    "empty sub": bearer(token(env, "")),
+    "alg none": bearer(none),
+    "HS512 instead of HS256": bearer(token(env, "alice", { algorithm: "HS512" })),
+    "no exp": bearer(
+      // jsonwebtoken adds exp only when asked: sign without expiresIn
+      jwt.sign({ sub: "alice" }, env.JWT_SECRET, {
+        algorithm: "HS256",
+        issuer: "hub-membership-sample",
+        audience: "hub-membership-sample",
+      }),
+    ),
+    "basic scheme": { authorization: `Basic ${token(env, "alice")}` },
   };
 }
