@@ -40,11 +40,14 @@ describe("the sample's web page in Chromium", () => {
     await sample?.stop();
   });
 
-  async function signIn(name: string): Promise<Page> {
+  /** Every URL a page asked for: the page must load nothing from anywhere else. */
+  const requested: string[] = [];
+  async function signIn(name: string, query = ""): Promise<Page> {
     const page = await (
       await browser.newContext({ viewport: { width: 900, height: 640 } })
     ).newPage();
-    await page.goto(sample.url);
+    page.on("request", (request) => requested.push(request.url()));
+    await page.goto(`${sample.url}/${query}`);
     await page.getByLabel("Name").fill(name);
     await page.getByLabel("Name").press("Enter");
     await expect.poll(() => page.locator("#state").textContent()).toBe("connected");
@@ -95,6 +98,38 @@ describe("the sample's web page in Chromium", () => {
     await mkdir(OUTPUT, { recursive: true });
     await bob.screenshot({ path: new URL("chat-bob.png", OUTPUT).pathname });
     await alice.screenshot({ path: new URL("chat-alice-revoked.png", OUTPUT).pathname });
+  });
+
+  it("SignalR mode: the official browser client, served by the sample, chats with ws pages and shows a live revocation", async () => {
+    expect((await admin(env, "grant", "dan", "Sports")).code).toBe(0);
+    const dan = await signIn("dan", "?protocol=signalr");
+    const bob = await signIn("bob");
+    expect(await dan.locator("#protocol").textContent()).toBe("SignalR");
+    expect(await groupsOf(dan)).toEqual(["Sports"]);
+    await dan.getByRole("button", { name: "Sports", exact: true }).click();
+    await dan.getByLabel(/Message to/).fill("hello from SignalR");
+    await dan.getByLabel(/Message to/).press("Enter");
+    await expect.poll(() => logOf(bob)).toContain("hello from SignalR");
+    await bob.getByRole("button", { name: "Sports", exact: true }).click();
+    await bob.getByLabel(/Message to/).fill("hello from ws");
+    await bob.getByLabel(/Message to/).press("Enter");
+    await expect.poll(() => logOf(dan)).toContain("hello from ws");
+
+    await dan.getByRole("button", { name: "Join" }).click();
+    await expect.poll(() => groupsOf(dan)).toEqual(["Sports", "lobby"]);
+    expect((await admin(env, "revoke", "dan", "Sports")).code).toBe(0);
+    await expect.poll(() => groupsOf(dan)).toEqual(["lobby"]);
+    await expect
+      .poll(() => dan.locator("#notice").textContent())
+      .toBe("Your access to Sports was revoked.");
+    await bob.getByLabel(/Message to/).fill("after dan's revoke");
+    await bob.getByLabel(/Message to/).press("Enter");
+    await expect.poll(() => logOf(bob)).toContain("after dan's revoke");
+    await dan.waitForTimeout(500);
+    expect(await logOf(dan)).not.toContain("after dan's revoke");
+    const origin = new URL(sample.url).origin;
+    expect(requested.filter((url) => new URL(url).origin !== origin)).toEqual([]);
+    expect(requested).toContain(`${origin}/vendor/signalr.js`);
   });
 
   it("reconnects with backoff after the server restarts and gets the same groups back", async () => {
