@@ -1,7 +1,8 @@
 /**
  * The load generator: its own process, so its CPU and memory are not the server's. Speaks the
- * `ws` sample's protocol or Socket.IO's (Engine.IO 4 over a raw WebSocket, the same client code
- * for both, so the comparison measures the servers). Connects only to 127.0.0.1.
+ * `ws` sample's protocol, its SignalR endpoint's (the JSON hub protocol) or Socket.IO's (Engine.IO
+ * 4), each over a raw WebSocket with the same client code, so the comparison measures the
+ * servers. Connects only to 127.0.0.1.
  *
  *   node --import tsx bench/loadgen.ts '{"mode":"connect",...}'   (see Params)
  *
@@ -18,7 +19,7 @@ interface Params {
   mode: "connect" | "fanout";
   /** http://127.0.0.1:PORT of the server. */
   url: string;
-  hub: "ws" | "socket.io";
+  hub: "ws" | "signalr" | "socket.io";
   secret: string;
   /** Users, each connected `perUser` times (adjacent). */
   users: string[];
@@ -42,8 +43,15 @@ setTimeout(() => {
   process.exit(1);
 }, params.timeoutMs).unref();
 
-const MESSAGE = Buffer.from(params.hub === "ws" ? '{"type":"message"' : '42["message"');
-const WELCOME = Buffer.from(params.hub === "ws" ? '{"type":"welcome"' : '42["welcome"');
+const PREFIXES = {
+  ws: ['{"type":"message"', '{"type":"welcome"'],
+  signalr: ['{"type":1,"target":"message"', '{"type":1,"target":"welcome"'],
+  "socket.io": ['42["message"', '42["welcome"'],
+} as const;
+const [MESSAGE, WELCOME] = PREFIXES[params.hub].map((prefix) => Buffer.from(prefix)) as [
+  Buffer,
+  Buffer,
+];
 const startsWith = (data: Buffer, prefix: Buffer) =>
   data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
 
@@ -69,10 +77,12 @@ let onDelivery: () => void = () => {};
 /** Opens one connection; resolves when its `welcome` arrives. */
 function open(userId: string): Promise<Connection> {
   const started = performance.now();
-  const endpoint =
-    params.hub === "ws"
-      ? `${params.url.replace("http", "ws")}/hub`
-      : `${params.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`;
+  const base = params.url.replace("http", "ws");
+  const endpoint = {
+    ws: `${base}/hub`,
+    signalr: `${base}/signalr`, // without negotiation, as clients with skipNegotiation connect
+    "socket.io": `${base}/socket.io/?EIO=4&transport=websocket`,
+  }[params.hub];
   const ws = new WebSocket(endpoint, {
     headers: { authorization: `Bearer ${token(userId)}` },
     perMessageDeflate: false,
@@ -80,6 +90,8 @@ function open(userId: string): Promise<Connection> {
   const connection: Connection = { ws, messages: 0, welcomeMs: 0 };
   return new Promise((resolve, reject) => {
     ws.once("error", reject);
+    if (params.hub === "signalr")
+      ws.once("open", () => ws.send('{"protocol":"json","version":1}\u001e'));
     ws.once("close", (code) => reject(new Error(`closed with ${code} before welcome`)));
     ws.on("message", (data: Buffer) => {
       if (startsWith(data, MESSAGE)) {
@@ -127,10 +139,12 @@ async function fanout(connections: Connection[]) {
   if (sender === undefined) throw new Error("no connection");
   const total = (params.messages ?? 0) * connections.length;
   const text = "x".repeat(params.textBytes ?? 100);
-  const frame =
-    params.hub === "ws"
-      ? JSON.stringify({ type: "send", group: params.group, text })
-      : `42${JSON.stringify(["send", { group: params.group, text }])}`;
+  const frame = {
+    ws: JSON.stringify({ type: "send", group: params.group, text }),
+    // Non-blocking invocations (no invocationId): like `send`, no completion comes back.
+    signalr: `${JSON.stringify({ type: 1, target: "Send", arguments: [params.group, text] })}\u001e`,
+    "socket.io": `42${JSON.stringify(["send", { group: params.group, text }])}`,
+  }[params.hub];
   let sent = 0;
   const started = performance.now();
   await new Promise<void>((resolve) => {

@@ -34,7 +34,7 @@ async function main() {
   const endpoint =
     config.hub === "socket.io"
       ? `Socket.IO, websocket transport${config.redisUrl ? ", Redis adapter" : ""}`
-      : `WebSocket: ${server.url.replace("http", "ws")}/hub`;
+      : `WebSocket: ${server.url.replace("http", "ws")}/hub, SignalR: ${server.url}/signalr`;
   console.log(`hub-membership sample listening on ${server.url} (${endpoint})`);
   if (config.devSignIn) console.log("dev sign-in is on: GET /token?user=<name> mints a token");
 

@@ -19,7 +19,8 @@ const asPublished = (code: string) =>
   code
     .replaceAll('"../adapters/index.js"', '"hub-membership"')
     .replaceAll('"../adapters/hubs/ws.js"', '"hub-membership/ws"')
-    .replaceAll('"../adapters/hubs/socket-io.js"', '"hub-membership/socket.io"');
+    .replaceAll('"../adapters/hubs/socket-io.js"', '"hub-membership/socket.io"')
+    .replaceAll('"../adapters/hubs/signalr.js"', '"hub-membership/signalr"');
 
 /** GitHub's anchor for a heading. */
 const anchor = (heading: string) =>
@@ -29,7 +30,7 @@ const anchor = (heading: string) =>
     .replaceAll(" ", "-");
 
 describe("the documentation", () => {
-  for (const example of ["examples/ws.ts", "examples/socket-io.ts"]) {
+  for (const example of ["examples/ws.ts", "examples/signalr.ts", "examples/socket-io.ts"]) {
     it(`shows ${example} (type-checked by npm test) exactly, in under 25 lines`, () => {
       const code = read(example);
       expect(code.trimEnd().split("\n").length).toBeLessThan(25);
