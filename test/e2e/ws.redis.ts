@@ -1,4 +1,4 @@
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RedisServer, startRedis } from "../support/redis.js";
 import {
   admin,
@@ -6,6 +6,7 @@ import {
   isRemoved,
   type RunningSample,
   type SampleEnv,
+  SignalRClient,
   sampleEnv,
   sleep,
   startSample,
@@ -18,6 +19,10 @@ import {
  * redis-server of the test's own, with the admin script as a child process.
  */
 const connect = useClients();
+const signalr: SignalRClient[] = [];
+afterEach(() => {
+  for (const client of signalr.splice(0)) client.close();
+});
 
 describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000 }, () => {
   let redis: RedisServer;
@@ -40,9 +45,16 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
     const aliceB = await connect(ws(1), token(env, "alice"));
     const bob = await connect(ws(2), token(env, "bob"));
     const carol = await connect(ws(0), token(env, "carol"));
+    // SignalR clients of the same servers: their messages travel on a channel of their own.
+    const aliceSignalR = await SignalRClient.connect(servers[1]?.url ?? "", token(env, "alice"));
+    const carolSignalR = await SignalRClient.connect(servers[2]?.url ?? "", token(env, "carol"));
+    signalr.push(aliceSignalR, carolSignalR);
 
     bob.send({ type: "send", group: "Sports", text: "from C" });
-    for (const c of [aliceA, aliceB, bob, carol])
+    expect(await carolSignalR.invoke("Send", "Sports", "from SignalR on C")).toBeNull();
+    for (const c of [aliceA, aliceB, bob, carol, aliceSignalR])
+      expect(await c.next((m) => m.text === "from SignalR on C")).toMatchObject({ from: "carol" });
+    for (const c of [aliceA, aliceB, bob, carol, aliceSignalR, carolSignalR])
       expect(await c.next((m) => m.text === "from C")).toMatchObject({
         group: "Sports",
         from: "bob",
@@ -52,17 +64,19 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
 
     const revoked = await admin(env, "revoke", "alice", "Sports");
     expect(revoked.code, revoked.stderr).toBe(0);
-    for (const c of [aliceA, aliceB])
+    for (const c of [aliceA, aliceB, aliceSignalR])
       expect(await c.next(isRemoved("Sports"))).toMatchObject({ reason: "revoked" });
     bob.send({ type: "send", group: "Sports", text: "after revoke" });
     await carol.next((m) => m.text === "after revoke");
     await sleep(300);
-    for (const c of [aliceA, aliceB])
+    for (const c of [aliceA, aliceB, aliceSignalR])
       expect(c.messages.some((m) => m.text === "after revoke")).toBe(false);
+    await carolSignalR.next((m) => m.text === "after revoke");
 
     // Every message arrived once per connection.
-    for (const c of [aliceA, aliceB, bob, carol])
-      expect(c.messages.filter((m) => m.text === "from C")).toHaveLength(1);
+    for (const c of [aliceA, aliceB, bob, carol, aliceSignalR, carolSignalR])
+      for (const text of ["from C", "from SignalR on C"])
+        expect(c.messages.filter((m) => m.text === text)).toHaveLength(1);
   });
 
   it("a server or an admin script on the table's log refuses the Redis table instead of missing changes", async () => {
