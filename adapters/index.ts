@@ -9,6 +9,15 @@ export type {
   MembershipUpdate,
 } from "./contract.js";
 export { MembershipError } from "./contract.js";
+export {
+  type ChangeAppliedEvent,
+  diagnostics,
+  type FeedEvent,
+  type RehydrateEvent,
+  type ResyncEvent,
+  type SlowConsumerEvent,
+  type StorageRequestEvent,
+} from "./diagnostics.js";
 export { type Grant, isLive, MembershipStoreBase } from "./store-base.js";
 export {
   AzureTableMembershipStore,

@@ -1,4 +1,5 @@
 import type { MembershipChange } from "./contract.js";
+import { diagnostics } from "./diagnostics.js";
 
 type Listener = (change: MembershipChange) => void;
 
@@ -76,10 +77,12 @@ export class FeedSubscribers {
   failed(error: unknown): void {
     if (this.#failing) return;
     this.#failing = true;
+    if (diagnostics.feed.hasSubscribers) diagnostics.feed.publish({ state: "down", error });
     for (const report of [...this.#errorHandlers]) report(error);
   }
 
   recovered(): void {
+    if (this.#failing && diagnostics.feed.hasSubscribers) diagnostics.feed.publish({ state: "up" });
     this.#failing = false;
   }
 

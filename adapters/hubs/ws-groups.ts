@@ -1,3 +1,4 @@
+import { diagnostics } from "../diagnostics.js";
 import type { HubBinding, JoinReason, LeaveReason } from "../sync/membership-sync.js";
 
 /** What {@link WsGroups} needs of a socket; a `ws` WebSocket has it. */
@@ -260,7 +261,10 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
   }
 
   #isSlow(member: Member<S>): boolean {
-    if (member.socket.bufferedAmount <= this.#maxBuffered) return false;
+    const bufferedBytes = member.socket.bufferedAmount;
+    if (bufferedBytes <= this.#maxBuffered) return false;
+    if (diagnostics.slowConsumer.hasSubscribers)
+      diagnostics.slowConsumer.publish({ connectionId: member.id, bufferedBytes });
     member.socket.terminate();
     this.remove(member.id);
     this.#options.onSlowConsumer?.(member.id);

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
+import { stampWritten } from "../diagnostics.js";
 import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
 import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
@@ -79,7 +80,8 @@ export class RedisChangeFeed implements ChangeFeed {
     const byShard = new Map<number, string[]>();
     for (const update of updates) {
       const shard = shardOf(update.userId, SHARDS);
-      const payload = JSON.stringify(update);
+      // `at`: when it was written, for the propagation lag of whoever applies it.
+      const payload = JSON.stringify({ ...update, at: Date.now() });
       const list = byShard.get(shard);
       if (list) list.push(payload);
       else byShard.set(shard, [payload]);
@@ -228,7 +230,20 @@ function parseUpdate(payload: string): MembershipUpdate | undefined {
     group?: unknown;
     expiresAt?: unknown;
     pending?: unknown;
+    at?: unknown;
   };
+  const update = toUpdate(value);
+  if (update !== undefined && typeof value.at === "number") stampWritten(update, value.at);
+  return update;
+}
+
+function toUpdate(value: {
+  type?: unknown;
+  userId?: unknown;
+  group?: unknown;
+  expiresAt?: unknown;
+  pending?: unknown;
+}): MembershipUpdate | undefined {
   const { type, userId, group, expiresAt } = value;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
   if (type === "removed")

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { odata, type TableClient, type TransactionAction } from "@azure/data-tables";
 import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract.js";
+import { stampWritten } from "../diagnostics.js";
 import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
 import { isChanged, isNotFound, storageErrorCode } from "./azure-errors.js";
@@ -250,7 +251,11 @@ export class TableChangeLog implements ChangeFeed {
       cursors[shard] = read.cursor;
       for (const row of read.rows) {
         const update = row.writer === this.writer ? undefined : toUpdate(row);
-        if (update) updates.push(update);
+        if (update) {
+          // The storage's clock says when the row was written: the propagation lag's start.
+          stampWritten(update, Date.parse(row.timestamp ?? ""));
+          updates.push(update);
+        }
       }
     }
     if (resync || updates.length > 0) this.#lastChange = Date.now();

@@ -25,6 +25,7 @@ import { addedChange, pairKey } from "../validate.js";
 import { TableChangeLog } from "./azure-change-log.js";
 import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
 import { groupPartition, toKey, userPartition } from "./azure-keys.js";
+import { COUNT_TRIES, REPORT_REQUESTS } from "./azure-requests.js";
 
 export type TableCredential = NamedKeyCredential | SASCredential | TokenCredential;
 
@@ -168,6 +169,10 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
     if (!this.#client.pipeline.getOrderedPolicies().some((p) => p.name === ESCAPE_SEPARATORS.name))
       // First of all: the key credential's policy sets Content-Length from the body.
       this.#client.pipeline.addPolicy(ESCAPE_SEPARATORS, { phase: "Serialize" });
+    if (!this.#client.pipeline.getOrderedPolicies().some((p) => p.name === REPORT_REQUESTS.name)) {
+      this.#client.pipeline.addPolicy(REPORT_REQUESTS, { phase: "Serialize" });
+      this.#client.pipeline.addPolicy(COUNT_TRIES, { afterPhase: "Retry" });
+    }
     this.#limit = pLimit(options.concurrency ?? 16);
     const onWatchError =
       options.onWatchError ??

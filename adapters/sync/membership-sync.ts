@@ -7,6 +7,7 @@ import type {
   MembershipUpdate,
 } from "../contract.js";
 import { MembershipError } from "../contract.js";
+import { diagnostics, writtenAt } from "../diagnostics.js";
 import { assertName, pairKey } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
@@ -141,6 +142,8 @@ export class MembershipSync {
       throw new MembershipError("INVALID_ARGUMENT", "connectionId must be a new, unique string");
     }
     const connection: Connection = { userId, groups: new Map(), initialized: false, ready: false };
+    const started = performance.now();
+    let read = true;
     this.#connections.set(connectionId, connection);
     this.#user(userId).connections.add(connectionId);
     try {
@@ -153,6 +156,7 @@ export class MembershipSync {
         for (const [group, expiresAt] of sibling.groups)
           if (expiresAt === undefined || expiresAt > now) connection.groups.set(group, expiresAt);
         connection.initialized = true;
+        read = false;
       } else {
         // A read in flight covers this connection too; one that already applied does not.
         await (user.loop ?? this.#read(userId));
@@ -168,6 +172,14 @@ export class MembershipSync {
     await Promise.all(
       [...connection.groups.keys()].map((g) => this.#join(connectionId, g, "connect")),
     );
+    if (diagnostics.rehydrate.hasSubscribers)
+      diagnostics.rehydrate.publish({
+        connectionId,
+        userId,
+        groups: connection.groups.size,
+        durationMs: performance.now() - started,
+        read,
+      });
     return this.groupsOfConnection(connectionId);
   }
 
@@ -268,6 +280,8 @@ export class MembershipSync {
   #hint(change: MembershipChange): Promise<void> {
     if (change.type === "resync") {
       if (this.#closed) return Promise.resolve();
+      if (diagnostics.resync.hasSubscribers)
+        diagnostics.resync.publish({ users: this.#users.size });
       return Promise.all(
         [...this.#users.keys()].map((userId) =>
           this.#resyncLimit(() =>
@@ -286,11 +300,30 @@ export class MembershipSync {
       user.removedDuringRead.add(change.group);
       if (change.pending) this.#holdPending(change.userId, user, change.group);
       this.#clearTimer(user, change.group);
-      for (const connectionId of user.connections) this.#remove(connectionId, change.group, reason);
+      let moved = 0;
+      for (const connectionId of user.connections)
+        if (this.#remove(connectionId, change.group, reason)) moved++;
+      if (moved > 0) this.#applied(change, reason, user);
     }
-    return this.#read(change.userId).catch((error: unknown) =>
-      this.#readFailed(change.userId, error),
+    return this.#read(change.userId).then(
+      () => {
+        if (change.type === "added") this.#applied(change, "granted", user);
+      },
+      (error: unknown) => this.#readFailed(change.userId, error),
     );
+  }
+
+  #applied(change: MembershipUpdate, reason: JoinReason | LeaveReason, user: User): void {
+    if (!diagnostics.change.hasSubscribers || user.connections.size === 0) return;
+    const at = writtenAt(change);
+    diagnostics.change.publish({
+      type: change.type,
+      userId: change.userId,
+      group: change.group,
+      reason,
+      connections: user.connections.size,
+      ...(at !== undefined && { lagMs: Math.max(0, Date.now() - at) }),
+    });
   }
 
   /**
@@ -377,10 +410,12 @@ export class MembershipSync {
       if (expiresAt !== undefined) this.#schedule(user, group, expiresAt);
   }
 
-  #remove(connectionId: string, group: string, reason: LeaveReason): void {
+  /** Takes `group` from a connection; false if it was not in it. */
+  #remove(connectionId: string, group: string, reason: LeaveReason): boolean {
     const connection = this.#connections.get(connectionId);
-    if (!connection?.groups.delete(group)) return;
+    if (!connection?.groups.delete(group)) return false;
     if (connection.ready) void this.#leave(connectionId, group, reason);
+    return true;
   }
 
   /** One timer per user and group; re-armed past setTimeout's limit of about 24.8 days. */
