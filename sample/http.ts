@@ -10,6 +10,7 @@ import {
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import { ConfigError, connectionStringOf, isRefusedByStore, type SampleConfig } from "./config.js";
+import type { Log, Observability } from "./observability.js";
 import { changeFeedOf, connectRedis } from "./redis.js";
 
 /** Storage requests a server sent, split into change-log polls and everything else. */
@@ -24,7 +25,10 @@ export interface StorageRequests {
  * Checked first: a store that refuses the key or SAS, or a table on the other feed, stops the
  * server with a configuration error; a storage outage does not (it serves once storage is back).
  */
-export async function openStore(config: SampleConfig): Promise<{
+export async function openStore(
+  config: SampleConfig,
+  log: Log,
+): Promise<{
   store: AzureTableMembershipStore;
   requests: StorageRequests;
 }> {
@@ -44,13 +48,17 @@ export async function openStore(config: SampleConfig): Promise<{
     tableName: config.tableName,
     clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
     ...(changeFeed && { changeFeed }),
-    onWatchError: (error) => console.error(`watching membership changes failed: ${String(error)}`),
+    // Outages are logged (and counted) from the library's feed channel: see observability.ts.
+    onWatchError: () => {},
   });
   try {
     await store.verify();
   } catch (error) {
     if (!isRefusedByStore(error)) {
-      console.error(`the membership store is unavailable for now: ${String(error)}`);
+      log.error(
+        { event: "store.unavailable", err: error },
+        "the membership store is unavailable for now",
+      );
     } else {
       await store.close();
       throw new ConfigError(`AZURE_TABLES_CONNECTION_STRING: ${error.message}`, { cause: error });
@@ -75,7 +83,12 @@ export function sendJson(res: ServerResponse, status: number, body: object): voi
 export async function commonRoute(
   req: IncomingMessage,
   res: ServerResponse,
-  context: { config: SampleConfig; store: MembershipStore; stats: () => object },
+  context: {
+    config: SampleConfig;
+    store: MembershipStore;
+    stats: () => object;
+    observability: Observability;
+  },
 ): Promise<boolean> {
   const url = new URL(req.url ?? "/", "http://localhost");
   switch (url.pathname) {
@@ -115,6 +128,9 @@ export async function commonRoute(
       }
       return true;
     }
+    case "/metrics":
+      await context.observability.metrics(res);
+      return true;
     case "/favicon.ico":
       res.writeHead(204);
       res.end();

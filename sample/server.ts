@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
-import { bindSignalR, HubError } from "../adapters/hubs/signalr.js";
+import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
 import { bindWs, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { RedisBroadcast } from "../adapters/redis/index.js";
@@ -10,6 +10,7 @@ import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 import { floodGuardOf } from "./limits.js";
+import { Observability } from "./observability.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
@@ -80,7 +81,12 @@ export interface HubServer {
  * SignalR endpoint /signalr, on one store: a group's messages reach its members on both.
  */
 export async function startHubServer(config: SampleConfig): Promise<HubServer> {
-  const { store, requests } = await openStore(config);
+  const obs: Observability = new Observability(() => ({
+    ws: hub.counts(),
+    signalr: signalr.counts(),
+  }));
+  const { log } = obs;
+  const { store, requests } = await openStore(config, log);
   const auth = configurePassport(config.jwt);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
   let slowConsumersDropped = 0;
@@ -95,37 +101,48 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const signalrWss = new WebSocketServer(socketOptions);
 
   /** Who an upgrade (or a SignalR negotiate) acts for, if they may connect now. */
-  const userIdOf = async (request: IncomingMessage) => {
+  const userIdOf = (endpoint: "ws" | "signalr") => async (request: IncomingMessage) => {
     const principal = await authenticate(auth, request);
-    if (principal === undefined || principal.expiresAt <= Date.now()) return undefined;
+    if (principal === undefined || principal.expiresAt <= Date.now()) {
+      obs.refused(endpoint, "unauthorized");
+      return undefined;
+    }
     const { userId } = principal;
     if (
       hub.connectionsOf(userId).length + signalr.connectionsOf(userId).length >=
       config.limits.connectionsPerUser
-    )
+    ) {
+      obs.refused(endpoint, "too_many_connections", userId);
       throw new WsRefusal(429, "Too Many Connections");
+    }
     const verdict = await guard.admitConnection(userId);
-    if (!verdict.ok)
+    if (!verdict.ok) {
+      obs.refused(endpoint, "rate_limited", userId);
       throw new WsRefusal(429, "Too Many Requests", {
         "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
       });
+    }
     return principal;
   };
-  const onSlowConsumer = ({ id }: { id: string }) => {
-    slowConsumersDropped++;
-    console.error(`connection ${id} dropped: over ${config.maxBufferedBytes} bytes unsent`);
+  const onSlowConsumer = () => {
+    slowConsumersDropped++; // logged from the library's slow-consumer channel
   };
   /** Whether a client's message may be handled; counts and logs the ones that may not. */
-  const admit = async (id: string, userId: string, bytes: number, close: () => void) => {
-    const verdict = await guard.admit(id, userId, bytes);
+  const admit = async (
+    endpoint: "ws" | "signalr",
+    connection: Connection,
+    bytes: number,
+    close: () => void,
+  ) => {
+    const verdict = await guard.admit(connection.id, connection.userId, bytes);
     if (verdict.ok) return verdict;
     rateLimited++;
-    if (verdict.close) {
-      console.error(`connection ${id} of ${JSON.stringify(userId)} closed: over the rate limit`);
-      close();
-    }
+    obs.rateLimited(endpoint, connection, verdict.close);
+    if (verdict.close) close();
     return verdict;
   };
+  const onError = (endpoint: string) => (error: unknown) =>
+    log.error({ event: "hub.error", endpoint, err: error }, "hub failure");
   // With Redis, messages reach the other servers' connections too (each protocol on its own
   // channel); each server enforces membership for its own connections.
   const bus = (channel: string) =>
@@ -133,11 +150,14 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
 
   const hub: WsHub<WebSocket> = bindWs(wss, {
     store,
-    userIdOf,
+    userIdOf: userIdOf("ws"),
     maxBufferedBytes: config.maxBufferedBytes,
     ...bus("hub-membership:messages"),
-    onConnection: ({ id, userId }, groups) =>
-      hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups })),
+    onConnection: (connection, groups) => {
+      const { id, userId } = connection;
+      hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups }));
+      obs.opened("ws", connection, groups.length);
+    },
     onJoin: ({ id }, group, reason) => {
       if (reason === "granted") hub.send(id, encode({ type: "joined", group }));
     },
@@ -145,18 +165,21 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       hub.send(id, encode({ type: "removed", group, reason: reason ?? "revoked" })),
     onSlowConsumer,
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
-    onError: (error) => console.error(`hub: ${String(error)}`),
+    onError: onError("ws"),
   });
 
-  const signalr = bindSignalR(signalrWss, {
+  const signalr: SignalRHub<WebSocket> = bindSignalR(signalrWss, {
     store,
     path: "/signalr",
-    userIdOf,
+    userIdOf: userIdOf("signalr"),
     maxBufferedBytes: config.maxBufferedBytes,
     maxMessageBytes: MAX_FRAME_BYTES,
     ...bus("hub-membership:signalr"),
-    onConnection: ({ id, userId }, groups) =>
-      signalr.send(id, "welcome", { connectionId: id, userId, groups }),
+    onConnection: (connection, groups) => {
+      const { id, userId } = connection;
+      signalr.send(id, "welcome", { connectionId: id, userId, groups });
+      obs.opened("signalr", connection, groups.length);
+    },
     onJoin: ({ id }, group, reason) => {
       if (reason === "granted") signalr.send(id, "joined", { group });
     },
@@ -164,9 +187,9 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       signalr.send(id, "removed", { group, reason: reason ?? "revoked" }),
     onSlowConsumer,
     // Every invocation, of a known method or not, spends the client's budget.
-    filter: async ({ connection: { id, userId }, size }, next) => {
-      const verdict = await admit(id, userId, size, () =>
-        signalr.closeConnection(id, "rate limit exceeded"),
+    filter: async ({ connection, size }, next) => {
+      const verdict = await admit("signalr", connection, size, () =>
+        signalr.closeConnection(connection.id, "rate limit exceeded"),
       );
       if (!verdict.ok) throw new HubError("rate_limited");
       return next();
@@ -181,7 +204,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       Leave: (connection, group, ...rest) =>
         invoke(connection, rest.length === 0 && { type: "leave", group }),
     },
-    onError: (error) => console.error(`signalr: ${String(error)}`),
+    onError: onError("signalr"),
   });
   await Promise.all([hub.ready(), signalr.ready()]);
 
@@ -199,12 +222,12 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     data: RawData,
     isBinary: boolean,
   ): Promise<void> {
-    const { id, userId, socket } = connection;
+    const { id, socket } = connection;
     const error = (code: string, extra: object = {}): void => {
       hub.send(id, encode({ type: "error", code, ...extra }));
     };
     try {
-      const verdict = await admit(id, userId, byteLength(data), () => {
+      const verdict = await admit("ws", connection, byteLength(data), () => {
         socket.close(1008, "rate limit exceeded");
         // A flooder's reply to the close sits behind its flood, in a socket no longer read.
         setTimeout(() => socket.terminate(), 1_000).unref();
@@ -219,7 +242,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
           refusal === "unavailable" || !("group" in message) ? {} : { group: message.group },
         );
     } catch (e) {
-      console.error(`handling a frame of ${id} failed: ${String(e)}`);
+      log.error(
+        { event: "hub.error", endpoint: "ws", connectionId: id, err: e },
+        "handling a frame failed",
+      );
       return error("internal");
     }
   }
@@ -293,7 +319,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       rateLimited,
       storageRequests: requests,
     });
-    if (await commonRoute(req, res, { config, store, stats })) return;
+    if (await commonRoute(req, res, { config, store, stats, observability: obs })) return;
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
     }
@@ -347,6 +373,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       await closed;
       clearTimeout(grace);
       await Promise.all([hub.close(), signalr.close()]);
+      obs.close();
       guard.close();
       await store.close();
     },

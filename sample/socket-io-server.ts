@@ -6,6 +6,7 @@ import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
 import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
 import { floodGuardOf } from "./limits.js";
+import { Observability } from "./observability.js";
 import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
 
@@ -39,7 +40,15 @@ function groupOf(payload: unknown): string | undefined {
  * through `@socket.io/redis-adapter` (and membership changes through the store's Redis feed).
  */
 export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
-  const { store, requests } = await openStore(config);
+  const obs: Observability = new Observability(() => ({
+    "socket.io": {
+      connections: io.of("/").sockets.size,
+      // Every socket has a room of its own; the rest are groups.
+      groups: io.of("/").adapter.rooms.size - io.of("/").sockets.size,
+    },
+  }));
+  const { log } = obs;
+  const { store, requests } = await openStore(config, log);
   const fail = async (error: unknown): Promise<never> => {
     await store.close();
     throw error;
@@ -56,7 +65,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       rateLimited,
       storageRequests: requests,
     });
-    if (!(await commonRoute(req, res, { config, store, stats })))
+    if (!(await commonRoute(req, res, { config, store, stats, observability: obs })))
       sendJson(res, 404, { error: "not_found" });
   });
   const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
@@ -84,7 +93,10 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       socket.data.principal = principal;
     };
     admit().then(
-      (refusal) => next(refusal === undefined ? undefined : new Error(refusal)),
+      (refusal) => {
+        if (refusal !== undefined) obs.refused("socket.io", refusal, socket.data.principal?.userId);
+        next(refusal === undefined ? undefined : new Error(refusal));
+      },
       (e: unknown) => next(e instanceof Error ? e : new Error(String(e))),
     );
   });
@@ -99,7 +111,8 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       leaves++;
       socket.emit("removed", { group, reason: reason ?? "revoked" });
     },
-    onError: (error) => console.error(`hub binding failed: ${String(error)}`),
+    onError: (error) =>
+      log.error({ event: "hub.error", endpoint: "socket.io", err: error }, "hub binding failed"),
   });
 
   io.on("connection", (socket) => {
@@ -109,7 +122,9 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       Math.min(expiresAt - Date.now(), MAX_TIMER),
     );
     socket.on("disconnect", () => clearTimeout(expiry));
-    socket.emit("welcome", { userId, groups: sync.groupsOfConnection(socket.id) });
+    const groups = sync.groupsOfConnection(socket.id);
+    socket.emit("welcome", { userId, groups });
+    obs.opened("socket.io", { id: socket.id, userId }, groups.length);
 
     const handle = (payload: unknown, ack: unknown, action: (group: string) => Promise<Reply>) => {
       const reply = typeof ack === "function" ? (ack as (r: Reply) => void) : () => {};
@@ -118,12 +133,8 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
         if (verdict.ok) return true;
         rateLimited++;
         reply({ error: "rate_limited", retryAfterMs: verdict.retryAfterMs });
-        if (verdict.close) {
-          console.error(
-            `socket ${socket.id} of ${JSON.stringify(userId)} closed: over the rate limit`,
-          );
-          socket.disconnect(true);
-        }
+        obs.rateLimited("socket.io", { id: socket.id, userId }, verdict.close);
+        if (verdict.close) socket.disconnect(true);
         return false;
       });
       // One event at a time per socket, in order, as the ws hub handles its frames.
@@ -142,7 +153,10 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       return action(group).then(reply, (e: unknown) => {
         if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE")
           return reply({ error: "unavailable" });
-        console.error(`handling an event of ${socket.id} failed: ${String(e)}`);
+        log.error(
+          { event: "hub.error", endpoint: "socket.io", connectionId: socket.id, err: e },
+          "handling an event failed",
+        );
         reply({ error: "internal" });
       });
     };
@@ -179,6 +193,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       await sync.close();
       await Promise.all([redis?.quit(), redisSub?.quit()]);
       guard.close();
+      obs.close();
       await store.close();
     },
   };

@@ -302,6 +302,11 @@ export class SignalRHub<S extends BoundSocket> {
     return this.#hub.groupsOfConnection(connectionId);
   }
 
+  /** Connections here, and groups with at least one of them: for a gauge. */
+  counts(): { connections: number; groups: number } {
+    return this.#hub.counts();
+  }
+
   /** Stops pinging and following the store and the bus; the sockets are yours to close. */
   async close(): Promise<void> {
     clearInterval(this.#sweep);

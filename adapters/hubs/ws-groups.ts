@@ -210,6 +210,11 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
    * Sends `data` to every connection in `group` as one text message, framed once for all.
    * @returns how many sockets it was handed to.
    */
+  /** Groups with at least one connection here. */
+  get groupCount(): number {
+    return this.#groups.size;
+  }
+
   broadcast(group: string, data: Buffer | string): number {
     const members = this.#groups.get(group);
     if (members === undefined) return 0;

@@ -241,6 +241,11 @@ export class WsHub<S extends BoundSocket> {
     return this.#sync.groupsOfConnection(connectionId);
   }
 
+  /** Connections here, and groups with at least one of them: for a gauge. */
+  counts(): { connections: number; groups: number } {
+    return { connections: this.#connections.size, groups: this.#groups.groupCount };
+  }
+
   /**
    * Sends `data` as one text message to every connection in `group` here (framed once) and, with
    * a bus, on every other server. Rejects with `STORE_UNAVAILABLE` if the bus cannot take it

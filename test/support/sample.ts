@@ -65,3 +65,11 @@ export function badTokens(env: SampleEnv): Record<string, Record<string, string>
     "basic scheme": { authorization: `Basic ${token(env, "alice")}` },
   };
 }
+
+/** The sample's structured log lines (pino's JSON) in its output, parsed. */
+export function logLines(output: string): Array<Record<string, unknown>> {
+  return output
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+}
