@@ -186,6 +186,13 @@ export interface MembershipStore {
   countMembers(group: string): Promise<number>;
 
   /**
+   * Streams every live membership in the store, each once, in no particular order, paging
+   * internally: for exports and audits (it reads the whole store; never on a request path).
+   * Errors surface from the iteration, as {@link membersOf}'s do.
+   */
+  memberships(): AsyncIterable<Membership>;
+
+  /**
    * Removes every membership of `userId`, emitting one `removed` change per live membership.
    * @returns how many live memberships were removed.
    */

@@ -45,6 +45,8 @@ export abstract class MembershipStoreBase implements MembershipStore {
   protected abstract readUser(userId: string): Promise<Membership[]>;
   /** The stored memberships of a group, expired or not, in any order. */
   protected abstract readGroup(group: string): AsyncIterable<Membership>;
+  /** Every stored membership, expired or not, each once, in any order. */
+  protected abstract readAll(): AsyncIterable<Membership>;
   /** Removes every membership of a user or a group. @returns the live ones removed. */
   protected abstract removeAll(side: "user" | "group", name: string): Promise<MembershipUpdate[]>;
   /**
@@ -113,6 +115,15 @@ export abstract class MembershipStoreBase implements MembershipStore {
       const now = Date.now();
       for await (const membership of store.readGroup(group))
         if (isLive(membership, now)) yield membership;
+    })();
+  }
+
+  memberships(): AsyncIterable<Membership> {
+    const store = this;
+    return (async function* () {
+      store.assertOpen();
+      const now = Date.now();
+      for await (const membership of store.readAll()) if (isLive(membership, now)) yield membership;
     })();
   }
 

@@ -129,6 +129,7 @@ function jittery(store: InMemoryMembershipStore, random: () => number): Membersh
     removeUser: wrap(store.removeUser.bind(store)),
     deleteGroup: wrap(store.deleteGroup.bind(store)),
     membersOf: (group) => store.membersOf(group),
+    memberships: () => store.memberships(),
     watch: (listener) => store.watch(listener),
     close: () => store.close(),
   };

@@ -267,6 +267,14 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
       if (row.group === group) yield toMembership(row);
   }
 
+  protected async *readAll(): AsyncIterable<Membership> {
+    // The user side is authoritative: every partition `u:…`, one query paging over them all.
+    const filter = odata`PartitionKey ge ${"u:"} and PartitionKey lt ${"u;"}`;
+    const rows = this.#client.listEntities<Row>({ queryOptions: { filter } });
+    for await (const row of this.#guarded(rows))
+      if (typeof row.userId === "string" && typeof row.group === "string") yield toMembership(row);
+  }
+
   protected override countLive(group: string, now: number): Promise<number> {
     return this.#run(async () => {
       let count = 0;

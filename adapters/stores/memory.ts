@@ -38,6 +38,10 @@ export class InMemoryMembershipStore extends MembershipStoreBase {
     return this.#live(this.#byUser.get(userId));
   }
 
+  protected async *readAll(): AsyncIterable<Membership> {
+    for (const groups of [...this.#byUser.values()]) yield* [...groups.values()];
+  }
+
   protected async *readGroup(group: string): AsyncIterable<Membership> {
     yield* this.#live(this.#byGroup.get(group));
   }

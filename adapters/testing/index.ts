@@ -194,6 +194,25 @@ export function testMembershipStore(
       expect(await store.isMember("alice", "brief")).toBe(true);
     });
 
+    it("memberships() streams every live membership once, hostile names exactly, expired ones not", async () => {
+      const store = await open();
+      const names = HOSTILE_NAMES.slice(0, 20);
+      await store.addMany(
+        names.map((userId, i) => ({ userId, group: names[(i + 1) % 20] as string })),
+      );
+      await store.addToGroup("alice", "lasting");
+      await store.addToGroup("alice", "brief", { expiresAt: new Date(Date.now() + 300) });
+      await sleep(400);
+      const all = await collect(store.memberships());
+      const pairs = all.map((m) => JSON.stringify([m.userId, m.group])).sort();
+      const expected = [
+        ...names.map((userId, i) => JSON.stringify([userId, names[(i + 1) % 20]])),
+        JSON.stringify(["alice", "lasting"]),
+      ].sort();
+      expect(pairs).toEqual(expected);
+      expect(all.every((m) => m.addedAt instanceof Date)).toBe(true);
+    });
+
     it("sorts groupsOf by ordinal code-unit order", async () => {
       const store = await open();
       const groups = [
