@@ -14,6 +14,7 @@ import connectStorm from "./connect-storm.js";
 import fanOut from "./fan-out.js";
 import flood from "./flood.js";
 import idleMemory from "./idle-memory.js";
+import importBenchmark from "./import.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
 import rehydrate from "./rehydrate.js";
 import revoke from "./revoke.js";
@@ -26,6 +27,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   broadcast,
   revoke,
   "bulk-grant": bulkGrant,
+  import: importBenchmark,
   "idle-memory": idleMemory,
   "scale-out": scaleOut,
   flood,

@@ -4,6 +4,7 @@
  * else the sample's Azurite on AZURITE_PORT). Exit 0 on success, 1 on failure, 2 on usage errors.
  */
 import { parseArgs } from "node:util";
+import { Presets, SingleBar } from "cli-progress";
 import ms from "ms";
 import {
   AzureTableMembershipStore,
@@ -12,14 +13,19 @@ import {
   MembershipError,
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
+import { exportTo, importFile } from "./bulk.js";
 import { ConfigError, connectionStringOf, isRefusedByStore, loadConfig } from "./config.js";
 import { changeFeedOf } from "./redis.js";
 
 class UsageError extends Error {}
 
+type Flag = "expires" | "ttl" | "dry-run" | "skip-invalid";
+
 interface Command {
   args: string[];
-  options?: Array<"expires" | "ttl" | "dry-run">;
+  /** Arguments that may be left out, after `args`. */
+  optional?: string[];
+  options?: Flag[];
   help: string;
 }
 
@@ -45,6 +51,23 @@ const COMMANDS: Record<string, Command> = {
       "Switch the table to the change feed this environment names (Redis when REDIS_URL is set,\n" +
       "else the table's log). Stop every server first; start them again on the same feed.",
   },
+  import: {
+    args: ["file"],
+    options: ["skip-invalid"],
+    help:
+      "Grant every row of <file>: CSV with a header row userId,group,expiresAt (RFC 4180 quoting;\n" +
+      'expiresAt an ISO date or empty) or NDJSON ({"userId","group","expiresAt"} a line, by the\n' +
+      "extension .ndjson/.jsonl or a first character {). Streamed, in batches of 1,000. A bad row\n" +
+      "stops it before anything is written, naming its line; --skip-invalid reports each bad row\n" +
+      "and imports the rest. Interrupted, run it again: it goes on after the last stored line.",
+  },
+  export: {
+    args: [],
+    optional: ["file"],
+    help:
+      "Write every live membership as CSV (with --json: NDJSON) to <file>, or to standard output\n" +
+      "(use npm run --silent, so npm's banner stays out of it).",
+  },
   repair: {
     args: [],
     options: ["dry-run"],
@@ -57,12 +80,15 @@ const COMMANDS: Record<string, Command> = {
 const usage = (name?: string) => {
   const lines = Object.entries(COMMANDS)
     .filter(([command]) => name === undefined || command === name)
-    .map(([command, { args, options = [] }]) =>
+    .map(([command, { args, optional = [], options = [] }]) =>
       [
         command,
         ...args.map((a) => `<${a}>`),
+        ...optional.map((a) => `[<${a}>]`),
         ...options.map((o) =>
-          o === "dry-run" ? "[--dry-run]" : `[--${o} <${o === "ttl" ? "duration" : "when"}>]`,
+          o === "dry-run" || o === "skip-invalid"
+            ? `[--${o}]`
+            : `[--${o} <${o === "ttl" ? "duration" : "when"}>]`,
         ),
       ].join(" "),
     );
@@ -107,6 +133,7 @@ async function main(argv: string[]): Promise<void> {
       expires: { type: "string" },
       ttl: { type: "string" },
       "dry-run": { type: "boolean" },
+      "skip-invalid": { type: "boolean" },
     },
   });
   const [name, ...rest] = positionals;
@@ -117,10 +144,12 @@ async function main(argv: string[]): Promise<void> {
   const command = COMMANDS[name];
   if (command === undefined) throw new UsageError(`unknown command ${JSON.stringify(name)}`);
   if (values.help) return void console.log(usage(name));
-  if (rest.length !== command.args.length) {
-    throw new UsageError(`${name} takes ${command.args.map((a) => `<${a}>`).join(" ")}`);
+  const optional = command.optional ?? [];
+  if (rest.length < command.args.length || rest.length > command.args.length + optional.length) {
+    const takes = [...command.args.map((a) => `<${a}>`), ...optional.map((a) => `[<${a}>]`)];
+    throw new UsageError(`${name} takes ${takes.join(" ") || "no arguments"}`);
   }
-  for (const option of ["expires", "ttl", "dry-run"] as const) {
+  for (const option of ["expires", "ttl", "dry-run", "skip-invalid"] as const) {
     if (values[option] !== undefined && !command.options?.includes(option)) {
       throw new UsageError(`${name} does not take --${option}`);
     }
@@ -216,6 +245,34 @@ async function main(argv: string[]): Promise<void> {
           `changes now travel on ${feed}`,
         );
       }
+      case "import": {
+        const progress = progressReporter();
+        const report = await importFile({
+          store,
+          file: first,
+          table: config.tableName,
+          skipInvalid: values["skip-invalid"] === true,
+          onInvalid: (line, error) => progress.note(`line ${line}: ${error}`),
+          onProgress: progress.update,
+          onResume: ({ line, written }) =>
+            progress.note(`resuming after line ${line}: ${written} row(s) stored before`),
+        }).finally(progress.stop);
+        return print(
+          { ok: true, ...report },
+          `imported ${report.written} row(s)` +
+            (report.invalid > 0 ? `; ${report.invalid} invalid row(s) skipped` : ""),
+        );
+      }
+      case "export": {
+        const format = values.json ? "ndjson" : "csv";
+        const count = await exportTo(
+          store,
+          format,
+          first ? { file: first } : { out: process.stdout },
+        );
+        if (first) console.error(`exported ${count} membership(s) to ${first}`);
+        return;
+      }
       case "delete-group": {
         const removed = await store.deleteGroup(first);
         return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
@@ -224,6 +281,43 @@ async function main(argv: string[]): Promise<void> {
   } finally {
     await store.close();
   }
+}
+
+/**
+ * Progress of an import on standard error: a bar on a terminal (cli-progress), plain lines at
+ * most once a second otherwise (a log, CI). `note` prints a line above the bar.
+ */
+function progressReporter() {
+  const tty = process.stderr.isTTY === true;
+  const bar = tty
+    ? new SingleBar(
+        { format: "import [{bar}] {percentage}% | {written} rows", stream: process.stderr },
+        Presets.shades_classic,
+      )
+    : undefined;
+  let started = false;
+  let last = 0;
+  return {
+    update({ bytes, total, written }: { bytes: number; total: number; written: number }) {
+      if (bar) {
+        if (!started) bar.start(total, 0, { written: 0 });
+        started = true;
+        bar.update(bytes, { written });
+      } else if (Date.now() - last >= 1_000 || bytes >= total) {
+        last = Date.now();
+        const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100);
+        console.error(`import: ${written} rows written, ${percent}% of the file read`);
+      }
+    },
+    note(line: string) {
+      if (bar && started) bar.stop();
+      started = false;
+      console.error(line);
+    },
+    stop() {
+      bar?.stop();
+    },
+  };
 }
 
 /** The command named on the command line, if it is one, for a usage message about it alone. */
