@@ -113,6 +113,12 @@ describe("diagnostics channels", { timeout: 30_000 }, () => {
       .poll(() => changes.filter((c) => c.type === "added"))
       .toEqual([expect.objectContaining({ group: "Chess", reason: "granted", connections: 2 })]);
     expect(changes.find((c) => c.type === "added")).not.toHaveProperty("lagMs");
+    await sync.grant("alice", "Brief", { expiresAt: new Date(Date.now() + 300) });
+    await expect
+      .poll(() => changes.filter((c) => c.reason === "expired"))
+      .toEqual([
+        { type: "removed", userId: "alice", group: "Brief", reason: "expired", connections: 2 },
+      ]);
   });
 
   it("hub-membership:feed reports an outage once and its end; slow-consumer reports a dropped connection", () => {

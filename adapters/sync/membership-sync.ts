@@ -54,6 +54,7 @@ interface Connection {
 }
 
 interface User {
+  readonly userId: string;
   readonly connections: Set<string>;
   /** The running read loop, if any. */
   loop: Promise<void> | undefined;
@@ -425,10 +426,18 @@ export class MembershipSync {
       () => {
         user.timers?.delete(group);
         if (Date.now() < expiresAt) return this.#schedule(user, group, expiresAt);
+        let moved = 0;
         for (const connectionId of user.connections) {
           const held = this.#connections.get(connectionId)?.groups.get(group);
-          if (held !== undefined && held <= expiresAt) this.#remove(connectionId, group, "expired");
+          if (
+            held !== undefined &&
+            held <= expiresAt &&
+            this.#remove(connectionId, group, "expired")
+          )
+            moved++;
         }
+        if (moved > 0)
+          this.#applied({ type: "removed", userId: user.userId, group }, "expired", user);
       },
       Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
     );
@@ -461,6 +470,7 @@ export class MembershipSync {
     let user = this.#users.get(userId);
     if (user === undefined) {
       user = {
+        userId,
         connections: new Set(),
         loop: undefined,
         dirty: false,
