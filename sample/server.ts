@@ -20,6 +20,11 @@ const SIGNALR_CLIENT = new URL(
   "../node_modules/@microsoft/signalr/dist/browser/signalr.min.js",
   import.meta.url,
 );
+/** Files served as they are: path, content type, cache policy. */
+const FILES: Record<string, readonly [URL, string, string]> = {
+  "/": [PAGE, "text/html; charset=utf-8", "no-store"],
+  "/vendor/signalr.js": [SIGNALR_CLIENT, "text/javascript; charset=utf-8", "max-age=3600"],
+};
 
 /** A connection of either endpoint, as the chat sees it. */
 type Connection = { id: string; userId: string };
@@ -333,23 +338,13 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         expiresAt: new Date(principal.expiresAt).toISOString(),
       });
     }
-    if (url.pathname === "/") {
-      const page = await readFile(PAGE).catch(() => undefined);
-      if (page === undefined) return json(404, { error: "not_found" });
-      res.writeHead(200, {
-        "content-type": "text/html; charset=utf-8",
-        "cache-control": "no-store",
-      });
-      return res.end(page);
-    }
-    if (url.pathname === "/vendor/signalr.js") {
-      const client = await readFile(SIGNALR_CLIENT).catch(() => undefined);
-      if (client === undefined) return json(404, { error: "not_found" });
-      res.writeHead(200, {
-        "content-type": "text/javascript; charset=utf-8",
-        "cache-control": "public, max-age=3600",
-      });
-      return res.end(client);
+    const file = FILES[url.pathname];
+    if (file !== undefined) {
+      const [path, type, cache] = file;
+      const body = await readFile(path).catch(() => undefined);
+      if (body === undefined) return json(404, { error: "not_found" });
+      res.writeHead(200, { "content-type": type, "cache-control": cache });
+      return res.end(body);
     }
     return json(404, { error: "not_found" });
   }

@@ -12,6 +12,7 @@ const DOCS = [
   "docs/bindings.md",
   "docs/reliability.md",
   "docs/performance.md",
+  "docs/operations.md",
 ];
 
 /** An example as the README shows it: imported from the package, not from the repository. */

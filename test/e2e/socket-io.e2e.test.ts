@@ -3,6 +3,7 @@ import {
   admin,
   grant,
   isRemoved,
+  logLines,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
@@ -50,6 +51,14 @@ describe("Socket.IO sample, one server", { timeout: 60_000 }, () => {
     expect((await admin(env, "revoke", "alice", "Sports")).code).toBe(0);
     for (const c of [alice1, alice2])
       expect(await c.next(isRemoved("Sports"))).toMatchObject({ reason: "revoked" });
+    // The same metrics and logs as the ws sample: one revoke applied, its lag, the sockets.
+    const metrics = await (await fetch(`${sample.url}/metrics`)).text();
+    expect(metrics).toContain('hub_membership_revokes_applied_total{reason="revoked"} 1');
+    expect(metrics).toContain('hub_membership_propagation_lag_seconds_count{type="removed"} 1');
+    expect(metrics).toContain('hub_membership_connections{endpoint="socket.io"} 3');
+    expect(logLines(sample.output())).toContainEqual(
+      expect.objectContaining({ event: "connection.opened", endpoint: "socket.io", userId: "bob" }),
+    );
     expect(await bob.request("send", { group: "Sports", text: "after revoke" })).toEqual({
       ok: true,
     });
