@@ -110,7 +110,8 @@ const importBenchmark: Benchmark = async (ctx) => {
         baseline: { label: "admin import", value: Math.round(imported.perSecond) },
         ratio: round(lower.perSecond / imported.perSecond, 2),
         target: "import within 1.25× of it",
-        met: imported.perSecond * 1.25 >= lower.perSecond,
+        // A quick run's few rows are mostly the admin script's start-up: judged on full runs.
+        ...(!ctx.quick && { met: imported.perSecond * 1.25 >= lower.perSecond }),
       },
     ];
     if (!ctx.quick) {
