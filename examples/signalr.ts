@@ -1,6 +1,6 @@
 import { createServer } from "node:http";
 import { WebSocketServer } from "ws";
-import { bindSignalR, HubError } from "../adapters/hubs/signalr.js";
+import { accessTokenOf, bindSignalR, HubError } from "../adapters/hubs/signalr.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 
 declare function userOf(token: string | undefined): string | undefined; // your auth
@@ -8,7 +8,7 @@ declare function userOf(token: string | undefined): string | undefined; // your 
 const hub = bindSignalR(new WebSocketServer({ noServer: true }), {
   store: new InMemoryMembershipStore(), // or AzureTableMembershipStore
   path: "/chat",
-  userIdOf: (request) => userOf(request.headers.authorization), // undefined: 401, no socket
+  userIdOf: (request) => userOf(accessTokenOf(request)), // undefined: 401, no socket
   onConnection: ({ id }, groups) => hub.send(id, "welcome", { groups }),
   onLeave: ({ id }, group, reason) => hub.send(id, "removed", { group, reason }),
   methods: {

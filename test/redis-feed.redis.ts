@@ -1,7 +1,13 @@
 import { randomBytes } from "node:crypto";
+import { subscribe, unsubscribe } from "node:diagnostics_channel";
 import { createClient } from "redis";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { MembershipError, type MembershipStore, MembershipSync } from "../adapters/index.js";
+import {
+  type ChangeAppliedEvent,
+  MembershipError,
+  type MembershipStore,
+  MembershipSync,
+} from "../adapters/index.js";
 import { RedisBroadcast, RedisChangeFeed } from "../adapters/redis/index.js";
 import { testMembershipStore } from "../adapters/testing/index.js";
 import { azureStore, tableNameOf } from "./support/azure.js";
@@ -146,6 +152,25 @@ describe("RedisChangeFeed", { timeout: 60_000 }, () => {
     // The EVAL, the reader's XREAD that returned it and the one it blocks on next, the INFO.
     expect(after - before).toBeLessThanOrEqual(5);
     expect(latency).toBeLessThan(1_000);
+  });
+
+  it("carries when each change was written: MembershipSync reports its propagation lag", async () => {
+    const lags: Array<number | undefined> = [];
+    const listener = (message: unknown) => lags.push((message as ChangeAppliedEvent).lagMs);
+    subscribe("hub-membership:change", listener);
+    try {
+      const writer = track(redisStore());
+      const reader = track(redisStore({ like: writer }));
+      const sync = track(new MembershipSync({ store: reader, hub: new RecordingHub() }));
+      await sync.connect("c1", "alice");
+      const started = Date.now();
+      await writer.addToGroup("alice", "room");
+      await expect.poll(() => lags.length).toBe(1);
+      expect(lags[0]).toBeGreaterThanOrEqual(0);
+      expect(lags[0]).toBeLessThanOrEqual(Date.now() - started);
+    } finally {
+      unsubscribe("hub-membership:change", listener);
+    }
   });
 
   it("a process cut off from Redis while a revoke is made and history is trimmed resyncs, and its connections end in their stored groups", async () => {

@@ -9,19 +9,20 @@ import {
 } from "@microsoft/signalr";
 import { afterEach, describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import { bindSignalR, HubError, type SignalRBindingOptions } from "../adapters/hubs/signalr.js";
+import {
+  accessTokenOf,
+  bindSignalR,
+  HubError,
+  type SignalRBindingOptions,
+} from "../adapters/hubs/signalr.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
 
 type Message = { group: string; text: string };
 const RS = "\u001e";
 
-/** The user a request acts for: its bearer token or `access_token` is the user id itself. */
-function tokenOf(request: IncomingMessage): string | undefined {
-  const header = request.headers.authorization;
-  if (header?.startsWith("Bearer ")) return header.slice(7);
-  return new URL(request.url ?? "/", "http://x").searchParams.get("access_token") ?? undefined;
-}
+/** The user a request acts for: here its access token is the user id itself. */
+const tokenOf = (request: IncomingMessage) => accessTokenOf(request);
 
 /** A SignalR hub at /hub on a fresh HTTP server; `options` override the defaults. */
 async function serve(options: Partial<SignalRBindingOptions<WebSocket>> = {}) {

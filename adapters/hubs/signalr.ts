@@ -472,6 +472,18 @@ export function bindSignalR<S extends BoundSocket>(
   return new SignalRHub(wss, options);
 }
 
+/**
+ * The access token a SignalR client sent (its `accessTokenFactory`'s): the `Authorization:
+ * Bearer` header (negotiate, Node and .NET clients) or the `access_token` query parameter (a
+ * browser's WebSocket, which cannot set headers). Check it yourself in `userIdOf`.
+ */
+export function accessTokenOf(request: IncomingMessage): string | undefined {
+  const header = request.headers.authorization;
+  if (header !== undefined) return /^Bearer (\S+)$/i.exec(header)?.[1];
+  const query = new URL(request.url ?? "/", "http://localhost").searchParams.get("access_token");
+  return query ?? undefined;
+}
+
 /** An invocation of a client method, as a frame of the JSON hub protocol. */
 export function invocation(target: string, args: readonly unknown[]): Buffer {
   return record({ type: INVOCATION, target, arguments: args });
