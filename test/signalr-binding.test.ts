@@ -179,6 +179,31 @@ describe("bindSignalR: the protocol, with the official client", () => {
     expect(await connection.invoke("Echo", "still here")).toBe("still here!");
   });
 
+  it("start() resolves only once the connection is in its stored groups", async () => {
+    const store = new InMemoryMembershipStore();
+    await store.addToGroup("Zoe", "room");
+    // A slow read of the user's groups: start() must wait for it.
+    const read = store.groupsOf.bind(store);
+    store.groupsOf = async (userId) => {
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      return read(userId);
+    };
+    const isIn: { check?: (id: string) => boolean } = {};
+    const server = await start({
+      store,
+      methods: { InRoom: ({ id }) => isIn.check?.(id) ?? false },
+    });
+    isIn.check = (id) => server.hub.isInGroup(id, "room");
+    const connection = new HubConnectionBuilder()
+      .withUrl(server.url, { accessTokenFactory: () => "Zoe" })
+      .configureLogging(LogLevel.None)
+      .build();
+    clients.push(connection);
+    await connection.start();
+    expect(server.hub.isInGroup(connection.connectionId ?? "", "room")).toBe(true);
+    expect(await connection.invoke("InRoom")).toBe(true);
+  });
+
   it("connects without negotiation too, and refuses a missing token with 401 before any socket", async () => {
     const server = await start();
     const { welcome } = await connect(server.url, "bob", (b) =>
