@@ -262,7 +262,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   async function act(
     { id, userId }: Connection,
     message: ClientMessage,
-    endpoint: Pick<WsHub<WebSocket>, "isInGroup" | "grant">,
+    endpoint: Pick<WsHub<WebSocket>, "isInGroup" | "grant" | "revoke">,
   ): Promise<string | undefined> {
     try {
       const at = new Date().toISOString();
@@ -289,14 +289,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
           if (!config.openGroups.includes(message.group)) return "forbidden";
           await endpoint.grant(userId, message.group);
           return undefined;
-        case "leave": {
-          // Through both endpoints, so the user's connections on either are told they left.
-          const removed = await Promise.all([
-            hub.revoke(userId, message.group, "left"),
-            signalr.revoke(userId, message.group, "left"),
-          ]);
-          return removed.includes(true) ? undefined : "not_member";
-        }
+        case "leave":
+          // Both endpoints' connections of the user are told "left": MembershipSync keeps a
+          // revoke's reason per store, not per hub.
+          return (await endpoint.revoke(userId, message.group, "left")) ? undefined : "not_member";
       }
     } catch (e) {
       if (e instanceof MembershipError && e.code === "STORE_UNAVAILABLE") return "unavailable";

@@ -200,6 +200,24 @@ describe("MembershipSync", () => {
     expect(hub.calls.at(-1)).toBe("leave a1 lobby left");
   });
 
+  it("tells every hub bound to the same store the reason of one revoke (two endpoints, one process)", async () => {
+    const store = new InMemoryMembershipStore();
+    const ws = setup(store);
+    const signalr = setup(store);
+    await ws.sync.connect("w1", "alice");
+    await signalr.sync.connect("s1", "alice");
+    await store.addToGroup("alice", "lobby");
+    await expect.poll(() => signalr.hub.of("s1")).toEqual(["lobby"]);
+    expect(await ws.sync.revoke("alice", "lobby", "left")).toBe(true);
+    expect(ws.hub.calls.at(-1)).toBe("leave w1 lobby left");
+    expect(signalr.hub.calls.at(-1)).toBe("leave s1 lobby left");
+    // The next revoke, made on the store alone, is an admin's again.
+    await store.addToGroup("alice", "lobby");
+    await expect.poll(() => signalr.hub.of("s1")).toEqual(["lobby"]);
+    await store.removeFromGroup("alice", "lobby");
+    expect(signalr.hub.calls.at(-1)).toBe("leave s1 lobby revoked");
+  });
+
   it("applies changes made directly on the store (another process's, via watch), once", async () => {
     const { store, hub, sync } = setup(new InMemoryMembershipStore());
     await sync.connect("a1", "alice");

@@ -75,6 +75,8 @@ interface User {
 }
 
 const MAX_TIMER = 2 ** 31 - 1;
+/** See `MembershipSync.#reasons`. */
+const REASONS = new WeakMap<MembershipStore, Map<string, LeaveReason>>();
 
 /**
  * Joins a {@link MembershipStore} to any hub server.
@@ -102,8 +104,12 @@ export class MembershipSync {
   readonly #pendingRevokeMs: number;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
-  /** Reasons of this instance's own revokes in flight, so their hint carries it. */
-  readonly #reasons = new Map<string, LeaveReason>();
+  /**
+   * Reasons of this process's revokes in flight on this store, so their hint carries them: one
+   * map per store, so that every hub bound to it here (a `ws` and a SignalR endpoint, say) tells
+   * its connections the same reason for the one revoke.
+   */
+  readonly #reasons: Map<string, LeaveReason>;
   readonly #unwatch: () => void;
   #closed = false;
 
@@ -116,6 +122,9 @@ export class MembershipSync {
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
+    const reasons = REASONS.get(this.#store) ?? new Map<string, LeaveReason>();
+    REASONS.set(this.#store, reasons);
+    this.#reasons = reasons;
     this.#unwatch = this.#store.watch((change) => this.#hint(change));
   }
 
