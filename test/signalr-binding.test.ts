@@ -304,6 +304,24 @@ describe("bindSignalR: the protocol by hand", () => {
     ]);
   });
 
+  it("closes a connection whose message passes maxMessageBytes, whole or in pieces", async () => {
+    const server = await start({ maxMessageBytes: 100, methods: { Ok: () => "ok" } });
+    const tooLarge = JSON.stringify({ type: 1, target: "Ok", arguments: ["x".repeat(100)] });
+    const whole = await raw(server.url, "kim");
+    const pieces = await raw(server.url, "kim");
+    await expect.poll(() => whole.records.length + pieces.records.length).toBe(4);
+    whole.socket.send(`${tooLarge}${RS}`);
+    pieces.socket.send(tooLarge); // no separator yet: it waits, and grows past the limit
+    for (const client of [whole, pieces]) {
+      expect(await client.closed).toBe(1000);
+      expect(client.records.at(-1)).toEqual({
+        type: 7,
+        error: "The message is larger than the server accepts.",
+        allowReconnect: false,
+      });
+    }
+  });
+
   it("reads several messages in one frame and one message over several frames", async () => {
     const seen: unknown[] = [];
     const server = await start({ methods: { Note: (_c, value) => void seen.push(value) } });

@@ -8,12 +8,12 @@ import {
   type BoundSocket,
   bindWs,
   type ServerBus,
-  toBuffer,
   type WsConnection,
   type WsHub,
   type WsPrincipal,
   WsRefusal,
 } from "./ws.js";
+import { toBuffer } from "./ws-groups.js";
 
 /** The JSON hub protocol's record separator: every message ends with it. */
 const RS = 0x1e;

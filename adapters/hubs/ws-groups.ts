@@ -312,3 +312,9 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     if (members?.delete(member) && members.size === 0) this.#groups.delete(group);
   }
 }
+
+/** One buffer of a `ws` message, whatever its binaryType. */
+export function toBuffer(data: Buffer | ArrayBuffer | Buffer[]): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+}

@@ -3,7 +3,7 @@ import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
-import { type GroupSocket, WsGroups } from "./ws-groups.js";
+import { type GroupSocket, toBuffer, WsGroups } from "./ws-groups.js";
 
 export { type GroupSocket, WsGroups, type WsGroupsOptions } from "./ws-groups.js";
 
@@ -436,12 +436,6 @@ function normalize(
     }),
     ...(connectionId !== undefined && { connectionId }),
   };
-}
-
-/** One buffer of a `ws` message, whatever its binaryType. */
-export function toBuffer(data: Buffer | ArrayBuffer | Buffer[]): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
 }
 
 function refuse(

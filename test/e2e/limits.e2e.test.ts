@@ -4,7 +4,6 @@ import {
   logLines,
   type RunningSample,
   type SampleEnv,
-  SignalRClient,
   sampleEnv,
   sleep,
   startSample,
@@ -12,10 +11,12 @@ import {
   upgradeAnswer,
   upgradeStatus,
   useClients,
+  useSignalRClients,
 } from "../support/sample.js";
 import { IoClient } from "../support/socket-io.js";
 
 const connect = useClients();
+const connectSignalR = useSignalRClients();
 
 /** Small limits, so that a test can pass them quickly. */
 const LIMITS = {
@@ -155,34 +156,30 @@ describe("a flooding client cannot starve the others (SignalR)", { timeout: 60_0
   });
 
   it("fails invocations with rate_limited past the limit, closes past the ceiling, and counts connections on both endpoints", async () => {
-    const flooder = await SignalRClient.connect(sample.url, token(env, "flooder"));
-    try {
-      const replies = await Promise.all(
-        Array.from({ length: 12 }, (_, i) => flooder.invoke("Send", "room", `f${i}`)),
-      );
-      expect(replies.filter((r) => r === null).length).toBeLessThanOrEqual(7);
-      expect(
-        replies.filter((r) => (r as { error?: string })?.error === "rate_limited").length,
-      ).toBeGreaterThanOrEqual(5);
+    const flooder = await connectSignalR(sample.url, token(env, "flooder"));
+    const replies = await Promise.all(
+      Array.from({ length: 12 }, (_, i) => flooder.invoke("Send", "room", `f${i}`)),
+    );
+    expect(replies.filter((r) => r === null).length).toBeLessThanOrEqual(7);
+    expect(
+      replies.filter((r) => (r as { error?: string })?.error === "rate_limited").length,
+    ).toBeGreaterThanOrEqual(5);
 
-      // One connection on each endpoint is the cap of 2: a third is refused on negotiate.
-      const wsToo = await connect(sample.wsUrl, token(env, "flooder"));
-      const negotiate = () =>
-        fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
-          method: "POST",
-          headers: { authorization: `Bearer ${token(env, "flooder")}` },
-        });
-      expect((await negotiate()).status).toBe(429);
+    // One connection on each endpoint is the cap of 2: a third is refused on negotiate.
+    const wsToo = await connect(sample.wsUrl, token(env, "flooder"));
+    const negotiate = () =>
+      fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token(env, "flooder")}` },
+      });
+    expect((await negotiate()).status).toBe(429);
 
-      for (let i = 0; i < 30; i++) void flooder.invoke("Send", "room", `g${i}`);
-      expect((await flooder.closed)?.message).toContain("rate limit exceeded");
-      wsToo.close();
-      await sleep(300); // both places free: what refuses now is the ban
-      const banned = await negotiate();
-      expect(banned.status).toBe(429);
-      expect(banned.headers.get("retry-after")).toBe("2");
-    } finally {
-      flooder.close();
-    }
+    for (let i = 0; i < 30; i++) void flooder.invoke("Send", "room", `g${i}`);
+    expect((await flooder.closed)?.message).toContain("rate limit exceeded");
+    wsToo.close();
+    await sleep(300); // both places free: what refuses now is the ban
+    const banned = await negotiate();
+    expect(banned.status).toBe(429);
+    expect(banned.headers.get("retry-after")).toBe("2");
   });
 });

@@ -1,5 +1,5 @@
 import { HubConnectionBuilder, LogLevel } from "@microsoft/signalr";
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import WebSocket from "ws";
 import {
   admin,
@@ -8,26 +8,18 @@ import {
   isRemoved,
   type RunningSample,
   type SampleEnv,
-  SignalRClient,
   sampleEnv,
   sleep,
   startSample,
   token,
   upgradeStatus,
   useClients,
+  useSignalRClients,
 } from "../support/sample.js";
 
 /** The sample's /signalr endpoint driven by the official client, beside `ws` clients of /hub. */
 const connectWs = useClients();
-const clients: SignalRClient[] = [];
-afterEach(() => {
-  for (const client of clients.splice(0)) client.close();
-});
-const connect = async (...args: Parameters<typeof SignalRClient.connect>) => {
-  const client = await SignalRClient.connect(...args);
-  clients.push(client);
-  return client;
-};
+const connect = useSignalRClients();
 
 describe("sample SignalR endpoint, end to end", { timeout: 60_000 }, () => {
   let env: SampleEnv;

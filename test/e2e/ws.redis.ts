@@ -1,4 +1,4 @@
-import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { type RedisServer, startRedis } from "../support/redis.js";
 import {
   admin,
@@ -6,12 +6,12 @@ import {
   isRemoved,
   type RunningSample,
   type SampleEnv,
-  SignalRClient,
   sampleEnv,
   sleep,
   startSample,
   token,
   useClients,
+  useSignalRClients,
 } from "../support/sample.js";
 
 /**
@@ -19,10 +19,7 @@ import {
  * redis-server of the test's own, with the admin script as a child process.
  */
 const connect = useClients();
-const signalr: SignalRClient[] = [];
-afterEach(() => {
-  for (const client of signalr.splice(0)) client.close();
-});
+const connectSignalR = useSignalRClients();
 
 describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000 }, () => {
   let redis: RedisServer;
@@ -46,9 +43,8 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
     const bob = await connect(ws(2), token(env, "bob"));
     const carol = await connect(ws(0), token(env, "carol"));
     // SignalR clients of the same servers: their messages travel on a channel of their own.
-    const aliceSignalR = await SignalRClient.connect(servers[1]?.url ?? "", token(env, "alice"));
-    const carolSignalR = await SignalRClient.connect(servers[2]?.url ?? "", token(env, "carol"));
-    signalr.push(aliceSignalR, carolSignalR);
+    const aliceSignalR = await connectSignalR(servers[1]?.url ?? "", token(env, "alice"));
+    const carolSignalR = await connectSignalR(servers[2]?.url ?? "", token(env, "carol"));
 
     bob.send({ type: "send", group: "Sports", text: "from C" });
     expect(await carolSignalR.invoke("Send", "Sports", "from SignalR on C")).toBeNull();

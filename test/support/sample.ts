@@ -1,6 +1,6 @@
 import jwt from "jsonwebtoken";
 import { afterEach, expect } from "vitest";
-import { Client } from "./clients.js";
+import { Client, SignalRClient } from "./clients.js";
 import { admin, type SampleEnv, token } from "./processes.js";
 
 export * from "./clients.js";
@@ -26,6 +26,19 @@ export function useClients() {
   });
   return async (...args: Parameters<typeof Client.connect>): Promise<Client> => {
     const client = await Client.connect(...args);
+    clients.push(client);
+    return client;
+  };
+}
+
+/** `useClients` for the official SignalR client: each one opened is stopped after each test. */
+export function useSignalRClients() {
+  const clients: SignalRClient[] = [];
+  afterEach(() => {
+    for (const client of clients.splice(0)) client.close();
+  });
+  return async (...args: Parameters<typeof SignalRClient.connect>): Promise<SignalRClient> => {
+    const client = await SignalRClient.connect(...args);
     clients.push(client);
     return client;
   };
