@@ -2,6 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { PipelinePolicy } from "@azure/core-rest-pipeline";
+import { requestTarget } from "../adapters/hubs/ws.js";
 import {
   AzureTableMembershipStore,
   isValidName,
@@ -90,8 +91,8 @@ export async function commonRoute(
     observability: Observability;
   },
 ): Promise<boolean> {
-  const url = new URL(req.url ?? "/", "http://localhost");
-  switch (url.pathname) {
+  const url = requestTarget(req);
+  switch (url?.pathname) {
     case "/healthz":
       try {
         await context.store.isMember("healthz", "healthz");
@@ -101,7 +102,7 @@ export async function commonRoute(
       }
       return true;
     case "/stats": {
-      if (url.searchParams.get("gc") === "1") globalThis.gc?.();
+      if (url?.searchParams.get("gc") === "1") globalThis.gc?.();
       const { heapUsed, rss } = process.memoryUsage();
       const { user, system } = process.cpuUsage();
       // How long the event loop was held up, since the previous /stats (which starts anew).
@@ -122,7 +123,7 @@ export async function commonRoute(
     case "/token": {
       if (!context.config.devSignIn) sendJson(res, 403, { error: "dev_sign_in_disabled" });
       else {
-        const user = url.searchParams.get("user");
+        const user = url?.searchParams.get("user");
         if (!isValidName(user)) sendJson(res, 400, { error: "bad_request" });
         else sendJson(res, 200, { token: mintToken(context.config.jwt, user, 3600) });
       }
@@ -140,17 +141,26 @@ export async function commonRoute(
   }
 }
 
-/** An HTTP server for an async handler: a handler that fails is logged and answered 500. */
+/**
+ * An HTTP server for an async handler: a handler that fails is logged and answered 500 (or its
+ * connection closed, if it had begun answering); nothing a request does ends the process. A
+ * client gets 10 s to send its headers and 30 s for its whole request (Node's defaults are
+ * 60 s and 5 min: slow clients hold sockets).
+ */
 export function httpServer(
   handler: (req: IncomingMessage, res: ServerResponse) => Promise<unknown>,
+  log: Log,
 ): Server {
-  return createServer((req, res) => {
-    handler(req, res).catch((e: unknown) => {
-      console.error(`request failed: ${String(e)}`);
-      if (!res.headersSent) res.writeHead(500);
-      res.end();
+  const server = createServer((req, res) => {
+    handler(req, res).catch((error: unknown) => {
+      log.error({ event: "http.error", path: req.url, err: error }, "handling a request failed");
+      if (res.headersSent) res.destroy();
+      else sendJson(res, 500, { error: "internal" });
     });
   });
+  server.headersTimeout = 10_000;
+  server.requestTimeout = 30_000;
+  return server;
 }
 
 /** Listens on the configured host and port; resolves to the server's URL. */

@@ -226,6 +226,20 @@ export class Observability {
       );
   }
 
+  /** A client broke its protocol (a frame too large, a malformed message): its connection ends. */
+  clientError(endpoint: string, connection: { id: string; userId: string }, error: Error): void {
+    this.log.warn(
+      {
+        event: "client.protocol_error",
+        endpoint,
+        connectionId: connection.id,
+        userId: connection.userId,
+        error: error.message,
+      },
+      "connection closed: the client broke the protocol",
+    );
+  }
+
   /** Answers `GET /metrics`. */
   async metrics(res: ServerResponse): Promise<void> {
     const body = await this.registry.metrics();

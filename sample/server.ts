@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
-import { bindWs, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
+import { bindWs, requestTarget, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport } from "./auth.js";
@@ -14,6 +14,8 @@ import { Observability } from "./observability.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
+/** The latest moment a Date can hold (a token may claim any `exp`). */
+const MAX_DATE = 8.64e15;
 const PAGE = new URL("./public/index.html", import.meta.url);
 /** The official SignalR browser client, served by the sample for the page's SignalR mode. */
 const SIGNALR_CLIENT = new URL(
@@ -148,6 +150,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   };
   const onError = (endpoint: string) => (error: unknown) =>
     log.error({ event: "hub.error", endpoint, err: error }, "hub failure");
+  const onClientError = (endpoint: string) => (connection: Connection, error: Error) =>
+    obs.clientError(endpoint, connection, error);
   // With Redis, messages reach the other servers' connections too (each protocol on its own
   // channel); each server enforces membership for its own connections.
   const bus = (channel: string) =>
@@ -156,6 +160,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const hub: WsHub<WebSocket> = bindWs(wss, {
     store,
     userIdOf: userIdOf("ws"),
+    maxMessageBytes: MAX_FRAME_BYTES,
     maxBufferedBytes: config.maxBufferedBytes,
     ...bus("hub-membership:messages"),
     onConnection: (connection, groups) => {
@@ -171,6 +176,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     onSlowConsumer,
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
     onError: onError("ws"),
+    onClientError: onClientError("ws"),
   });
 
   const signalr: SignalRHub<WebSocket> = bindSignalR(signalrWss, {
@@ -210,6 +216,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         invoke(connection, rest.length === 0 && { type: "leave", group }),
     },
     onError: onError("signalr"),
+    onClientError: onClientError("signalr"),
   });
   await Promise.all([hub.ready(), signalr.ready()]);
 
@@ -301,17 +308,22 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   }
 
   function onUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
-    const { pathname } = new URL(req.url ?? "/", "http://localhost");
-    if (pathname === "/hub") return void hub.handleUpgrade(req, socket, head);
-    if (pathname === "/signalr") return void signalr.handleUpgrade(req, socket, head);
+    const path = requestTarget(req)?.pathname;
+    if (path === "/hub") return void hub.handleUpgrade(req, socket, head);
+    if (path === "/signalr") return void signalr.handleUpgrade(req, socket, head);
     socket.on("error", () => socket.destroy());
-    socket.end("HTTP/1.1 404 Not Found\r\nConnection: close\r\nContent-Length: 9\r\n\r\nNot Found");
+    const status = path === undefined ? "400 Bad Request" : "404 Not Found";
+    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
   }
 
-  async function onRequest(req: IncomingMessage, res: ServerResponse) {
-    const url = new URL(req.url ?? "/", "http://localhost");
+  /** SignalR's negotiate and transports, then the sample's own routes. */
+  const onRequest = (req: IncomingMessage, res: ServerResponse) =>
+    signalr.handleRequest(req, res, () => route(req, res));
+
+  async function route(req: IncomingMessage, res: ServerResponse) {
+    const url = requestTarget(req);
     const json = (status: number, body: object) => sendJson(res, status, body);
-    if (await signalr.handleRequest(req, res)) return;
+    if (url === undefined) return json(400, { error: "bad_request" });
     if (req.method !== "GET" && req.method !== "HEAD")
       return json(405, { error: "method_not_allowed" });
     const stats = () => ({
@@ -331,7 +343,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         return json(401, { error: "unauthorized" });
       return json(200, {
         userId: principal.userId,
-        expiresAt: new Date(principal.expiresAt).toISOString(),
+        expiresAt: new Date(Math.min(principal.expiresAt, MAX_DATE)).toISOString(),
       });
     }
     const file = FILES[url.pathname];
@@ -345,8 +357,16 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     return json(404, { error: "not_found" });
   }
 
-  const server = httpServer(onRequest);
-  server.on("upgrade", onUpgrade);
+  const server = httpServer(onRequest, log);
+  server.on("upgrade", (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+    // Whatever a bug in a route does, it answers this one request, never ends the process.
+    try {
+      onUpgrade(req, socket, head);
+    } catch (error) {
+      log.error({ event: "hub.error", err: error }, "handling an upgrade failed");
+      socket.destroy();
+    }
+  });
   const url = await listen(server, config);
 
   return {

@@ -67,7 +67,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     });
     if (!(await commonRoute(req, res, { config, store, stats, observability: obs })))
       sendJson(res, 404, { error: "not_found" });
-  });
+  }, log);
   const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
     transports: ["websocket"],
     maxHttpBufferSize: 64 * 1024,

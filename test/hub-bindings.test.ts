@@ -9,6 +9,7 @@ import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { bindWs } from "../adapters/hubs/ws.js";
 import { InMemoryMembershipStore, MembershipSync } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
+import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "./support/raw-http.js";
 import { RecordingHub } from "./support/recording-hub.js";
 
 type Message = { group: string; text: string };
@@ -222,6 +223,55 @@ describe("bindWs fair reading", () => {
     } finally {
       await hub.close();
       wss.close();
+    }
+  });
+});
+
+describe("bindWs at the edge, wired as the README shows", () => {
+  it("answers a malformed upgrade with 400, and a frame over maxMessageBytes closes only its connection", async () => {
+    const http = createServer();
+    const wss = new WebSocketServer({ noServer: true });
+    const errors: unknown[] = [];
+    const clientErrors: string[] = [];
+    const hub = bindWs(wss, {
+      store: new InMemoryMembershipStore(),
+      maxMessageBytes: 1000,
+      userIdOf: (request) => request.headers.authorization,
+      onConnection: ({ id }) => hub.send(id, "welcome"),
+      onMessage: ({ id }, data) => void hub.send(id, `echo ${String(data)}`),
+      onClientError: ({ userId }, error) => clientErrors.push(`${userId}: ${error.message}`),
+      onError: (error) => errors.push(error),
+    });
+    http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
+    const address = await listening(http);
+    try {
+      expect(wss.options.maxPayload).toBe(1000);
+      for (const line of ["GET //[/hub HTTP/1.1", "GET //[ HTTP/1.1", "GET http://[/ HTTP/1.1"]) {
+        const answer = await rawRequest(
+          Number(address.split(":")[1]),
+          httpRequest(line, { ...WEBSOCKET_HEADERS, authorization: "ann" }),
+        );
+        expect(answer.status, line).toBe("HTTP/1.1 400 Bad Request");
+      }
+      const open = async () => {
+        const client = new WebSocket(`ws://${address}/`, { headers: { authorization: "ann" } });
+        await once(client, "message"); // the welcome
+        return client;
+      };
+      const [big, small] = await Promise.all([open(), open()]);
+      big.send("x".repeat(1001));
+      expect(((await once(big, "close")) as [number])[0]).toBe(1009);
+      small.send("x".repeat(1000));
+      expect(String(((await once(small, "message")) as [Buffer])[0])).toBe(
+        `echo ${"x".repeat(1000)}`,
+      );
+      small.close();
+      expect(clientErrors).toEqual(["ann: Max payload size exceeded"]);
+      expect(errors).toEqual([]);
+    } finally {
+      await hub.close();
+      http.closeAllConnections();
+      http.close();
     }
   });
 });

@@ -7,7 +7,7 @@ import {
   HubConnectionBuilder,
   LogLevel,
 } from "@microsoft/signalr";
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import {
   accessTokenOf,
@@ -17,6 +17,7 @@ import {
 } from "../adapters/hubs/signalr.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
+import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "./support/raw-http.js";
 
 type Message = { group: string; text: string };
 const RS = "\u001e";
@@ -39,11 +40,7 @@ async function serve(options: Partial<SignalRBindingOptions<WebSocket>> = {}) {
     onError: (error) => errors.push(error),
     ...options,
   });
-  http.on("request", (request, response) => {
-    void hub.handleRequest(request, response).then((handled) => {
-      if (!handled) response.writeHead(404).end();
-    });
-  });
+  http.on("request", (request, response) => void hub.handleRequest(request, response));
   http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
   http.listen(0, "127.0.0.1");
   await once(http, "listening");
@@ -83,7 +80,7 @@ async function official(
 async function raw(
   url: string,
   userId: string,
-  handshake = `{"protocol":"json","version":1}${RS}`,
+  handshake: string | string[] = `{"protocol":"json","version":1}${RS}`,
 ) {
   const socket = new WebSocket(`${url.replace("http", "ws")}?access_token=${userId}`);
   const records: Array<Record<string, unknown>> = [];
@@ -92,7 +89,7 @@ async function raw(
   });
   const closed = new Promise<number>((resolve) => socket.on("close", (code) => resolve(code)));
   await once(socket, "open");
-  socket.send(handshake);
+  for (const frame of [handshake].flat()) socket.send(frame);
   return { socket, records, closed };
 }
 
@@ -175,8 +172,35 @@ describe("bindSignalR: the protocol, with the official client", () => {
       "An unexpected error occurred invoking 'Crash' on the server.",
     );
     expect(server.errors).toEqual([new Error("a secret detail")]);
-    await expect(connection.invoke("Missing", 1)).rejects.toThrow("Unknown hub method 'Missing'.");
+    await expect(connection.invoke("Missing", 1)).rejects.toThrow(
+      "Failed to invoke 'Missing' due to an error on the server. HubException: Method does not exist.",
+    );
+    // ASP.NET Core binds exactly the declared parameters; the generic text hides the detail.
+    for (const args of [[], ["a", "b"]])
+      await expect(connection.invoke("Echo", ...args)).rejects.toThrow(
+        /^.*Failed to invoke 'Echo' due to an error on the server\.$/,
+      );
     expect(await connection.invoke("Echo", "still here")).toBe("still here!");
+  });
+
+  it("with detailedErrors, tells the client what failed, as EnableDetailedErrors does", async () => {
+    const server = await start({
+      detailedErrors: true,
+      methods: {
+        Echo: (_connection, text) => text,
+        Crash: () => {
+          throw new TypeError("a detail");
+        },
+      },
+    });
+    const { connection } = await connect(server.url, "Nina");
+    await expect(connection.invoke("Echo", "a", "b")).rejects.toThrow(
+      "Failed to invoke 'Echo' due to an error on the server. " +
+        "InvalidDataException: Invocation provides 2 argument(s) but target expects 1.",
+    );
+    await expect(connection.invoke("Crash")).rejects.toThrow(
+      "An unexpected error occurred invoking 'Crash' on the server. TypeError: a detail",
+    );
   });
 
   it("start() resolves only once the connection is in its stored groups", async () => {
@@ -295,12 +319,52 @@ describe("bindSignalR: the protocol by hand", () => {
     return server;
   };
 
-  it("refuses an unknown protocol in the handshake answer, and closes", async () => {
-    const server = await start();
-    const client = await raw(server.url, "erin", `{"protocol":"messagepack","version":1}${RS}`);
-    expect(await client.closed).toBe(1000);
-    expect(client.records).toEqual([
-      { error: "Requested protocol 'messagepack' is not available." },
+  it("answers a handshake it cannot take with ASP.NET Core's texts, and closes", async () => {
+    const clientErrors: string[] = [];
+    const server = await start({
+      handshakeTimeoutMs: 300,
+      maxMessageBytes: 100,
+      onClientError: (_connection, error) => clientErrors.push(error.message),
+    });
+    const answers: Array<[string | string[], string]> = [
+      [
+        `{"protocol":"messagepack","version":1}${RS}`,
+        "The protocol 'messagepack' is not supported.",
+      ],
+      [
+        `{"protocol":"json","version":7}${RS}`,
+        "The server does not support version 7 of the 'json' protocol.",
+      ],
+      [`[1,2]${RS}`, "An unexpected error occurred during connection handshake."],
+      [['{"protocol":"json"', "x".repeat(90)], "Handshake was canceled."], // past the limit
+      ['{"protocol":"json",', "Handshake was canceled."], // never finished: the timeout
+    ];
+    for (const [handshake, error] of answers) {
+      const client = await raw(server.url, "erin", handshake);
+      expect(await client.closed).toBe(1000);
+      expect(client.records).toEqual([{ error }]);
+    }
+    // The log says why: the timeout in its own words.
+    expect(clientErrors).toEqual([
+      ...answers.slice(0, -1).map(([, e]) => e),
+      "handshake timed out",
+    ]);
+    expect(server.errors).toEqual([]);
+  });
+
+  it("waits for a handshake sent over several frames, and reads what follows it", async () => {
+    const seen: unknown[] = [];
+    const server = await start({ methods: { Note: (_c, value) => void seen.push(value) } });
+    const client = await raw(server.url, "olga", '{"protocol":');
+    client.socket.send('"json","vers');
+    client.socket.send(
+      `ion":1}${RS}${JSON.stringify({ type: 1, target: "Note", arguments: [1] })}${RS}`,
+    );
+    client.socket.send(`${JSON.stringify({ type: 1, target: "Note", arguments: [2] })}${RS}`);
+    await expect.poll(() => seen).toEqual([1, 2]);
+    expect(client.records.slice(0, 2)).toEqual([
+      {},
+      { type: 1, target: "welcome", arguments: [expect.objectContaining({ groups: [] })] },
     ]);
   });
 
@@ -310,16 +374,19 @@ describe("bindSignalR: the protocol by hand", () => {
     const whole = await raw(server.url, "kim");
     const pieces = await raw(server.url, "kim");
     await expect.poll(() => whole.records.length + pieces.records.length).toBe(4);
+    // A frame past the limit is refused by ws before it is buffered: 1009, message too big.
     whole.socket.send(`${tooLarge}${RS}`);
-    pieces.socket.send(tooLarge); // no separator yet: it waits, and grows past the limit
-    for (const client of [whole, pieces]) {
-      expect(await client.closed).toBe(1000);
-      expect(client.records.at(-1)).toEqual({
-        type: 7,
-        error: "The message is larger than the server accepts.",
-        allowReconnect: false,
-      });
-    }
+    expect(await whole.closed).toBe(1009);
+    // Frames each under the limit, one message growing past it: the protocol's close message.
+    pieces.socket.send(tooLarge.slice(0, 60));
+    pieces.socket.send(tooLarge.slice(60));
+    expect(await pieces.closed).toBe(1000);
+    expect(pieces.records.at(-1)).toEqual({
+      type: 7,
+      error: "Connection closed with an error.",
+      allowReconnect: true,
+    });
+    expect(server.errors).toEqual([]);
   });
 
   it("reads several messages in one frame and one message over several frames", async () => {
@@ -346,8 +413,8 @@ describe("bindSignalR: the protocol by hand", () => {
     expect(await bad.closed).toBe(1000);
     expect(bad.records.at(-1)).toEqual({
       type: 7,
-      error: "The server received a message that is not valid JSON.",
-      allowReconnect: false,
+      error: "Connection closed with an error.",
+      allowReconnect: true,
     });
     good.socket.send(
       `${JSON.stringify({ type: 1, invocationId: "1", target: "Ok", arguments: [] })}${RS}`,
@@ -391,5 +458,92 @@ describe("bindSignalR: the protocol by hand", () => {
       .configureLogging(LogLevel.None)
       .build();
     await expect(connection.start()).rejects.toThrow("membership store unavailable");
+  });
+});
+
+describe("bindSignalR: the HTTP edge, wired as the README shows", () => {
+  let server: Awaited<ReturnType<typeof serve>>;
+  let port: number;
+  const rejections: unknown[] = [];
+  const onRejection = (reason: unknown) => rejections.push(reason);
+  beforeEach(async () => {
+    process.on("unhandledRejection", onRejection);
+    server = await serve({ methods: { Echo: (_c, text) => text } });
+    port = Number(new URL(server.url).port);
+  });
+  afterEach(async () => {
+    process.off("unhandledRejection", onRejection);
+    await server.close();
+  });
+  const ask = (line: string, headers: Record<string, string> = {}, body = "") =>
+    rawRequest(port, httpRequest(line, headers, body));
+
+  it("answers every request itself, malformed or for a transport it does not offer", async () => {
+    const answers: Array<[string, Record<string, string>, string, string]> = [
+      ["GET //[ HTTP/1.1", {}, "HTTP/1.1 400 Bad Request", "Bad Request"],
+      ["POST //[/hub/negotiate HTTP/1.1", {}, "HTTP/1.1 400 Bad Request", "Bad Request"],
+      ["GET /elsewhere HTTP/1.1", {}, "HTTP/1.1 404 Not Found", "Not Found"],
+      ["GET /hub/negotiate HTTP/1.1", {}, "HTTP/1.1 405 Method Not Allowed", ""],
+      ["POST /hub/negotiate HTTP/1.1", {}, "HTTP/1.1 401 Unauthorized", ""],
+      ["POST /HUB/Negotiate?negotiateVersion=x HTTP/1.1", {}, "HTTP/1.1 400 Bad Request", ""],
+      ["GET /hub HTTP/1.1", {}, "HTTP/1.1 400 Bad Request", "Connection ID required"],
+      [
+        "GET /hub?id=abc HTTP/1.1",
+        { accept: "text/event-stream" },
+        "HTTP/1.1 404 Not Found",
+        "ServerSentEvents transport not supported by this end point type",
+      ],
+      [
+        "POST /hub?id=abc HTTP/1.1",
+        {},
+        "HTTP/1.1 404 Not Found",
+        "LongPolling transport not supported by this end point type",
+      ],
+      ["PUT /hub?id=abc HTTP/1.1", {}, "HTTP/1.1 405 Method Not Allowed", ""],
+      [
+        "POST /hub/negotiate HTTP/1.1",
+        { "content-length": "1000000" },
+        "HTTP/1.1 413 Payload Too Large",
+        "Payload Too Large",
+      ],
+    ];
+    for (const [line, headers, status, body] of answers) {
+      const answer = await ask(line, headers);
+      expect({ line, status: answer.status, closed: answer.closed }).toEqual({
+        line,
+        status,
+        closed: true,
+      });
+      if (body !== "") expect(answer.body).toContain(body);
+      else if (!status.includes(" 400 ")) expect(answer.body).toBe("");
+    }
+    expect(rejections).toEqual([]);
+    expect(server.errors).toEqual([]);
+  });
+
+  it("refuses a malformed upgrade with 400, and keeps serving", async () => {
+    for (const line of ["GET //[/hub HTTP/1.1", "GET //[ HTTP/1.1", "GET http://[/hub HTTP/1.1"]) {
+      const answer = await ask(line, { ...WEBSOCKET_HEADERS, authorization: "Bearer ann" });
+      expect(answer.status, line).toBe("HTTP/1.1 400 Bad Request");
+    }
+    const unknownId = await ask("GET /hub?id=made-up&access_token=ann HTTP/1.1", WEBSOCKET_HEADERS);
+    expect(unknownId.status).toBe("HTTP/1.1 404 No Connection with that ID");
+    expect(rejections).toEqual([]);
+    expect(server.errors).toEqual([]);
+    const { connection } = await official(server.url, "ann");
+    expect(await connection.invoke("Echo", "still serving")).toBe("still serving");
+    await connection.stop();
+  });
+
+  it("sets the WebSocketServer's maxPayload from maxMessageBytes: nothing larger is buffered", () => {
+    const wss = new WebSocketServer({ noServer: true });
+    expect(wss.options.maxPayload).toBe(100 * 1024 * 1024); // ws's default
+    bindSignalR(wss, {
+      store: new InMemoryMembershipStore(),
+      path: "/x",
+      userIdOf: tokenOf,
+      methods: {},
+    });
+    expect(wss.options.maxPayload).toBe(32 * 1024 + 1);
   });
 });

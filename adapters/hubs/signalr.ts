@@ -3,10 +3,12 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
+import { requestTarget, respond } from "./http.js";
 import {
   type BoundServer,
   type BoundSocket,
   bindWs,
+  HANDSHAKE_TIMED_OUT,
   type ServerBus,
   type WsConnection,
   type WsHub,
@@ -22,9 +24,11 @@ const COMPLETION = 3;
 const STREAM_INVOCATION = 4;
 const PING = 6;
 const CLOSE = 7;
-/** Messages a client may send that this server has nothing to do with (see the README's table). */
-const IGNORED = new Set([2, COMPLETION, 5, PING, 8, 9]);
 const NEGOTIATED_TTL_MS = 30_000;
+/** Negotiate carries no body; anything past this is refused unread (413). */
+const MAX_NEGOTIATE_BODY_BYTES = 4096;
+/** ASP.NET Core's answer to a handshake that timed out or outgrew the message limit. */
+const HANDSHAKE_CANCELED = "Handshake was canceled.";
 
 const record = (message: object) => Buffer.from(`${JSON.stringify(message)}\u001e`);
 const HANDSHAKE_OK = record({});
@@ -35,6 +39,9 @@ const PING_FRAME = record({ type: PING });
  * rejects with it). Any other error is reported to `onError` and the client gets a generic one.
  */
 export class HubError extends Error {}
+
+/** A client broke the hub protocol: reported to `onClientError`, never to `onError`. */
+export class HubProtocolError extends Error {}
 
 /** A connection of {@link bindSignalR}: the SignalR connection id, its user, its socket. */
 export type SignalRConnection<S extends BoundSocket> = WsConnection<S>;
@@ -66,7 +73,13 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
    * With `expiresAt`, the connection is closed with an error saying so when it passes.
    */
   userIdOf(request: IncomingMessage): WsPrincipal | undefined | Promise<WsPrincipal | undefined>;
-  /** The methods clients invoke, by name (matched case-insensitively, as ASP.NET Core does). */
+  /**
+   * The methods clients invoke, by name (matched case-insensitively, as ASP.NET Core does). A
+   * method takes exactly the arguments it declares after the connection (its `length` less
+   * one, as ASP.NET Core binds a method's parameters): an invocation with more or fewer fails
+   * with an error completion. Default values and rest parameters are not counted by JavaScript,
+   * so leave them out.
+   */
   methods: Record<string, HubMethod<S>>;
   /**
    * Runs around every invocation (as ASP.NET Core's hub filters do, and also for unknown
@@ -97,20 +110,37 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   clientTimeoutMs?: number;
   /** Time a client has to send its handshake. Default 15 s. */
   handshakeTimeoutMs?: number;
-  /** Largest message a client may send. Default 32 KiB (MaximumReceiveMessageSize). */
+  /**
+   * Largest message a client may send. Default 32 KiB (MaximumReceiveMessageSize). The
+   * `WebSocketServer`'s `maxPayload` is lowered to it (plus the separator): a frame larger than
+   * that closes the connection with 1009 before it is buffered; a message that grows past it
+   * over several frames, with a close message.
+   */
   maxMessageBytes?: number;
+  /**
+   * Send the details of failures to clients, as ASP.NET Core's `EnableDetailedErrors`: the
+   * exception's name and message after a failed invocation's or a close's generic text. Off by
+   * default: they may tell a client more about the server than it should know.
+   */
+  detailedErrors?: boolean;
   /** See {@link WsBindingOptions}. */
   maxBufferedBytes?: number;
   maxQueuedMessages?: number;
   /** Messages to and from other servers' SignalR connections (its own channel). */
   bus?: ServerBus;
+  /** Failures of the server (a hub method's error, `userIdOf` failing). Default: a warning. */
   onError?: (error: unknown) => void;
+  /**
+   * A client broke the protocol (a malformed handshake or message, one too large): its
+   * connection is being closed with an error. The place to log it, at warn, with its user.
+   */
+  onClientError?: (connection: SignalRConnection<S>, error: Error) => void;
 }
 
 interface State<S extends BoundSocket> {
   readonly connection: SignalRConnection<S>;
   handshaken: boolean;
-  /** The start of a message whose separator has not arrived yet. */
+  /** The start of a message (or the handshake) whose separator has not arrived yet. */
   partial: Buffer | undefined;
   lastReceived: number;
   lastPing: number;
@@ -146,11 +176,13 @@ export class SignalRHub<S extends BoundSocket> {
     this.#hub = bindWs(wss, {
       store: options.store,
       userIdOf: (request) => this.#authenticate(request),
+      maxMessageBytes: this.#maxMessageBytes + 1,
       handshake: (connection, data) => this.#handshake(connection, data),
       ...(options.handshakeTimeoutMs !== undefined && {
         handshakeTimeoutMs: options.handshakeTimeoutMs,
       }),
-      close: (connection, _code, reason) => this.#end(connection, reason, true),
+      close: (connection, _code, reason) =>
+        this.#end(connection, reason === HANDSHAKE_TIMED_OUT ? HANDSHAKE_CANCELED : reason, true),
       onConnection: (connection, groups) => {
         const state = this.#states.get(connection.id);
         if (state === undefined) return;
@@ -171,6 +203,7 @@ export class SignalRHub<S extends BoundSocket> {
         maxQueuedMessages: options.maxQueuedMessages,
       }),
       ...(options.bus && { bus: options.bus }),
+      ...(options.onClientError && { onClientError: options.onClientError }),
       onError: this.#onError,
     });
     const keepAlive = options.keepAliveIntervalMs ?? 15_000;
@@ -204,52 +237,73 @@ export class SignalRHub<S extends BoundSocket> {
   }
 
   /**
-   * Answers `POST <path>/negotiate` (a connection id and token, WebSockets as the only
-   * transport; 401 for a request `userIdOf` refuses). Resolves to false, having done nothing,
-   * for any other path.
+   * Answers every request: `POST <path>/negotiate` (a connection id and token, WebSockets as the
+   * only transport; 401 for a request `userIdOf` refuses, with no body, as ASP.NET Core), and
+   * under `<path>` what ASP.NET Core answers for a transport it does not offer. A request for any
+   * other path goes to `next` if you give one (your own routes), else is answered 404. The path
+   * is matched ignoring case, as ASP.NET Core's routing does. Never rejects, unless `next` does.
    */
-  async handleRequest(request: IncomingMessage, response: ServerResponse): Promise<boolean> {
-    const url = new URL(request.url ?? "/", "http://localhost");
-    if (url.pathname !== `${this.#options.path}/negotiate`) return false;
-    request.resume();
-    if (request.method !== "POST") {
-      answer(response, 405, { error: "Method Not Allowed" }, { Allow: "POST" });
-      return true;
-    }
+  async handleRequest(
+    request: IncomingMessage,
+    response: ServerResponse,
+    next?: () => unknown,
+  ): Promise<void> {
+    const url = requestTarget(request);
+    if (url === undefined) return respond(response, 400, "Bad Request", { connection: "close" });
+    const path = url.pathname.toLowerCase();
+    const hub = this.#options.path.toLowerCase();
+    if (path === `${hub}/negotiate`) return this.#negotiate(request, response, url);
+    if (path === hub) return this.#otherTransport(request, response, url);
+    if (next === undefined) return respond(response, 404, "Not Found");
+    await next();
+  }
+
+  async #negotiate(request: IncomingMessage, response: ServerResponse, url: URL): Promise<void> {
+    if (!discardBody(request, response)) return;
+    if (request.method !== "POST") return respond(response, 405, undefined, { Allow: "POST" });
     const requested = url.searchParams.get("negotiateVersion") ?? "0";
-    if (!/^\d{1,9}$/.test(requested)) {
-      answer(response, 400, { error: "negotiateVersion must be a non-negative integer" });
-      return true;
-    }
+    if (!/^\d{1,9}$/.test(requested))
+      return respond(response, 400, {
+        error: "The client requested a non-integer protocol version.",
+      });
     let principal: WsPrincipal | undefined;
     try {
       principal = await this.#options.userIdOf(request);
     } catch (error) {
       if (error instanceof WsRefusal)
-        answer(response, error.status, { error: error.message }, error.headers);
-      else {
-        this.#onError(error);
-        answer(response, 500, { error: "Internal Server Error" });
-      }
-      return true;
+        return respond(response, error.status, { error: error.message }, error.headers);
+      this.#onError(error);
+      return respond(response, 500, { error: "Internal Server Error" });
     }
-    if (principal === undefined) {
-      answer(response, 401, { error: "Unauthorized" });
-      return true;
-    }
+    if (principal === undefined) return respond(response, 401);
     const version = Number(requested) >= 1 ? 1 : 0;
     const connectionId = randomBytes(16).toString("base64url");
     const token = version === 0 ? connectionId : randomBytes(16).toString("base64url");
     const userId = typeof principal === "string" ? principal : principal.userId;
     this.#negotiated.set(token, { connectionId, userId, used: false });
     setTimeout(() => this.#negotiated.delete(token), NEGOTIATED_TTL_MS).unref();
-    answer(response, 200, {
+    respond(response, 200, {
       connectionId,
       ...(version === 1 && { connectionToken: token }),
       negotiateVersion: version,
       availableTransports: [{ transport: "WebSockets", transferFormats: ["Text"] }],
     });
-    return true;
+  }
+
+  /** A request to the hub's path that is not a WebSocket: Server-Sent Events or long polling. */
+  #otherTransport(request: IncomingMessage, response: ServerResponse, url: URL): void {
+    if (!discardBody(request, response)) return;
+    const { method } = request;
+    const sse = method === "GET" && /text\/event-stream/i.test(request.headers.accept ?? "");
+    if (method !== "GET" && method !== "POST" && method !== "DELETE")
+      respond(response, 405, undefined, { Allow: "GET, POST, DELETE" });
+    else if (!url.searchParams.get("id")) respond(response, 400, "Connection ID required");
+    else
+      respond(
+        response,
+        404,
+        `${sse ? "ServerSentEvents" : "LongPolling"} transport not supported by this end point type`,
+      );
   }
 
   /**
@@ -316,13 +370,14 @@ export class SignalRHub<S extends BoundSocket> {
   async #authenticate(request: IncomingMessage): Promise<WsPrincipal | undefined> {
     const principal = await this.#options.userIdOf(request);
     if (principal === undefined) return undefined;
-    const id = new URL(request.url ?? "/", "http://localhost").searchParams.get("id");
+    // handleUpgrade refused a request without a target that parses: this one has one.
+    const id = requestTarget(request)?.searchParams.get("id") ?? null;
     if (id === null) return principal; // the client skipped negotiation
     const userId = typeof principal === "string" ? principal : principal.userId;
     const negotiated = this.#negotiated.get(id);
     // Another user's token is as unknown as a made-up one.
     if (negotiated === undefined || negotiated.userId !== userId)
-      throw new WsRefusal(404, "Not Found");
+      throw new WsRefusal(404, "No Connection with that ID");
     if (negotiated.used) throw new WsRefusal(409, "Conflict");
     negotiated.used = true;
     const { connectionId } = negotiated;
@@ -331,36 +386,51 @@ export class SignalRHub<S extends BoundSocket> {
       : { ...principal, connectionId };
   }
 
-  #handshake(connection: SignalRConnection<S>, data: Buffer): Buffer | undefined {
-    const now = Date.now();
-    const state: State<S> = {
-      connection,
-      handshaken: false,
-      partial: undefined,
-      lastReceived: now,
-      lastPing: now,
-    };
-    this.#states.set(connection.id, state);
-    // Any message counts as a sign of life, before it waits its turn to be handled.
-    connection.socket.on("message", () => {
-      state.lastReceived = Date.now();
-    });
-    const end = data.indexOf(RS);
-    let request: { protocol?: unknown; version?: unknown } | undefined;
-    try {
-      request = end < 0 ? undefined : JSON.parse(data.subarray(0, end).toString());
-    } catch {
-      request = undefined;
+  /** Reads the handshake request, over as many frames as it takes; `false` until it is whole. */
+  #handshake(connection: SignalRConnection<S>, data: Buffer): Buffer | undefined | false {
+    let state = this.#states.get(connection.id);
+    if (state === undefined) {
+      const now = Date.now();
+      const created: State<S> = {
+        connection,
+        handshaken: false,
+        partial: undefined,
+        lastReceived: now,
+        lastPing: now,
+      };
+      state = created;
+      this.#states.set(connection.id, state);
+      // Any message counts as a sign of life, before it waits its turn to be handled.
+      connection.socket.on("message", () => {
+        created.lastReceived = Date.now();
+      });
     }
-    if (typeof request !== "object" || request === null)
-      throw new Error("The handshake request is not valid JSON ending with 0x1E.");
-    if (request.protocol !== "json")
-      throw new Error(`Requested protocol '${String(request.protocol)}' is not available.`);
-    if (request.version !== 1)
-      throw new Error(
-        `The server does not support version ${String(request.version)} of the 'json' protocol.`,
+    const buffer = state.partial ? Buffer.concat([state.partial, data]) : data;
+    state.partial = undefined;
+    const end = buffer.indexOf(RS);
+    if ((end < 0 ? buffer.length : end) > this.#maxMessageBytes)
+      throw new HubProtocolError(HANDSHAKE_CANCELED);
+    if (end < 0) {
+      state.partial = Buffer.from(buffer);
+      return false;
+    }
+    const request = parseObject(buffer.subarray(0, end));
+    const { protocol, version } = request ?? {};
+    if (typeof protocol !== "string" || typeof version !== "number")
+      throw new HubProtocolError(
+        this.#detailed(
+          "An unexpected error occurred during connection handshake.",
+          "InvalidDataException",
+          "The handshake request is not a JSON object with a protocol and a version.",
+        ),
       );
-    return end + 1 < data.length ? data.subarray(end + 1) : undefined;
+    if (protocol !== "json")
+      throw new HubProtocolError(`The protocol '${protocol}' is not supported.`);
+    if (version !== 1)
+      throw new HubProtocolError(
+        `The server does not support version ${version} of the 'json' protocol.`,
+      );
+    return end + 1 < buffer.length ? buffer.subarray(end + 1) : undefined;
   }
 
   async #receive(connection: SignalRConnection<S>, data: Buffer): Promise<void> {
@@ -374,75 +444,108 @@ export class SignalRHub<S extends BoundSocket> {
       start = end + 1;
       if (!(await this.#dispatch(connection, message))) return;
     }
-    if (buffer.length - start > this.#maxMessageBytes)
-      this.#end(connection, "The message is larger than the server accepts.", false);
+    if (buffer.length - start > this.#maxMessageBytes) this.#tooLarge(connection);
     else if (start < buffer.length) state.partial = Buffer.from(buffer.subarray(start));
   }
 
   /** Handles one message; false when it ended the connection. */
   async #dispatch(connection: SignalRConnection<S>, data: Buffer): Promise<boolean> {
-    if (data.length > this.#maxMessageBytes)
-      return this.#end(connection, "The message is larger than the server accepts.", false);
-    let message: unknown;
-    try {
-      message = JSON.parse(data.toString());
-    } catch {
-      return this.#end(connection, "The server received a message that is not valid JSON.", false);
-    }
-    if (typeof message !== "object" || message === null || Array.isArray(message))
-      return this.#end(connection, "The server received a message that is not an object.", false);
-    const {
-      type,
-      invocationId,
-      target,
-      arguments: args,
-      streamIds,
-    } = message as Record<string, unknown>;
+    if (data.length > this.#maxMessageBytes) return this.#tooLarge(connection);
+    const message = parseObject(data);
+    if (message === undefined) return this.#protocolError(connection, "Error reading JSON.");
+    const { type, invocationId, target, arguments: args, streamIds } = message;
+    if (typeof type !== "number")
+      return this.#protocolError(connection, "Missing required property 'type'.");
     if (type === CLOSE) {
       connection.socket.close(1000);
       return false;
     }
-    if (typeof type === "number" && IGNORED.has(type)) return true;
-    if (
-      (type !== INVOCATION && type !== STREAM_INVOCATION) ||
-      typeof target !== "string" ||
-      !Array.isArray(args) ||
-      (invocationId !== undefined && typeof invocationId !== "string")
-    )
-      return this.#end(connection, "The server received a message it cannot read.", false);
+    // Other types are ignored, as ASP.NET Core ignores types it does not know.
+    if (type !== INVOCATION && type !== STREAM_INVOCATION) return true;
+    if (typeof target !== "string")
+      return this.#protocolError(connection, "Missing required property 'target'.");
+    if (!Array.isArray(args))
+      return this.#protocolError(connection, "Missing required property 'arguments'.");
+    if (invocationId !== undefined && typeof invocationId !== "string")
+      return this.#protocolError(connection, "Expected 'invocationId' to be of type String.");
     const complete = (outcome: { result: unknown } | { error: string }) => {
       if (invocationId !== undefined)
         this.#hub.send(connection.id, record({ type: COMPLETION, invocationId, ...outcome }));
     };
     const method = this.#methods.get(target.toLowerCase());
-    if (type === STREAM_INVOCATION || (Array.isArray(streamIds) && streamIds.length > 0))
+    if (type === STREAM_INVOCATION || (Array.isArray(streamIds) && streamIds.length > 0)) {
       complete({ error: "Streaming is not supported by this server." });
-    else {
-      try {
-        const next = async () => {
-          if (method === undefined) throw new HubError(`Unknown hub method '${target}'.`);
-          return method(connection, ...args);
-        };
-        const { filter } = this.#options;
-        const invocation = { connection, target, arguments: args, size: data.length };
-        const result = await (filter ? filter(invocation, next) : next());
-        complete({ result: result ?? null });
-      } catch (error) {
-        if (error instanceof HubError) complete({ error: error.message });
-        else {
-          this.#onError(error);
-          complete({ error: `An unexpected error occurred invoking '${target}' on the server.` });
-        }
+      return true;
+    }
+    const failed = `Failed to invoke '${target}' due to an error on the server.`;
+    try {
+      const next = async () => {
+        if (method === undefined)
+          throw new HubError(`${failed} HubException: Method does not exist.`);
+        const expected = Math.max(0, method.length - 1);
+        if (args.length !== expected)
+          throw new HubError(
+            this.#detailed(
+              failed,
+              "InvalidDataException",
+              `Invocation provides ${args.length} argument(s) but target expects ${expected}.`,
+            ),
+          );
+        return method(connection, ...args);
+      };
+      const { filter } = this.#options;
+      const invocation = { connection, target, arguments: args, size: data.length };
+      const result = await (filter ? filter(invocation, next) : next());
+      complete({ result: result ?? null });
+    } catch (error) {
+      if (error instanceof HubError) complete({ error: error.message });
+      else {
+        this.#onError(error);
+        const failure = error instanceof Error ? error : new Error(String(error));
+        complete({
+          error: this.#detailed(
+            `An unexpected error occurred invoking '${target}' on the server.`,
+            failure.name,
+            failure.message,
+          ),
+        });
       }
     }
     return true;
+  }
+
+  /** `message`, with the failure's name and detail after it when detailed errors are on. */
+  #detailed(message: string, name: string, detail: string): string {
+    return this.#options.detailedErrors ? `${message} ${name}: ${detail}` : message;
+  }
+
+  #tooLarge(connection: SignalRConnection<S>): false {
+    return this.#protocolError(
+      connection,
+      `The maximum message size of ${this.#maxMessageBytes}B was exceeded. ` +
+        "The message size can be configured with maxMessageBytes.",
+    );
+  }
+
+  /** Ends a connection whose client broke the protocol, as ASP.NET Core does. */
+  #protocolError(connection: SignalRConnection<S>, detail: string): false {
+    this.#options.onClientError?.(connection, new HubProtocolError(detail));
+    return this.#end(
+      connection,
+      this.#detailed("Connection closed with an error.", "InvalidDataException", detail),
+      true,
+    );
   }
 
   /**
    * Ends a connection with what its client understands: a handshake answer carrying the error
    * before the handshake is done, a close message after. Returns false (for `#dispatch`).
    */
-  #end(connection: SignalRConnection<S>, error: string | undefined, allowReconnect: boolean) {
+  #end(
+    connection: SignalRConnection<S>,
+    error: string | undefined,
+    allowReconnect: boolean,
+  ): false {
     const { socket } = connection;
     if (socket.readyState !== 1) return false;
     if (this.#states.get(connection.id)?.handshaken) {
@@ -480,8 +583,20 @@ export function bindSignalR<S extends BoundSocket>(
 export function accessTokenOf(request: IncomingMessage): string | undefined {
   const header = request.headers.authorization;
   if (header !== undefined) return /^Bearer (\S+)$/i.exec(header)?.[1];
-  const query = new URL(request.url ?? "/", "http://localhost").searchParams.get("access_token");
-  return query ?? undefined;
+  return requestTarget(request)?.searchParams.get("access_token") ?? undefined;
+}
+
+/** A JSON object's properties, or `undefined` for anything else. */
+function parseObject(data: Buffer): Record<string, unknown> | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(data.toString());
+  } catch {
+    return undefined;
+  }
+  return typeof value === "object" && value !== null && !Array.isArray(value)
+    ? (value as Record<string, unknown>)
+    : undefined;
 }
 
 /** An invocation of a client method, as a frame of the JSON hub protocol. */
@@ -489,16 +604,22 @@ export function invocation(target: string, args: readonly unknown[]): Buffer {
   return record({ type: INVOCATION, target, arguments: args });
 }
 
-function answer(
-  response: ServerResponse,
-  status: number,
-  body: object,
-  headers: Readonly<Record<string, string>> = {},
-): void {
-  response.writeHead(status, {
-    ...headers,
-    "content-type": "application/json",
-    "cache-control": "no-store",
+/**
+ * Drains a request's body without keeping it; a body larger than negotiate ever carries is
+ * answered 413 and its connection closed. Returns false when it answered.
+ */
+function discardBody(request: IncomingMessage, response: ServerResponse): boolean {
+  const length = Number(request.headers["content-length"] ?? 0);
+  if (!(length <= MAX_NEGOTIATE_BODY_BYTES)) {
+    respond(response, 413, "Payload Too Large", { connection: "close" });
+    return false;
+  }
+  let received = 0;
+  request.on("data", (chunk: Buffer) => {
+    received += chunk.length;
+    if (received > MAX_NEGOTIATE_BODY_BYTES) request.destroy();
   });
-  response.end(JSON.stringify(body));
+  request.on("error", () => {});
+  request.resume();
+  return true;
 }

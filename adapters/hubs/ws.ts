@@ -3,8 +3,10 @@ import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
+import { refuseUpgrade, requestTarget } from "./http.js";
 import { type GroupSocket, toBuffer, WsGroups } from "./ws-groups.js";
 
+export { requestTarget } from "./http.js";
 export { type GroupSocket, WsGroups, type WsGroupsOptions } from "./ws-groups.js";
 
 /** Who a message is for: the members of a group, or the connections of a user. */
@@ -37,6 +39,8 @@ export interface BoundSocket extends GroupSocket {
 
 /** What {@link bindWs} uses of a `ws` `WebSocketServer`. */
 export interface BoundServer<S extends BoundSocket> {
+  /** ws reads `maxPayload` at every upgrade: the binding lowers it to its message limit. */
+  readonly options: { maxPayload?: number | undefined };
   handleUpgrade(
     request: IncomingMessage,
     socket: Duplex,
@@ -101,6 +105,18 @@ export interface WsBindingOptions<S extends BoundSocket> {
   /** Called after a connection left a group, before anything else is sent to the group. */
   onLeave?: (connection: WsConnection<S>, group: string, reason: LeaveReason | undefined) => void;
   onClose?: (connection: WsConnection<S>) => void;
+  /**
+   * The largest message a client may send, in bytes. Default 1 MiB. The binding lowers the
+   * `WebSocketServer`'s `maxPayload` to it (ws's own default is 100 MiB): a larger frame closes
+   * the connection with 1009 before it is buffered, and reaches `onClientError`.
+   */
+  maxMessageBytes?: number;
+  /**
+   * A client broke the protocol (a frame over `maxMessageBytes`, invalid UTF-8, a bad frame, a
+   * failed handshake) and its connection is being closed: the place to log it, at warn, with
+   * the connection's user. Not a failure of the server: never reported to `onError`.
+   */
+  onClientError?: (connection: WsConnection<S>, error: Error) => void;
   /** Unsent bytes past which a client that does not read is terminated. Default 4 MiB. */
   maxBufferedBytes?: number;
   onSlowConsumer?: (connection: WsConnection<S>) => void;
@@ -117,15 +133,17 @@ export interface WsBindingOptions<S extends BoundSocket> {
   /**
    * A protocol's opening handshake (SignalR's, say): the connection's first message comes here
    * instead of `onMessage`, and its groups are read only once this resolves. Resolve to the part
-   * of the message after the handshake, if any, to have it handled as a message; throw to end
-   * the connection (through `close`, with 1002 and the error's message). No answer within
-   * `handshakeTimeoutMs` (default 15 s) ends it too.
+   * of the message after the handshake, if any, to have it handled as a message; to `false` when
+   * the handshake is not complete yet (the next message comes here too); throw to end the
+   * connection (through `close`, with 1002 and the error's message, reported to
+   * `onClientError`). No complete handshake within `handshakeTimeoutMs` (default 15 s) ends it
+   * with {@link HANDSHAKE_TIMED_OUT}.
    */
   handshake?: (
     connection: WsConnection<S>,
     data: Buffer,
     isBinary: boolean,
-  ) => Buffer | undefined | Promise<Buffer | undefined>;
+  ) => Buffer | undefined | false | Promise<Buffer | undefined | false>;
   handshakeTimeoutMs?: number;
   /**
    * How the hub ends a connection itself: credentials expired (4401), the store unavailable when
@@ -137,6 +155,9 @@ export interface WsBindingOptions<S extends BoundSocket> {
 
 const OPEN = 1;
 const MAX_TIMER = 2 ** 31 - 1;
+const DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024;
+/** The reason `close` is given when a handshake did not complete in time. */
+export const HANDSHAKE_TIMED_OUT = "handshake timed out";
 
 /**
  * A `ws` hub with durable groups: the twin of `bindSocketIo`. Authenticates each upgrade with
@@ -164,6 +185,8 @@ export class WsHub<S extends BoundSocket> {
   constructor(wss: BoundServer<S>, options: WsBindingOptions<S>) {
     this.#wss = wss;
     this.#options = options;
+    const maxMessageBytes = options.maxMessageBytes ?? DEFAULT_MAX_MESSAGE_BYTES;
+    wss.options.maxPayload = Math.min(wss.options.maxPayload ?? Infinity, maxMessageBytes);
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: bindWs: ${String(error)}`));
@@ -199,26 +222,34 @@ export class WsHub<S extends BoundSocket> {
   }
 
   /**
-   * Authenticates an upgrade and, if `userIdOf` names a user, completes it. Answers 401 (or 500)
-   * itself and destroys nothing else: call it from your server's `upgrade` event for your path.
+   * Authenticates an upgrade and, if `userIdOf` names a user, completes it. Answers every other
+   * outcome itself, with the socket closed: 400 for a request target that is not a URL, 401 (or
+   * a {@link WsRefusal}'s status, or 500) from `userIdOf`, and ws's own 400s for a malformed
+   * WebSocket handshake. Never rejects. Call it from your server's `upgrade` event for your path.
    */
   async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
     socket.on("error", () => socket.destroy());
+    if (requestTarget(request) === undefined) return refuseUpgrade(socket, 400, "Bad Request");
     let principal: WsPrincipal | undefined;
     try {
       principal = await this.#options.userIdOf(request);
     } catch (error) {
       if (error instanceof WsRefusal)
-        return refuse(socket, error.status, error.message, error.headers);
+        return refuseUpgrade(socket, error.status, error.message, error.headers);
       this.#onError(error);
-      return refuse(socket, 500, "Internal Server Error");
+      return refuseUpgrade(socket, 500, "Internal Server Error");
     }
     const who = normalize(principal);
-    if (who === undefined) return refuse(socket, 401, "Unauthorized");
-    this.#wss.handleUpgrade(request, socket, head, (ws, req) => {
-      this.#principals.set(req, who);
-      this.#wss.emit("connection", ws, req);
-    });
+    if (who === undefined) return refuseUpgrade(socket, 401, "Unauthorized");
+    try {
+      this.#wss.handleUpgrade(request, socket, head, (ws, req) => {
+        this.#principals.set(req, who);
+        this.#wss.emit("connection", ws, req);
+      });
+    } catch (error) {
+      this.#onError(error);
+      refuseUpgrade(socket, 500, "Internal Server Error");
+    }
   }
 
   grant(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
@@ -283,28 +314,50 @@ export class WsHub<S extends BoundSocket> {
     else for (const id of this.#sync.connectionsOf(target.userId)) this.send(id, frame);
   }
 
-  /** Waits for a connection's first message and hands it to `handshake`, within the timeout. */
+  /**
+   * Hands a connection's messages to `handshake` until it completes, within the timeout. `feed`
+   * returns false once the handshake is done: later messages are the connection's to handle.
+   * Messages fed while a handshake was pending, after the one that completed it, go to
+   * `overflow`, in order, before any later one can arrive (they run in the same microtasks).
+   */
   #opening(
     connection: WsConnection<S>,
     handshake: NonNullable<WsBindingOptions<S>["handshake"]>,
+    overflow: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void,
   ): {
-    first: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void;
+    feed: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => boolean;
     done: Promise<Buffer | undefined>;
   } {
-    let first: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => void = () => {};
-    let timer: NodeJS.Timeout | undefined;
-    const done = new Promise<{ data: Buffer; isBinary: boolean }>((resolve, reject) => {
-      first = (data, isBinary) => resolve({ data: toBuffer(data), isBinary });
-      timer = setTimeout(
-        () => reject(new Error("handshake timed out")),
+    let open = true;
+    let feed: (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => boolean = () => false;
+    const done = new Promise<Buffer | undefined>((resolve, reject) => {
+      const finish = (outcome: () => void) => {
+        open = false;
+        clearTimeout(timer);
+        outcome();
+      };
+      const timer = setTimeout(
+        () => finish(() => reject(new Error(HANDSHAKE_TIMED_OUT))),
         this.#options.handshakeTimeoutMs ?? 15_000,
       );
       connection.socket.on("close", () => clearTimeout(timer));
-    }).then(({ data, isBinary }) => {
-      clearTimeout(timer);
-      return handshake(connection, data, isBinary);
+      // One piece at a time: a handshake that resolves asynchronously sees its pieces in order.
+      let pieces = Promise.resolve();
+      feed = (data, isBinary) => {
+        if (!open) return false;
+        pieces = pieces.then(async () => {
+          if (!open) return overflow(data, isBinary);
+          try {
+            const rest = await handshake(connection, toBuffer(data), isBinary);
+            if (rest !== false) finish(() => resolve(rest));
+          } catch (error) {
+            finish(() => reject(error));
+          }
+        });
+        return true;
+      };
     });
-    return { first, done };
+    return { feed: (data, isBinary) => feed(data, isBinary), done };
   }
 
   async #connected(socket: S, request: IncomingMessage): Promise<void> {
@@ -349,7 +402,8 @@ export class WsHub<S extends BoundSocket> {
       this.#groups.remove(id);
       this.#options.onClose?.(connection);
     });
-    socket.on("error", (error) => this.#onError(error));
+    // ws reports only what the client did wrong here (a frame too large, invalid UTF-8, ...).
+    socket.on("error", (error) => this.#options.onClientError?.(connection, error));
     const { userId } = who;
     // `onConnection` runs in the turn the groups are joined, before them: its welcome is the
     // first thing the client gets, ahead of any group's message.
@@ -373,7 +427,11 @@ export class WsHub<S extends BoundSocket> {
       socket.readyState === OPEN
         ? this.#options.onMessage?.(connection, data, isBinary)
         : undefined;
-    let opening = this.#options.handshake && this.#opening(connection, this.#options.handshake);
+    const opening =
+      this.#options.handshake &&
+      this.#opening(connection, this.#options.handshake, (data, isBinary) =>
+        receive(data, isBinary),
+      );
     let queue: Promise<unknown> =
       opening === undefined
         ? connect()
@@ -383,18 +441,17 @@ export class WsHub<S extends BoundSocket> {
               if (groups !== undefined && rest !== undefined && rest.length > 0)
                 await handle(rest, false);
             },
-            (error: unknown) => end(1002, error instanceof Error ? error.message : String(error)),
+            (error: unknown) => {
+              const failure = error instanceof Error ? error : new Error(String(error));
+              this.#options.onClientError?.(connection, failure);
+              end(1002, failure.message);
+            },
           );
     // Fair reading: past maxQueuedMessages waiting, stop reading until the queue has drained.
     const maxQueued = this.#options.maxQueuedMessages ?? 16;
     let queued = 0;
     let paused = false;
-    socket.on("message", (data, isBinary) => {
-      if (opening !== undefined) {
-        opening.first(data, isBinary);
-        opening = undefined;
-        return;
-      }
+    const receive = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) => {
       if (++queued > maxQueued && !paused) {
         paused = true;
         socket.pause?.();
@@ -408,6 +465,9 @@ export class WsHub<S extends BoundSocket> {
             socket.resume?.();
           }
         });
+    };
+    socket.on("message", (data, isBinary) => {
+      if (!opening?.feed(data, isBinary)) receive(data, isBinary);
     });
   }
 }
@@ -436,17 +496,4 @@ function normalize(
     }),
     ...(connectionId !== undefined && { connectionId }),
   };
-}
-
-function refuse(
-  socket: Duplex,
-  status: number,
-  reason: string,
-  headers: Readonly<Record<string, string>> = {},
-): void {
-  const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
-  socket.end(
-    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
-      `${extra.join("")}Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,
-  );
 }
