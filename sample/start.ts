@@ -7,9 +7,23 @@ import { ConfigError, loadConfig } from "./config.js";
 import { startHubServer } from "./server.js";
 import { startSocketIoServer } from "./socket-io-server.js";
 
+/** The Azurite this process started, if it did. */
+let azurite: Azurite | undefined;
+
+// A bug (an uncaught exception, an unhandled rejection) still ends the process, but with one
+// line and with Azurite stopped first: its port is free when we exit, not a moment later.
+let dying = false;
+const fatal = (error: unknown) => {
+  if (dying) return;
+  dying = true;
+  console.error(`fatal: ${error instanceof Error ? error.message : String(error)}`);
+  void Promise.resolve(azurite?.stop()).finally(() => process.exit(1));
+};
+process.on("uncaughtException", fatal);
+process.on("unhandledRejection", fatal);
+
 async function main() {
   let config = loadConfig();
-  let azurite: Azurite | undefined;
   if (config.connectionString === undefined) {
     azurite = await startAzurite({
       port: config.azuritePort,
@@ -31,13 +45,6 @@ async function main() {
     await azurite?.stop();
     throw error;
   });
-  const endpoint =
-    config.hub === "socket.io"
-      ? `Socket.IO, websocket transport${config.redisUrl ? ", Redis adapter" : ""}`
-      : `WebSocket: ${server.url.replace("http", "ws")}/hub, SignalR: ${server.url}/signalr`;
-  console.log(`hub-membership sample listening on ${server.url} (${endpoint})`);
-  if (config.devSignIn) console.log("dev sign-in is on: GET /token?user=<name> mints a token");
-
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -47,8 +54,15 @@ async function main() {
     await azurite?.stop();
     process.exit(0);
   };
+  // Before "listening" is printed: a signal sent as soon as it is must find these handlers.
   process.on("SIGINT", () => void stop("SIGINT"));
   process.on("SIGTERM", () => void stop("SIGTERM"));
+  const endpoint =
+    config.hub === "socket.io"
+      ? `Socket.IO, websocket transport${config.redisUrl ? ", Redis adapter" : ""}`
+      : `WebSocket: ${server.url.replace("http", "ws")}/hub, SignalR: ${server.url}/signalr`;
+  console.log(`hub-membership sample listening on ${server.url} (${endpoint})`);
+  if (config.devSignIn) console.log("dev sign-in is on: GET /token?user=<name> mints a token");
 }
 
 main().catch((error: unknown) => {

@@ -1,7 +1,8 @@
 /**
  * Azurite's table service for tests, benchmarks and local runs (`hub-membership/testing/azurite`):
- * started as a child process on a free port, in memory unless given a folder. Needs the
- * `azurite` package (an optional peer dependency; 3.35 is the last that runs on Node 20).
+ * started as a child process on a free port, in memory unless given a folder, and ending with the
+ * process that started it. Needs the `azurite` package (an optional peer dependency; 3.35 is the
+ * last that runs on Node 20).
  *
  * @module
  */
@@ -17,6 +18,15 @@ const DEV_KEY =
 
 /** What azurite-table runs: the table service alone (the package's main is a VS Code extension). */
 const tableServer = () => createRequire(import.meta.url).resolve("azurite/dist/src/table/main.js");
+
+/**
+ * Preloaded into Azurite's node: it exits when its stdin, a pipe from the process that started
+ * it, closes. The kernel closes the parent's end whenever the parent ends, even on SIGKILL, where
+ * no exit handler of the parent runs. Azurite does not read stdin; `unref` keeps the pipe from
+ * holding Azurite's event loop open, so its own exits are unchanged.
+ */
+const DIE_WITH_PARENT =
+  'data:text/javascript,process.stdin.on("close", () => process.exit()).resume().unref();';
 
 export interface AzuriteOptions {
   /** TCP port on 127.0.0.1; 0 or absent picks a free one. */
@@ -52,7 +62,9 @@ export async function freePort(): Promise<number> {
 
 /**
  * Starts Azurite's table service as a child process (its package main is a VS Code extension, so
- * it cannot be imported) and resolves once it listens. Telemetry off, access log off.
+ * it cannot be imported) and resolves once it listens. Telemetry off, access log off. It never
+ * outlives this process: it exits when this process ends, however it ends (even SIGKILL), so an
+ * orphan cannot keep the port from the next run.
  */
 export async function startAzurite(options: AzuriteOptions = {}): Promise<Azurite> {
   const fixedPort = options.port !== undefined && options.port !== 0;
@@ -81,9 +93,11 @@ async function launch(
     "--silent",
   ];
   args.push(...(location ? ["--location", location] : ["--inMemoryPersistence"]));
-  const child = spawn(process.execPath, [...nodeArgs, tableServer(), ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawn(
+    process.execPath,
+    [...nodeArgs, "--import", DIE_WITH_PARENT, tableServer(), ...args],
+    { stdio: ["pipe", "pipe", "pipe"] }, // stdin: the pipe DIE_WITH_PARENT watches
+  );
   let output = "";
   const exited = once(child, "exit");
   await new Promise<void>((resolve, reject) => {
