@@ -18,5 +18,6 @@ const hub = bindSignalR(new WebSocketServer({ noServer: true }), {
     },
   },
 });
+// Answers every request: negotiate, 404 elsewhere (or `handleRequest(req, res, next)`: yours).
 const server = createServer((req, res) => void hub.handleRequest(req, res)).listen(5000);
 server.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));

@@ -4,7 +4,7 @@ import { bindWs } from "../adapters/hubs/ws.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 
 declare function userOf(authorization: string | undefined): string | undefined; // your auth
-
+declare function parse(data: unknown): { group: string; text: string } | undefined; // your protocol
 const store = new InMemoryMembershipStore(); // or AzureTableMembershipStore, below
 const hub = bindWs(new WebSocketServer({ noServer: true }), {
   store,
@@ -12,8 +12,9 @@ const hub = bindWs(new WebSocketServer({ noServer: true }), {
   onConnection: ({ id }, groups) => hub.send(id, JSON.stringify({ welcome: groups })),
   onLeave: ({ id }, group, reason) => hub.send(id, JSON.stringify({ removed: group, reason })),
   onMessage: async ({ id, userId }, data) => {
-    const { group, text } = JSON.parse(String(data));
-    if (hub.isInGroup(id, group)) await hub.broadcast(group, JSON.stringify({ userId, text }));
+    const { group, text } = parse(data) ?? {}; // never trust a frame: undefined if malformed
+    if (group !== undefined && hub.isInGroup(id, group))
+      await hub.broadcast(group, JSON.stringify({ userId, text }));
   },
 });
 const server = createServer().listen(8080);

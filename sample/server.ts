@@ -205,15 +205,12 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       if (!verdict.ok) throw new HubError("rate_limited");
       return next();
     },
+    // The binding checks the number of arguments against each method's parameters.
     methods: {
-      Send: (connection, group, text, ...rest) =>
-        invoke(connection, rest.length === 0 && { type: "send", group, text }),
-      Whisper: (connection, to, text, ...rest) =>
-        invoke(connection, rest.length === 0 && { type: "whisper", to, text }),
-      Join: (connection, group, ...rest) =>
-        invoke(connection, rest.length === 0 && { type: "join", group }),
-      Leave: (connection, group, ...rest) =>
-        invoke(connection, rest.length === 0 && { type: "leave", group }),
+      Send: (connection, group, text) => invoke(connection, { type: "send", group, text }),
+      Whisper: (connection, to, text) => invoke(connection, { type: "whisper", to, text }),
+      Join: (connection, group) => invoke(connection, { type: "join", group }),
+      Leave: (connection, group) => invoke(connection, { type: "leave", group }),
     },
     onError: onError("signalr"),
     onClientError: onClientError("signalr"),
@@ -221,8 +218,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   await Promise.all([hub.ready(), signalr.ready()]);
 
   /** A SignalR invocation: completes with null, or fails with the error's code. */
-  async function invoke(connection: Connection, request: Record<string, unknown> | false) {
-    const message = request === false ? undefined : checkClientMessage(request);
+  async function invoke(connection: Connection, request: Record<string, unknown>) {
+    const message = checkClientMessage(request);
     if (message === undefined) throw new HubError("bad_request");
     const refusal = await act(connection, message, signalr);
     if (refusal !== undefined) throw new HubError(refusal);

