@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import {
   BurstyRateLimiter,
   RateLimiterMemory,
@@ -17,7 +18,7 @@ export interface Limits {
   bytesPerSecond: number;
   /** Messages per second per user, over all their connections (and servers, with Redis). */
   userMessagesPerSecond: number;
-  /** Open connections per user on one server. */
+  /** Open connections per user, over every endpoint (and server, with Redis). */
   connectionsPerUser: number;
   /** Messages refused within 10 s after which the connection is closed (1008). */
   closeAfterRefusals: number;
@@ -42,10 +43,15 @@ export class FloodGuard {
   readonly #penalties: RateLimiterMemory | RateLimiterRedis;
 
   readonly #redis: RedisClientType | undefined;
+  /** Each user's open connections, capped at `connectionsPerUser` (on every server, with Redis). */
+  readonly slots: MemorySlots | RedisSlots;
 
   constructor(limits: Limits, redis?: RedisClientType) {
     this.limits = limits;
     this.#redis = redis;
+    this.slots = redis
+      ? new RedisSlots(redis, limits.connectionsPerUser)
+      : new MemorySlots(limits.connectionsPerUser);
     this.#messages = new BurstyRateLimiter(
       new RateLimiterMemory({ points: limits.messagesPerSecond, duration: 1 }),
       new RateLimiterMemory({ points: limits.messageBurst, duration: 10, keyPrefix: "burst" }),
@@ -103,6 +109,7 @@ export class FloodGuard {
 
   /** Closes the guard's Redis connection, if it has one. */
   close(): void {
+    this.slots.close();
     if (this.#redis?.isOpen) this.#redis.destroy();
   }
 }
@@ -114,3 +121,123 @@ export async function floodGuardOf(config: SampleConfig): Promise<FloodGuard> {
     : undefined;
   return new FloodGuard(config.limits, redis);
 }
+
+/** A user's open connections, counted where they are admitted. */
+export interface ConnectionSlots {
+  /**
+   * Takes one of the user's `connectionsPerUser` slots, atomically (nothing can come between
+   * the count and the taking): resolves to the function that gives it back, or to `undefined`
+   * when every slot is taken.
+   */
+  take(userId: string): Promise<(() => void) | undefined>;
+  close(): void;
+}
+
+/** Slots on this server only: the check and the count happen in one synchronous step. */
+export class MemorySlots implements ConnectionSlots {
+  readonly #taken = new Map<string, number>();
+
+  constructor(readonly cap: number) {}
+
+  async take(userId: string): Promise<(() => void) | undefined> {
+    return this.takeNow(userId);
+  }
+
+  takeNow(userId: string): (() => void) | undefined {
+    const taken = this.#taken.get(userId) ?? 0;
+    if (taken >= this.cap) return undefined;
+    this.#taken.set(userId, taken + 1);
+    let given = false;
+    return () => {
+      if (given) return;
+      given = true;
+      const left = (this.#taken.get(userId) ?? 1) - 1;
+      if (left === 0) this.#taken.delete(userId);
+      else this.#taken.set(userId, left);
+    };
+  }
+
+  close(): void {}
+}
+
+/** Counts, drops expired slots and takes one if there is room: one atomic step in Redis. */
+const TAKE = `
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`;
+/** Extends a server's slots of one user (and puts them back after a Redis restart). */
+const RENEW = `
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], ms + tonumber(ARGV[1]), ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1`;
+
+/**
+ * Slots on every server sharing a Redis: a sorted set per user of slot ids, each expiring
+ * `ttlMs` after its server last renewed it (Redis's clock, not the servers'), so a server that
+ * dies gives its slots back within `ttlMs`. While Redis is away, slots are counted on this server
+ * alone ({@link MemorySlots}): the cap holds per server, and Redis has the slots again at the
+ * next renewal.
+ */
+export class RedisSlots implements ConnectionSlots {
+  readonly #redis: RedisClientType;
+  readonly #fallback: MemorySlots;
+  /** Slot ids this server holds, by user. */
+  readonly #held = new Map<string, Set<string>>();
+  readonly #renewal: NodeJS.Timeout;
+  #next = 0;
+
+  constructor(
+    redis: RedisClientType,
+    readonly cap: number,
+    readonly ttlMs = 15_000,
+  ) {
+    this.#redis = redis;
+    this.#fallback = new MemorySlots(cap);
+    this.#renewal = setInterval(() => void this.#renew(), ttlMs / 3);
+    this.#renewal.unref();
+  }
+
+  async take(userId: string): Promise<(() => void) | undefined> {
+    const slot = `${SERVER_ID}:${this.#next++}`;
+    const key = slotKey(userId);
+    let taken: unknown;
+    try {
+      taken = await this.#redis.eval(TAKE, {
+        keys: [key],
+        arguments: [String(this.cap), String(this.ttlMs), slot],
+      });
+    } catch {
+      return this.#fallback.takeNow(userId);
+    }
+    if (taken !== 1) return undefined;
+    const slots = this.#held.get(userId) ?? new Set<string>();
+    this.#held.set(userId, slots);
+    slots.add(slot);
+    return () => {
+      if (!slots.delete(slot)) return;
+      if (slots.size === 0 && this.#held.get(userId) === slots) this.#held.delete(userId);
+      this.#redis.zRem(key, slot).catch(() => {}); // else it expires within ttlMs
+    };
+  }
+
+  async #renew(): Promise<void> {
+    for (const [userId, slots] of this.#held) {
+      await this.#redis
+        .eval(RENEW, { keys: [slotKey(userId)], arguments: [String(this.ttlMs), ...slots] })
+        .catch(() => {}); // Redis away: the fallback counts meanwhile; the next renewal puts them back
+    }
+  }
+
+  close(): void {
+    clearInterval(this.#renewal);
+  }
+}
+
+const SERVER_ID = randomUUID();
+const slotKey = (userId: string) => `hub-membership:slots:${userId}`;

@@ -1,7 +1,7 @@
 import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
-import { type RawData, type WebSocket, WebSocketServer } from "ws";
+import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
 import { bindWs, requestTarget, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
@@ -99,15 +99,16 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   let slowConsumersDropped = 0;
   let rateLimited = 0;
   const guard = await floodGuardOf(config);
-  const socketOptions = {
-    noServer: true,
-    maxPayload: MAX_FRAME_BYTES,
-    allowSynchronousEvents: false,
-  } as const;
+  // autoPong off: a WebSocket ping is a frame like any other, and pays before it is answered.
+  const socketOptions = { noServer: true, allowSynchronousEvents: false, autoPong: false } as const;
   const wss = new WebSocketServer(socketOptions);
   const signalrWss = new WebSocketServer(socketOptions);
 
-  /** Who an upgrade (or a SignalR negotiate) acts for, if they may connect now. */
+  /**
+   * Who an upgrade (or a SignalR negotiate) acts for, if they may connect now. An upgrade takes
+   * one of the user's connection slots here, atomically, and gives it back when its TCP socket
+   * closes, whatever ends it: a refused upgrade, a SignalR handshake that never comes, a close.
+   */
   const userIdOf = (endpoint: "ws" | "signalr") => async (request: IncomingMessage) => {
     const principal = await authenticate(auth, request);
     if (principal === undefined || principal.expiresAt <= Date.now()) {
@@ -115,13 +116,6 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       return undefined;
     }
     const { userId } = principal;
-    if (
-      hub.connectionsOf(userId).length + signalr.connectionsOf(userId).length >=
-      config.limits.connectionsPerUser
-    ) {
-      obs.refused(endpoint, "too_many_connections", userId);
-      throw new WsRefusal(429, "Too Many Connections");
-    }
     const verdict = await guard.admitConnection(userId);
     if (!verdict.ok) {
       obs.refused(endpoint, "rate_limited", userId);
@@ -129,8 +123,35 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
       });
     }
+    if (request.headers.upgrade === undefined) return principal; // a negotiate: no socket yet
+    const release = await guard.slots.take(userId);
+    if (release === undefined) {
+      obs.refused(endpoint, "too_many_connections", userId);
+      throw new WsRefusal(429, "Too Many Connections");
+    }
+    if (request.socket.destroyed) release();
+    else request.socket.once("close", release);
     return principal;
   };
+  /** Ends a flooder's ws connection; its reply to the close sits behind its flood, unread. */
+  const closeFlooder = (socket: WebSocket) => {
+    socket.close(1008, "rate limit exceeded");
+    setTimeout(() => socket.terminate(), 1_000).unref();
+  };
+  const closeSignalR = (connection: Connection) =>
+    signalr.closeConnection(connection.id, "rate limit exceeded");
+  /** WebSocket pings (control frames) count like messages; answered only when admitted. */
+  const answerPings = (
+    endpoint: "ws" | "signalr",
+    connection: Connection & { socket: WebSocket },
+    close: () => void,
+  ) =>
+    connection.socket.on("ping", (data: Buffer) => {
+      if (connection.socket.readyState !== WebSocket.OPEN) return; // closing: nothing more counts
+      void admit(endpoint, connection, data.length, close).then((verdict) => {
+        if (verdict.ok) connection.socket.pong(data);
+      });
+    });
   const onSlowConsumer = () => {
     slowConsumersDropped++; // logged from the library's slow-consumer channel
   };
@@ -167,6 +188,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       const { id, userId } = connection;
       hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups }));
       obs.opened("ws", connection, groups.length);
+      answerPings("ws", connection, () => closeFlooder(connection.socket));
     },
     onJoin: ({ id }, group, reason) => {
       if (reason === "granted") hub.send(id, encode({ type: "joined", group }));
@@ -190,6 +212,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       const { id, userId } = connection;
       signalr.send(id, "welcome", { connectionId: id, userId, groups });
       obs.opened("signalr", connection, groups.length);
+      answerPings("signalr", connection, () => closeSignalR(connection));
     },
     onJoin: ({ id }, group, reason) => {
       if (reason === "granted") signalr.send(id, "joined", { group });
@@ -197,13 +220,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     onLeave: ({ id }, group, reason) =>
       signalr.send(id, "removed", { group, reason: reason ?? "revoked" }),
     onSlowConsumer,
-    // Every invocation, of a known method or not, spends the client's budget.
-    filter: async ({ connection, size }, next) => {
-      const verdict = await admit("signalr", connection, size, () =>
-        signalr.closeConnection(connection.id, "rate limit exceeded"),
-      );
+    // Every message, of any type (pings and ignored ones too), spends the client's budget.
+    admit: async (connection, bytes) => {
+      const verdict = await admit("signalr", connection, bytes, () => closeSignalR(connection));
       if (!verdict.ok) throw new HubError("rate_limited");
-      return next();
     },
     // The binding checks the number of arguments against each method's parameters.
     methods: {
@@ -236,11 +256,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       hub.send(id, encode({ type: "error", code, ...extra }));
     };
     try {
-      const verdict = await admit("ws", connection, byteLength(data), () => {
-        socket.close(1008, "rate limit exceeded");
-        // A flooder's reply to the close sits behind its flood, in a socket no longer read.
-        setTimeout(() => socket.terminate(), 1_000).unref();
-      });
+      const verdict = await admit("ws", connection, byteLength(data), () => closeFlooder(socket));
       if (!verdict.ok) return error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
       const message = parseClientMessage(data, isBinary);
       if (message === undefined) return error("bad_request");

@@ -11,6 +11,8 @@ import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
 
 const MAX_TIMER = 2 ** 31 - 1;
+/** The client events this hub handles; any other spends the budget all the same. */
+const HANDLED = new Set(["send", "join", "leave"]);
 
 /** What a client may send; every event takes an acknowledgement callback. */
 interface ClientEvents {
@@ -87,9 +89,12 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     const admit = async (): Promise<string | undefined> => {
       const principal = await authenticate(auth, socket.request);
       if (principal === undefined || principal.expiresAt <= Date.now()) return "unauthorized";
-      if (sync.connectionsOf(principal.userId).length >= config.limits.connectionsPerUser)
-        return "too_many_connections";
       if (!(await guard.admitConnection(principal.userId)).ok) return "rate_limited";
+      // One of the user's slots (on every server, with Redis), given back when the transport closes.
+      const release = await guard.slots.take(principal.userId);
+      if (release === undefined) return "too_many_connections";
+      if (socket.conn.readyState !== "open") release();
+      else socket.conn.once("close", release);
       socket.data.principal = principal;
     };
     admit().then(
@@ -126,16 +131,28 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     socket.emit("welcome", { userId, groups });
     obs.opened("socket.io", { id: socket.id, userId }, groups.length);
 
+    /** Every packet a client sends spends its budget, whatever it is; a flood is disconnected. */
+    const spend = async (bytes: number) => {
+      const verdict = await guard.admit(socket.id, userId, bytes);
+      if (verdict.ok) return verdict;
+      rateLimited++;
+      obs.rateLimited("socket.io", { id: socket.id, userId }, verdict.close);
+      if (verdict.close) socket.disconnect(true);
+      return verdict;
+    };
+    const sizeOf = (value: unknown) => Buffer.byteLength(JSON.stringify(value ?? null) ?? "");
+    // Events this hub has no handler for, and engine.io's own packets (pings, pongs, noops).
+    socket.onAny((event: string, ...args: unknown[]) => {
+      if (!HANDLED.has(event)) void spend(sizeOf(args));
+    });
+    socket.conn.on("packet", (packet: { type: string; data?: unknown }) => {
+      if (packet.type !== "message") void spend(1 + String(packet.data ?? "").length);
+    });
     const handle = (payload: unknown, ack: unknown, action: (group: string) => Promise<Reply>) => {
       const reply = typeof ack === "function" ? (ack as (r: Reply) => void) : () => {};
-      const bytes = Buffer.byteLength(JSON.stringify(payload ?? null));
-      const admitted = guard.admit(socket.id, userId, bytes).then((verdict) => {
-        if (verdict.ok) return true;
-        rateLimited++;
-        reply({ error: "rate_limited", retryAfterMs: verdict.retryAfterMs });
-        obs.rateLimited("socket.io", { id: socket.id, userId }, verdict.close);
-        if (verdict.close) socket.disconnect(true);
-        return false;
+      const admitted = spend(sizeOf(payload)).then((verdict) => {
+        if (!verdict.ok) reply({ error: "rate_limited", retryAfterMs: verdict.retryAfterMs });
+        return verdict.ok;
       });
       // One event at a time per socket, in order, as the ws hub handles its frames.
       queue = queue

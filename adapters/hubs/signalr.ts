@@ -82,6 +82,13 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
    */
   methods: Record<string, HubMethod<S>>;
   /**
+   * Runs for every message a client sends, whatever its type (pings, completions, stream items
+   * and the ones this server ignores included), before it is read: the place for rate limits.
+   * Throw a {@link HubError} to refuse it: an invocation's completion carries the error, any
+   * other message is dropped. Close the connection from here to end a flood.
+   */
+  admit?: (connection: SignalRConnection<S>, bytes: number) => void | Promise<void>;
+  /**
    * Runs around every invocation (as ASP.NET Core's hub filters do, and also for unknown
    * methods, whose `next` fails): call `next` to invoke it, or throw a {@link HubError} to refuse
    * it (a rate limit, say).
@@ -451,6 +458,8 @@ export class SignalRHub<S extends BoundSocket> {
   /** Handles one message; false when it ended the connection. */
   async #dispatch(connection: SignalRConnection<S>, data: Buffer): Promise<boolean> {
     if (data.length > this.#maxMessageBytes) return this.#tooLarge(connection);
+    const refusal = await this.#admit(connection, data.length);
+    if (connection.socket.readyState !== 1) return false;
     const message = parseObject(data);
     if (message === undefined) return this.#protocolError(connection, "Error reading JSON.");
     const { type, invocationId, target, arguments: args, streamIds } = message;
@@ -462,6 +471,14 @@ export class SignalRHub<S extends BoundSocket> {
     }
     // Other types are ignored, as ASP.NET Core ignores types it does not know.
     if (type !== INVOCATION && type !== STREAM_INVOCATION) return true;
+    if (refusal !== undefined) {
+      if (typeof invocationId === "string")
+        this.#hub.send(
+          connection.id,
+          record({ type: COMPLETION, invocationId, error: refusal.message }),
+        );
+      return true;
+    }
     if (typeof target !== "string")
       return this.#protocolError(connection, "Missing required property 'target'.");
     if (!Array.isArray(args))
@@ -512,6 +529,18 @@ export class SignalRHub<S extends BoundSocket> {
       }
     }
     return true;
+  }
+
+  /** Runs `admit` for a message; the refusal, if it refused it. */
+  async #admit(connection: SignalRConnection<S>, bytes: number): Promise<HubError | undefined> {
+    try {
+      await this.#options.admit?.(connection, bytes);
+      return undefined;
+    } catch (error) {
+      if (error instanceof HubError) return error;
+      this.#onError(error);
+      return new HubError("An unexpected error occurred admitting the message.");
+    }
   }
 
   /** `message`, with the failure's name and detail after it when detailed errors are on. */

@@ -1,4 +1,6 @@
+import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { WebSocket } from "ws";
 import {
   grant,
   logLines,
@@ -165,14 +167,15 @@ describe("a flooding client cannot starve the others (SignalR)", { timeout: 60_0
       replies.filter((r) => (r as { error?: string })?.error === "rate_limited").length,
     ).toBeGreaterThanOrEqual(5);
 
-    // One connection on each endpoint is the cap of 2: a third is refused on negotiate.
+    // One connection on each endpoint is the cap of 2: a third is refused at its upgrade.
     const wsToo = await connect(sample.wsUrl, token(env, "flooder"));
+    const bearer = { authorization: `Bearer ${token(env, "flooder")}` };
+    expect(await upgradeStatus(`${sample.wsUrl.replace("/hub", "/signalr")}`, bearer)).toBe(429);
     const negotiate = () =>
       fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
         method: "POST",
-        headers: { authorization: `Bearer ${token(env, "flooder")}` },
+        headers: bearer,
       });
-    expect((await negotiate()).status).toBe(429);
 
     for (let i = 0; i < 30; i++) void flooder.invoke("Send", "room", `g${i}`);
     expect((await flooder.closed)?.message).toContain("rate limit exceeded");
@@ -181,5 +184,109 @@ describe("a flooding client cannot starve the others (SignalR)", { timeout: 60_0
     const banned = await negotiate();
     expect(banned.status).toBe(429);
     expect(banned.headers.get("retry-after")).toBe("2");
+  });
+});
+
+describe("every frame counts, of every type, on every endpoint", { timeout: 60_000 }, () => {
+  let env: SampleEnv;
+  let sample: RunningSample;
+  beforeAll(async () => {
+    env = { ...sampleEnv(inject("azuriteConnectionString")), ...LIMITS };
+    sample = await startSample(env);
+  });
+  afterAll(async () => {
+    await sample?.stop();
+  });
+  const signalrUrl = () => `${sample.wsUrl.replace("/hub", "/signalr")}`;
+  const closedFor = (user: string) =>
+    logLines(sample.output()).filter(
+      (l) => l.event === "connection.closed" && l.reason === "rate_limited" && l.userId === user,
+    );
+
+  it("SignalR: pings, completions, stream items, cancels and unknown types are counted, and a flood of them is closed", async () => {
+    const messages = {
+      ping: { type: 6 },
+      completion: { type: 3, invocationId: "1", result: 1 },
+      "stream item": { type: 2, invocationId: "1", item: 1 },
+      cancel: { type: 5, invocationId: "1" },
+      "unknown type": { type: 42 },
+    };
+    for (const [kind, message] of Object.entries(messages)) {
+      const user = `flood-${kind.replace(" ", "-")}`;
+      const socket = new WebSocket(signalrUrl(), {
+        headers: { authorization: `Bearer ${token(env, user)}` },
+      });
+      const records: string[] = [];
+      socket.on("message", (data) => records.push(String(data)));
+      await once(socket, "open");
+      socket.send('{"protocol":"json","version":1}\u001e');
+      await expect.poll(() => records.length).toBe(2); // the handshake answer, the welcome
+      const frame = `${JSON.stringify(message)}\u001e`;
+      for (let i = 0; i < 40 && socket.readyState === WebSocket.OPEN; i++) socket.send(frame);
+      const [code] = (await once(socket, "close")) as [number];
+      expect({ kind, code, last: records.at(-1) }).toEqual({
+        kind,
+        code: 1000,
+        last: `${JSON.stringify({ type: 7, error: "rate limit exceeded", allowReconnect: false })}\u001e`,
+      });
+      await expect.poll(() => closedFor(user)).toHaveLength(1);
+    }
+  });
+
+  it("ws and SignalR: WebSocket ping frames are counted and answered only within the limits", async () => {
+    for (const url of [sample.wsUrl, signalrUrl()]) {
+      const user = url.endsWith("/hub") ? "pinger-ws" : "pinger-signalr";
+      const socket = new WebSocket(url, {
+        headers: { authorization: `Bearer ${token(env, user)}` },
+      });
+      await once(socket, "open");
+      if (url.endsWith("/signalr")) socket.send('{"protocol":"json","version":1}\u001e');
+      await once(socket, "message");
+      const pongs: Buffer[] = [];
+      socket.on("pong", (data) => pongs.push(data));
+      socket.ping("one");
+      await expect.poll(() => pongs.map(String)).toEqual(["one"]);
+      for (let i = 0; i < 60 && socket.readyState === WebSocket.OPEN; i++) socket.ping("flood");
+      await once(socket, "close");
+      expect(pongs.length).toBeLessThan(10); // within RATE_MESSAGES and RATE_BURST, not 61
+      await expect.poll(() => closedFor(user)).toHaveLength(1);
+    }
+  });
+
+  it("Socket.IO: events it has no handler for are counted, and a flood of them is disconnected", async () => {
+    const sio = await startSample({ ...env, HUB: "socket.io" });
+    try {
+      const client = await IoClient.connect(sio.url, token(env, "unknown-events"));
+      for (let i = 0; i < 60; i++) client.socket.emit("nonsense", { i });
+      await expect.poll(() => client.socket.connected).toBe(false);
+      expect(logLines(sio.output())).toContainEqual(
+        expect.objectContaining({ event: "connection.closed", userId: "unknown-events" }),
+      );
+    } finally {
+      await sio.stop();
+    }
+  });
+
+  it("holds the per-user cap across endpoints when upgrades race, and gives slots back", async () => {
+    const bearer = { authorization: `Bearer ${token(env, "racer")}` };
+    // SignalR sockets that never send their handshake count from their upgrade on.
+    const upgrade = (url: string) =>
+      new Promise<WebSocket | number>((resolve, reject) => {
+        const socket = new WebSocket(url, { headers: bearer });
+        socket.once("open", () => resolve(socket));
+        socket.once("unexpected-response", (_request, response) =>
+          resolve(response.statusCode ?? 0),
+        );
+        socket.once("error", reject);
+      });
+    const answers = await Promise.all(
+      Array.from({ length: 30 }, (_, i) => upgrade(i % 2 ? sample.wsUrl : signalrUrl())),
+    );
+    expect(answers.filter((a) => a === 429)).toHaveLength(28);
+    const open = answers.filter((a) => a instanceof WebSocket);
+    expect(open).toHaveLength(2);
+    for (const socket of open) socket.terminate();
+    await sleep(300);
+    await connect(sample.wsUrl, token(env, "racer")); // the slots came back
   });
 });
