@@ -30,8 +30,13 @@ export interface SampleConfig {
   port: number;
   openGroups: string[];
   jwt: { secret: string; issuer: string; audience: string };
-  /** Whether GET /token?user=… mints tokens (the web page's dev sign-in). */
+  /** Whether GET /token?user=… mints tokens (the web page's dev sign-in), for loopback hosts. */
   devSignIn: boolean;
+  /**
+   * Origins a browser's upgrade or negotiate may come from (requests without one, from Node,
+   * .NET and other clients, always may); empty: the server's own origins only.
+   */
+  allowedOrigins: string[];
   /** Unsent bytes past which a client that does not read is disconnected. */
   maxBufferedBytes: number;
   /** Which hub `npm start` runs: the `ws` sample (default) or the Socket.IO one. */
@@ -102,13 +107,35 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
     );
   }
   const host = env.HOST || "127.0.0.1";
-  const loopback = host === "127.0.0.1" || host === "::1" || host === "localhost";
-  const production = env.NODE_ENV === "production";
-  // Dev sign-in hands out tokens to anyone who asks: on by default only off production and on loopback.
+  // Dev sign-in hands a token for any user to whoever asks: only ever for a local development
+  // run, by default when it plainly is one, never against a real storage account or anything
+  // that calls itself other than development or test.
+  const nodeEnv = env.NODE_ENV ?? "";
+  const developing = ["", "development", "test"].includes(nodeEnv);
+  const localStorage = connectionString === undefined || isEmulator(connectionString);
+  if (env.DEV_SIGN_IN !== undefined && env.DEV_SIGN_IN !== "0" && env.DEV_SIGN_IN !== "1")
+    throw new ConfigError(`DEV_SIGN_IN must be 0 or 1, got ${JSON.stringify(env.DEV_SIGN_IN)}`);
   const devSignIn =
-    env.DEV_SIGN_IN === undefined ? !production && loopback : env.DEV_SIGN_IN === "1";
-  if (devSignIn && production)
-    throw new ConfigError("DEV_SIGN_IN cannot be enabled when NODE_ENV=production");
+    env.DEV_SIGN_IN === undefined
+      ? developing && localStorage && isLoopback(host)
+      : env.DEV_SIGN_IN === "1";
+  if (devSignIn && !developing)
+    throw new ConfigError(
+      `DEV_SIGN_IN=1 is refused with NODE_ENV=${nodeEnv}: it mints tokens for any user (unset NODE_ENV, or set it to development or test)`,
+    );
+  if (devSignIn && !localStorage)
+    throw new ConfigError(
+      "DEV_SIGN_IN=1 is refused with a storage account in AZURE_TABLES_CONNECTION_STRING: it mints tokens for any user (use Azurite, or DEV_SIGN_IN=0)",
+    );
+  const allowedOrigins = (env.ALLOWED_ORIGINS ?? "")
+    .split(",")
+    .map((o) => o.trim())
+    .filter((o) => o !== "");
+  for (const origin of allowedOrigins)
+    if (URL.parse(origin)?.origin !== origin)
+      throw new ConfigError(
+        `ALLOWED_ORIGINS must list origins like https://chat.example.com, got ${JSON.stringify(origin)}`,
+      );
   const hub = env.HUB || "ws";
   if (hub !== "ws" && hub !== "socket.io")
     throw new ConfigError(`HUB must be "ws" or "socket.io", got ${JSON.stringify(hub)}`);
@@ -131,6 +158,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
       audience: env.JWT_AUDIENCE || "hub-membership-sample",
     },
     devSignIn,
+    allowedOrigins,
     maxBufferedBytes: integer(env, "MAX_BUFFERED_BYTES", 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
     hub,
     redisUrl,
@@ -150,3 +178,21 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
 /** The connection string the sample and the admin script use: the configured one, or the sample's Azurite. */
 export const connectionStringOf = (config: SampleConfig) =>
   config.connectionString ?? azuriteConnectionString(config.azuritePort);
+
+/** A loopback host name: localhost, 127.0.0.0/8 or ::1 (brackets and a port allowed). */
+export function isLoopback(host: string): boolean {
+  const name = host
+    .replace(/:\d+$/, "")
+    .replace(/^\[(.*)\]$/, "$1")
+    .toLowerCase();
+  return name === "localhost" || name === "::1" || /^127(\.\d{1,3}){3}$/.test(name);
+}
+
+/** Whether a connection string names Azurite (its well-known account on a loopback host). */
+function isEmulator(connectionString: string): boolean {
+  if (/(^|;)\s*UseDevelopmentStorage=true\s*(;|$)/i.test(connectionString)) return true;
+  const account = /(?:^|;)\s*AccountName=([^;]*)/i.exec(connectionString)?.[1]?.trim();
+  const endpoint = /(?:^|;)\s*TableEndpoint=([^;]*)/i.exec(connectionString)?.[1]?.trim();
+  const host = endpoint === undefined ? undefined : URL.parse(endpoint)?.host;
+  return account === "devstoreaccount1" && host !== undefined && isLoopback(host);
+}

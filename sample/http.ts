@@ -10,7 +10,13 @@ import {
   type MembershipStore,
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
-import { ConfigError, connectionStringOf, isRefusedByStore, type SampleConfig } from "./config.js";
+import {
+  ConfigError,
+  connectionStringOf,
+  isLoopback,
+  isRefusedByStore,
+  type SampleConfig,
+} from "./config.js";
 import type { Log, Observability } from "./observability.js";
 import { changeFeedOf, connectRedis } from "./redis.js";
 
@@ -89,6 +95,7 @@ export async function commonRoute(
     store: MembershipStore;
     stats: () => object;
     observability: Observability;
+    origins: Origins;
   },
 ): Promise<boolean> {
   const url = requestTarget(req);
@@ -122,6 +129,9 @@ export async function commonRoute(
     }
     case "/token": {
       if (!context.config.devSignIn) sendJson(res, 403, { error: "dev_sign_in_disabled" });
+      // Only for a page on this machine: a DNS-rebinding page names its own host.
+      else if (!isLoopback(req.headers.host ?? "") || !context.origins.allows(req))
+        sendJson(res, 403, { error: "dev_sign_in_loopback_only" });
       else {
         const user = url?.searchParams.get("user");
         if (!isValidName(user)) sendJson(res, 400, { error: "bad_request" });
@@ -173,4 +183,31 @@ export async function listen(server: Server, config: SampleConfig): Promise<stri
   const { port } = server.address() as AddressInfo;
   const host = config.host.includes(":") ? `[${config.host}]` : config.host;
   return `http://${host}:${port}`;
+}
+
+/**
+ * The origins a browser may open the hubs from (its upgrades and negotiates carry an `Origin`):
+ * ALLOWED_ORIGINS, else the server's own, known once it listens. A request without an `Origin`
+ * (Node, .NET and other clients that are not browsers) is allowed: the check protects browsers'
+ * users from other sites' pages, which cannot leave it out.
+ */
+export class Origins {
+  readonly #allowed: Set<string>;
+
+  constructor(readonly config: SampleConfig) {
+    this.#allowed = new Set(config.allowedOrigins);
+  }
+
+  /** Called with the server's URL once it listens. */
+  listening(url: string): void {
+    if (this.config.allowedOrigins.length > 0) return;
+    const { port, host } = new URL(url);
+    const hosts = isLoopback(host) ? ["127.0.0.1", "localhost", "[::1]"] : [host];
+    for (const name of hosts) this.#allowed.add(`http://${name.replace(/:\d+$/, "")}:${port}`);
+  }
+
+  allows(request: IncomingMessage): boolean {
+    const { origin } = request.headers;
+    return origin === undefined || this.#allowed.has(origin);
+  }
 }

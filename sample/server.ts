@@ -8,7 +8,7 @@ import { isValidName, MembershipError, type MembershipStore } from "../adapters/
 import { RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
+import { commonRoute, httpServer, listen, Origins, openStore, sendJson } from "./http.js";
 import { floodGuardOf } from "./limits.js";
 import { Observability } from "./observability.js";
 
@@ -95,6 +95,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const { log } = obs;
   const { store, requests } = await openStore(config, log);
   const auth = configurePassport(config.jwt);
+  const origins = new Origins(config);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
   let slowConsumersDropped = 0;
   let rateLimited = 0;
@@ -110,6 +111,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
    * closes, whatever ends it: a refused upgrade, a SignalR handshake that never comes, a close.
    */
   const userIdOf = (endpoint: "ws" | "signalr") => async (request: IncomingMessage) => {
+    if (!origins.allows(request)) {
+      obs.refused(endpoint, "origin");
+      throw new WsRefusal(403, "Forbidden");
+    }
     const principal = await authenticate(auth, request);
     if (principal === undefined || principal.expiresAt <= Date.now()) {
       obs.refused(endpoint, "unauthorized");
@@ -345,7 +350,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       rateLimited,
       storageRequests: requests,
     });
-    if (await commonRoute(req, res, { config, store, stats, observability: obs })) return;
+    if (await commonRoute(req, res, { config, store, stats, observability: obs, origins })) return;
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
     }
@@ -381,6 +386,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     }
   });
   const url = await listen(server, config);
+  origins.listening(url);
 
   return {
     url,

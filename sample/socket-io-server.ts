@@ -4,7 +4,7 @@ import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, openStore, sendJson } from "./http.js";
+import { commonRoute, httpServer, listen, Origins, openStore, sendJson } from "./http.js";
 import { floodGuardOf } from "./limits.js";
 import { Observability } from "./observability.js";
 import { connectRedis } from "./redis.js";
@@ -56,6 +56,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     throw error;
   };
   const auth = configurePassport(config.jwt);
+  const origins = new Origins(config);
   let joins = 0;
   let leaves = 0;
 
@@ -67,10 +68,16 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       rateLimited,
       storageRequests: requests,
     });
-    if (!(await commonRoute(req, res, { config, store, stats, observability: obs })))
+    if (!(await commonRoute(req, res, { config, store, stats, observability: obs, origins })))
       sendJson(res, 404, { error: "not_found" });
   }, log);
   const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
+    // A browser's page from another origin may not open a socket (see Origins).
+    allowRequest: (request, callback) => {
+      const allowed = origins.allows(request);
+      if (!allowed) obs.refused("socket.io", "origin");
+      callback(allowed ? null : "origin not allowed", allowed);
+    },
     transports: ["websocket"],
     maxHttpBufferSize: 64 * 1024,
     serveClient: false,
@@ -201,6 +208,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   });
 
   const url = await listen(http, config);
+  origins.listening(url);
 
   return {
     url,

@@ -9,6 +9,7 @@ import {
   sampleEnv,
   startSample,
   token,
+  upgradeStatus,
   useClients,
 } from "../support/sample.js";
 
@@ -68,5 +69,45 @@ describe("the sample at its edge: one request never stops it", () => {
       .poll(() => logLines(sample.output()).filter((l) => l.event === "client.protocol_error"))
       .toEqual([expect.objectContaining({ level: 40, endpoint: "ws", userId: "bob" })]);
     expect(logLines(sample.output()).filter((l) => Number(l.level) >= 50)).toEqual([]);
+  });
+});
+
+describe("the sample's browser-facing checks", () => {
+  let env: SampleEnv;
+  let sample: RunningSample;
+  let port: number;
+  beforeAll(async () => {
+    env = sampleEnv(inject("azuriteConnectionString"));
+    sample = await startSample(env);
+    port = Number(new URL(sample.url).port);
+  });
+  afterAll(() => sample.stop());
+
+  it("mints dev tokens only for a request to a loopback host name", async () => {
+    const ask = (host: string, headers: Record<string, string> = {}) =>
+      rawRequest(port, httpRequest("GET /token?user=alice HTTP/1.1", { host, ...headers }));
+    for (const host of [`127.0.0.1:${port}`, `localhost:${port}`, `[::1]:${port}`])
+      expect((await ask(host)).status, host).toBe("HTTP/1.1 200 OK");
+    for (const host of [`attacker.example:${port}`, "attacker.example", "127.0.0.1.nip.io"])
+      expect((await ask(host)).status, host).toBe("HTTP/1.1 403 Forbidden");
+    const rebound = await ask(`localhost:${port}`, { origin: "http://attacker.example" });
+    expect(rebound.status).toBe("HTTP/1.1 403 Forbidden");
+  });
+
+  it("refuses upgrades and negotiates from another origin, and takes its own and none", async () => {
+    const bearer = { authorization: `Bearer ${token(env, "alice")}` };
+    for (const url of [sample.wsUrl, sample.wsUrl.replace("/hub", "/signalr")]) {
+      expect(await upgradeStatus(url, { ...bearer, origin: "http://evil.example" }), url).toBe(403);
+      expect(await upgradeStatus(url, { ...bearer, origin: "null" }), url).toBe(403);
+      expect(await upgradeStatus(url, { ...bearer, origin: sample.url }), url).toBe("open");
+      expect(await upgradeStatus(url, bearer), url).toBe("open");
+    }
+    const negotiate = (origin: string) =>
+      fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
+        method: "POST",
+        headers: { ...bearer, origin },
+      });
+    expect((await negotiate("http://evil.example")).status).toBe(403);
+    expect((await negotiate(sample.url)).status).toBe(200);
   });
 });
