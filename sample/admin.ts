@@ -15,6 +15,7 @@ import {
 import { mintToken } from "./auth.js";
 import { exportTo, importFile } from "./bulk.js";
 import { ConfigError, connectionStringOf, isRefusedByStore, loadConfig } from "./config.js";
+import { redactedMessage } from "./redact.js";
 import { changeFeedOf } from "./redis.js";
 
 class UsageError extends Error {}
@@ -328,7 +329,7 @@ main(process.argv.slice(2)).catch((error: unknown) => {
     error instanceof UsageError ||
     (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS") ||
     (error instanceof MembershipError && error.code === "INVALID_ARGUMENT");
-  const message = error instanceof Error ? error.message : String(error);
+  const message = redactedMessage(error);
   const prefix =
     error instanceof ConfigError || isRefusedByStore(error) ? "configuration error: " : "error: ";
   console.error(`${prefix}${message}`);

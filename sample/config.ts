@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { azuriteConnectionString } from "../adapters/testing/azurite.js";
 import type { Limits } from "./limits.js";
+import { redact } from "./redact.js";
 
 /** A configuration problem, reported as one clear line before anything starts. */
 export class ConfigError extends Error {
@@ -142,7 +143,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
   const redisUrl = env.REDIS_URL?.trim() || undefined;
   if (redisUrl !== undefined && !/^rediss?:\/\//.test(redisUrl))
     throw new ConfigError(
-      `REDIS_URL must start with redis:// or rediss://, got ${JSON.stringify(redisUrl)}`,
+      `REDIS_URL must start with redis:// or rediss://, got ${JSON.stringify(redact(redisUrl))}`,
     );
   return {
     connectionString,

@@ -9,6 +9,7 @@ import type {
   SlowConsumerEvent,
   StorageRequestEvent,
 } from "../adapters/index.js";
+import { redact } from "./redact.js";
 
 /** Structured JSON logs, one line per event (pino), on standard output. */
 export type Log = pino.Logger;
@@ -37,6 +38,13 @@ export class Observability {
       base: { pid: process.pid },
       // Belt and braces: nothing logs these, and should anything ever, they are blanked.
       redact: ["token", "authorization", "accessToken", "*.token", "*.authorization"],
+      // An error's text can carry a URL with a password or a SAS: blanked before it is written.
+      serializers: {
+        err: (error: Error) => {
+          const plain = pino.stdSerializers.err(error);
+          return { ...plain, message: redact(plain.message), stack: redact(plain.stack) };
+        },
+      },
     });
     const registry = this.registry;
     collectDefaultMetrics({ register: registry, prefix: "hub_membership_process_" });

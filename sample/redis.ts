@@ -1,6 +1,7 @@
 import { createClient, type RedisClientType } from "redis";
 import { RedisChangeFeed } from "../adapters/redis/index.js";
 import type { SampleConfig } from "./config.js";
+import { redact, redactedMessage } from "./redact.js";
 
 /**
  * A Redis client for the sample: the start-up fails at once, with one clear line, if Redis is not
@@ -19,10 +20,10 @@ export async function connectRedis(
       reconnectStrategy: (retries, cause) => (up ? Math.min(100 * retries, 2_000) : cause),
     },
   });
-  client.on("error", (e: Error) => up && console.error(`redis: ${e.message}`));
+  client.on("error", (e: Error) => up && console.error(`redis: ${redactedMessage(e)}`));
   await client.connect().catch((error: unknown) => {
     if (client.isOpen) client.destroy();
-    throw new Error(`cannot reach Redis at ${url}: ${String(error)}`);
+    throw new Error(`cannot reach Redis at ${redact(url)}: ${redactedMessage(error)}`);
   });
   up = true;
   return client;

@@ -4,6 +4,7 @@
  */
 import { type Azurite, startAzurite } from "../adapters/testing/azurite.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { redactedMessage } from "./redact.js";
 import { startHubServer } from "./server.js";
 import { startSocketIoServer } from "./socket-io-server.js";
 
@@ -16,7 +17,7 @@ let dying = false;
 const fatal = (error: unknown) => {
   if (dying) return;
   dying = true;
-  console.error(`fatal: ${error instanceof Error ? error.message : String(error)}`);
+  console.error(`fatal: ${redactedMessage(error)}`);
   void Promise.resolve(azurite?.stop()).finally(() => process.exit(1));
 };
 process.on("uncaughtException", fatal);
@@ -66,6 +67,9 @@ async function main() {
 }
 
 main().catch((error: unknown) => {
-  console.error(error instanceof ConfigError ? `configuration error: ${error.message}` : error);
+  // One line, no stack, no secret: what went wrong and, where it can, what to do.
+  console.error(
+    `${error instanceof ConfigError ? "configuration error" : "error"}: ${redactedMessage(error)}`,
+  );
   process.exit(1);
 });

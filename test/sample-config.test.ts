@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig } from "../sample/config.js";
+import { redact } from "../sample/redact.js";
 
 const SECRET = "s".repeat(32);
 const AZURITE =
@@ -44,5 +45,27 @@ describe("the sample's dev sign-in is safe by construction", () => {
     ).toEqual(["https://chat.example.com", "http://localhost:8080"]);
     for (const bad of ["chat.example.com", "https://chat.example.com/", "*"])
       expect(() => config({ ALLOWED_ORIGINS: bad }), bad).toThrow(ConfigError);
+  });
+});
+
+describe("the sample prints no secret", () => {
+  it("redacts URL credentials, account keys and SAS signatures", () => {
+    expect(
+      redact("cannot reach Redis at redis://default:hunter2@10.0.0.1:6379: ECONNREFUSED"),
+    ).toBe("cannot reach Redis at redis://***@10.0.0.1:6379: ECONNREFUSED");
+    expect(redact('"REDIS://:pw@host"')).toBe('"REDIS://***@host"');
+    expect(redact(`${ACCOUNT}`)).not.toContain("a2V5");
+    expect(
+      redact("TableEndpoint=https://x/;SharedAccessSignature=sv=2020-08-04&sig=abc%2Bdef"),
+    ).toBe("TableEndpoint=https://x/;SharedAccessSignature=***");
+    expect(redact("GET https://x.table.core.windows.net/t?sv=2020&sig=abc%2B&se=1 failed")).toBe(
+      "GET https://x.table.core.windows.net/t?sv=2020&sig=***&se=1 failed",
+    );
+  });
+
+  it("echoes no password in a configuration error", () => {
+    expect(() => config({ REDIS_URL: "REDIS://default:hunter2@host" })).toThrow(
+      'REDIS_URL must start with redis:// or rediss://, got "REDIS://***@host"',
+    );
   });
 });

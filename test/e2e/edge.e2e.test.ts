@@ -2,6 +2,7 @@ import jwt from "jsonwebtoken";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "../support/raw-http.js";
 import {
+  admin,
   grant,
   logLines,
   type RunningSample,
@@ -109,5 +110,31 @@ describe("the sample's browser-facing checks", () => {
       });
     expect((await negotiate("http://evil.example")).status).toBe(403);
     expect((await negotiate(sample.url)).status).toBe(200);
+  });
+});
+
+describe("no secret reaches the sample's output", () => {
+  it("an unreachable Redis with a password: one line, exit 1, no password", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const error = await startSample({
+      ...env,
+      REDIS_URL: "redis://default:hunter2secret@127.0.0.1:1",
+    }).then(
+      () => expect.fail("the sample started"),
+      (e: Error) => e.message,
+    );
+    expect(error).toMatch(/^error: cannot reach Redis at redis:\/\/\*\*\*@127\.0\.0\.1:1/m);
+    expect(error).not.toContain("hunter2secret");
+    expect(error).not.toMatch(/\n\s+at /);
+  });
+
+  it("the admin script on an unreachable SAS endpoint: no signature", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const sas =
+      "TableEndpoint=http://127.0.0.1:1/devstoreaccount1;SharedAccessSignature=sv=2020-08-04&ss=t&srt=sco&sp=rwdlacu&se=2099-01-01&sig=SECRETSIGNATURE";
+    const result = await admin({ ...env, AZURE_TABLES_CONNECTION_STRING: sas }, "groups", "alice");
+    expect(result.code).toBe(1);
+    expect(result.stderr).not.toContain("SECRETSIGNATURE");
+    expect(result.stderr).toMatch(/unavailable/);
   });
 });
