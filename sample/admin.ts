@@ -184,13 +184,15 @@ async function main(argv: string[]): Promise<void> {
         await store.addToGroup(first, second, expiresAt ? { expiresAt } : undefined);
         return print(
           { ok: true, userId: first, group: second, expiresAt: expiresAt?.toISOString() ?? null },
-          `granted ${first} → ${second}${expiresAt ? ` until ${expiresAt.toISOString()}` : ""}`,
+          `granted ${shown(first)} → ${shown(second)}${expiresAt ? ` until ${expiresAt.toISOString()}` : ""}`,
         );
       case "revoke": {
         const removed = await store.removeFromGroup(first, second);
         return print(
           { ok: true, removed, userId: first, group: second },
-          removed ? `revoked ${first} from ${second}` : `${first} was not a member of ${second}`,
+          removed
+            ? `revoked ${shown(first)} from ${shown(second)}`
+            : `${shown(first)} was not a member of ${shown(second)}`,
         );
       }
       case "groups": {
@@ -201,7 +203,8 @@ async function main(argv: string[]): Promise<void> {
             addedAt: m.addedAt,
             expiresAt: m.expiresAt ?? null,
           })),
-          groups.map((m) => `${m.group}\t${describe(m)}`).join("\n") || `${first} has no groups`,
+          groups.map((m) => `${shown(m.group)}\t${describe(m)}`).join("\n") ||
+            `${shown(first)} has no groups`,
         );
       }
       case "members": {
@@ -214,7 +217,8 @@ async function main(argv: string[]): Promise<void> {
             addedAt: m.addedAt,
             expiresAt: m.expiresAt ?? null,
           })),
-          members.map((m) => `${m.userId}\t${describe(m)}`).join("\n") || `${first} has no members`,
+          members.map((m) => `${shown(m.userId)}\t${describe(m)}`).join("\n") ||
+            `${shown(first)} has no members`,
         );
       }
       case "count": {
@@ -223,7 +227,7 @@ async function main(argv: string[]): Promise<void> {
       }
       case "remove-user": {
         const removed = await store.removeUser(first);
-        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
+        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${shown(first)}`);
       }
       case "repair": {
         const report = await store.repair({ dryRun: values["dry-run"] === true });
@@ -276,7 +280,7 @@ async function main(argv: string[]): Promise<void> {
       }
       case "delete-group": {
         const removed = await store.deleteGroup(first);
-        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${first}`);
+        return print({ ok: true, removed }, `removed ${removed} membership(s) of ${shown(first)}`);
       }
     }
   } finally {
@@ -320,6 +324,16 @@ function progressReporter() {
     },
   };
 }
+
+/**
+ * A name as text output shows it: control characters (a tab or a newline would forge a line, an
+ * escape sequence would drive the terminal), bidirectional overrides and backslashes written as
+ * escapes. `--json` prints names exactly.
+ */
+const shown = (name: string) =>
+  name.replace(/[\\\p{Cc}\p{Bidi_Control}\p{Zl}\p{Zp}]/gu, (c) =>
+    c === "\\" ? "\\\\" : `\\u{${c.codePointAt(0)?.toString(16)}}`,
+  );
 
 /** The command named on the command line, if it is one, for a usage message about it alone. */
 const command = (argv: string[]) => argv.slice(2).find((arg) => arg in COMMANDS);

@@ -41,6 +41,16 @@ function check(fields: { userId?: unknown; group?: unknown; expiresAt?: unknown 
 
 const COLUMNS = ["userId", "group", "expiresAt"];
 
+/**
+ * A spreadsheet runs a cell that starts with `=`, `+`, `-`, `@`, a tab or a carriage return as a
+ * formula (`=HYPERLINK(…)` from a user id): export writes such a name with a leading `'`, which
+ * spreadsheets show as text, and so also a name that starts with `'` itself; import takes one
+ * leading `'` off. So every name still round-trips exactly.
+ */
+const FORMULA = /^[=+\-@\t\r']/;
+const guardFormula = (name: string) => (FORMULA.test(name) ? `'${name}` : name);
+const unguardFormula = (cell: string | undefined) => (cell?.startsWith("'") ? cell.slice(1) : cell);
+
 /** The rows of a file, in order, with their line numbers. */
 export async function* readRows(file: string, format: Format): AsyncIterable<Row> {
   const input = createReadStream(file);
@@ -92,6 +102,8 @@ export async function* readRows(file: string, format: Format): AsyncIterable<Row
       continue;
     }
     const fields = Object.fromEntries(header.map((name, i) => [name, record[i]]));
+    fields.userId = unguardFormula(fields.userId);
+    fields.group = unguardFormula(fields.group);
     yield row(line, end, check(fields, now()));
   }
 }
@@ -172,7 +184,7 @@ export async function importFile(options: ImportOptions): Promise<ImportReport> 
     batch = [];
     // Only once the batch is stored: a crash before this repeats it, which grants nothing twice.
     const checkpoint: Checkpoint = { size, mtimeMs, table: options.table, line: lastLine, written };
-    await writeFile(`${checkpointFile}.partial`, JSON.stringify(checkpoint));
+    await writeFile(`${checkpointFile}.partial`, JSON.stringify(checkpoint), { mode: 0o600 });
     await rename(`${checkpointFile}.partial`, checkpointFile);
     options.onProgress({ bytes: end, total: size, written });
   };
@@ -222,7 +234,11 @@ export async function exportTo(
   );
   const encode =
     format === "csv"
-      ? stringify({ header: true, columns: COLUMNS })
+      ? stringify({
+          header: true,
+          columns: COLUMNS,
+          cast: { string: (value, { header }) => (header ? value : guardFormula(value)) },
+        })
       : new Transform({
           writableObjectMode: true,
           transform(record: { expiresAt: string }, _encoding, done) {
@@ -235,7 +251,8 @@ export async function exportTo(
     return count;
   }
   const partial = `${target.file}.partial`;
-  await pipeline(records, encode, createWriteStream(partial));
+  // Memberships are for the operator's eyes: not readable by other users of the machine.
+  await pipeline(records, encode, createWriteStream(partial, { mode: 0o600 }));
   await rename(partial, target.file);
   return count;
 }

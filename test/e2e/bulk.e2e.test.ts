@@ -1,4 +1,4 @@
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parse } from "csv-parse/sync";
@@ -46,6 +46,8 @@ describe("admin import and export", { timeout: 60_000 }, () => {
     expiresAt: i % 3 === 0 ? later : null,
   }));
   const expected = rows.map((r) => JSON.stringify([r.userId, r.group, r.expiresAt])).sort();
+  /** A name as the export writes it: a leading `'` before what a spreadsheet would run. */
+  const guarded = (name: string) => (/^[=+\-@\t\r']/.test(name) ? `'${name}` : name);
   const csvField = (value: string) =>
     /[",\r\n]/.test(value) ? `"${value.replaceAll('"', '""')}"` : value;
 
@@ -53,7 +55,9 @@ describe("admin import and export", { timeout: 60_000 }, () => {
     const env = sampleEnv(inject("azuriteConnectionString"));
     const csv = [
       "group,userId,expiresAt", // any column order
-      ...rows.map((r) => [r.group, r.userId, r.expiresAt ?? ""].map(csvField).join(",")),
+      ...rows.map((r) =>
+        [guarded(r.group), guarded(r.userId), r.expiresAt ?? ""].map(csvField).join(","),
+      ),
     ].join("\r\n");
     const imported = await run(env, "import", await file("hostile.csv", csv), "--json");
     expect(JSON.parse(imported.stdout)).toMatchObject({
@@ -68,8 +72,12 @@ describe("admin import and export", { timeout: 60_000 }, () => {
     const exported = parse(await readFile(out), { columns: true, bom: true }) as Array<
       Record<string, string>
     >;
+    const unguarded = (cell: string | undefined) => (cell?.startsWith("'") ? cell.slice(1) : cell);
+    expect(exported.every((r) => r.userId === guarded(unguarded(r.userId) ?? ""))).toBe(true);
     expect(
-      exported.map((r) => JSON.stringify([r.userId, r.group, r.expiresAt || null])).sort(),
+      exported
+        .map((r) => JSON.stringify([unguarded(r.userId), unguarded(r.group), r.expiresAt || null]))
+        .sort(),
     ).toEqual(expected);
     // The export imports again into another table, to the same memberships.
     const copy = sampleEnv(inject("azuriteConnectionString"));
@@ -146,5 +154,40 @@ describe("admin import and export", { timeout: 60_000 }, () => {
     expect((await admin(env, "export", "a", "b")).code).toBe(2);
     expect((await admin(env, "grant", "alice", "Sports", "--skip-invalid")).code).toBe(2);
     expect(await stored(env)).toEqual([]);
+  });
+
+  it("exports no cell a spreadsheet would run, and writes files only its owner reads", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const formulas = ['=HYPERLINK("http://x","y")', "@SUM(A1)", "+1", "-2", "'quoted", "\tTab"];
+    for (const name of formulas) await run(env, "grant", "--", name, "=cmd|' /C calc'!A0");
+    const out = join(dir, "formulas.csv");
+    await run(env, "export", out);
+    const cells = (parse(await readFile(out), { bom: true }) as string[][]).slice(1);
+    for (const [userId, group] of cells) {
+      expect(userId?.startsWith("'"), userId).toBe(true);
+      expect(group).toBe("'=cmd|' /C calc'!A0");
+    }
+    expect((await stat(out)).mode & 0o777).toBe(0o600);
+    // And the export imports again exactly.
+    const copy = sampleEnv(inject("azuriteConnectionString"));
+    await run(copy, "import", out);
+    expect(await stored(copy)).toEqual(await stored(env));
+  });
+
+  it("prints names as text without forging lines or driving the terminal; --json exactly", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const forged = "eve\tnever\nmallory\tforever\u001b[2J\u202egnp.exe";
+    await run(env, "grant", forged, "room");
+    await run(env, "grant", "bob", "room");
+    const { stdout } = await run(env, "members", "room");
+    expect(stdout.trimEnd().split("\n")).toEqual([
+      "bob\tnever expires",
+      "eve\\u{9}never\\u{a}mallory\\u{9}forever\\u{1b}[2J\\u{202e}gnp.exe\tnever expires",
+    ]);
+    const json = await run(env, "members", "room", "--json");
+    expect((JSON.parse(json.stdout) as Array<{ userId: string }>).map((m) => m.userId)).toEqual([
+      "bob",
+      forged,
+    ]);
   });
 });
