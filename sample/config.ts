@@ -49,6 +49,13 @@ export interface SampleConfig {
   redisUrl: string | undefined;
   /** What a client may send (rate limits and connection cap). */
   limits: Limits;
+  /** How often `/hub` pings each client; one silent since the previous ping is dropped. */
+  heartbeatSeconds: number;
+  /** A second listener for /metrics, /stats and /healthz (OPS_PORT, on OPS_HOST). */
+  opsPort: number | undefined;
+  opsHost: string;
+  /** A bearer token /metrics and /stats require (OPS_TOKEN). */
+  opsToken: string | undefined;
 }
 
 function integer(env: NodeJS.ProcessEnv, name: string, fallback: number, min: number, max: number) {
@@ -163,6 +170,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
     maxBufferedBytes: integer(env, "MAX_BUFFERED_BYTES", 4 * 1024 * 1024, 64 * 1024, 2 ** 30),
     hub,
     redisUrl,
+    heartbeatSeconds: integer(env, "HEARTBEAT_SECONDS", 30, 1, 3600),
+    opsPort: env.OPS_PORT ? integer(env, "OPS_PORT", 0, 0, 65535) : undefined,
+    opsHost: env.OPS_HOST || "127.0.0.1",
+    opsToken: opsToken(env),
     limits: {
       messagesPerSecond: integer(env, "RATE_MESSAGES", 20, 1, 1_000_000),
       messageBurst: integer(env, "RATE_BURST", 40, 0, 1_000_000),
@@ -179,6 +190,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): SampleConfig {
 /** The connection string the sample and the admin script use: the configured one, or the sample's Azurite. */
 export const connectionStringOf = (config: SampleConfig) =>
   config.connectionString ?? azuriteConnectionString(config.azuritePort);
+
+function opsToken(env: NodeJS.ProcessEnv): string | undefined {
+  const token = env.OPS_TOKEN;
+  if (token === undefined || token === "") return undefined;
+  if (Buffer.byteLength(token) < 16 || /\s/.test(token))
+    throw new ConfigError("OPS_TOKEN must be at least 16 bytes, without spaces");
+  return token;
+}
 
 /** A loopback host name: localhost, 127.0.0.0/8 or ::1 (brackets and a port allowed). */
 export function isLoopback(host: string): boolean {

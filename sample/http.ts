@@ -1,14 +1,10 @@
+import { timingSafeEqual } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { PipelinePolicy } from "@azure/core-rest-pipeline";
 import { requestTarget } from "../adapters/hubs/ws.js";
-import {
-  AzureTableMembershipStore,
-  isValidName,
-  MembershipError,
-  type MembershipStore,
-} from "../adapters/index.js";
+import { AzureTableMembershipStore, isValidName, type MembershipStore } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import {
   ConfigError,
@@ -90,24 +86,24 @@ export function sendJson(res: ServerResponse, status: number, body: object): voi
 export async function commonRoute(
   req: IncomingMessage,
   res: ServerResponse,
-  context: {
-    config: SampleConfig;
-    store: MembershipStore;
-    stats: () => object;
-    observability: Observability;
-    origins: Origins;
-  },
+  context: RouteContext,
+  /** Whether the request came to the OPS_PORT listener. */
+  onOpsPort = false,
 ): Promise<boolean> {
   const url = requestTarget(req);
-  switch (url?.pathname) {
-    case "/healthz":
-      try {
-        await context.store.isMember("healthz", "healthz");
-        sendJson(res, 200, { ok: true });
-      } catch (e) {
-        sendJson(res, 503, { ok: false, error: e instanceof MembershipError ? e.code : "error" });
-      }
+  const path = url?.pathname;
+  if ((path === "/metrics" || path === "/stats") && !opsAllowed(req, context.config, onOpsPort)) {
+    sendJson(res, 404, { error: "not_found" });
+    return true;
+  }
+  switch (path) {
+    case "/healthz": {
+      const health = await context.observability.health(() =>
+        context.store.isMember("healthz", "healthz"),
+      );
+      sendJson(res, health.ok ? 200 : 503, health);
       return true;
+    }
     case "/stats": {
       if (url?.searchParams.get("gc") === "1") globalThis.gc?.();
       const { heapUsed, rss } = process.memoryUsage();
@@ -173,8 +169,53 @@ export function httpServer(
   return server;
 }
 
+/** What the common routes read. */
+export interface RouteContext {
+  config: SampleConfig;
+  store: MembershipStore;
+  stats: () => object;
+  observability: Observability;
+  origins: Origins;
+}
+
+/**
+ * Who may read /metrics and /stats (which say how busy the server is, and /stats resets its
+ * event-loop figures): with OPS_PORT only its listener; with OPS_TOKEN only a request bearing
+ * it; else anyone, but only on a loopback HOST, where anyone is this machine.
+ */
+function opsAllowed(req: IncomingMessage, config: SampleConfig, onOpsPort: boolean): boolean {
+  if (config.opsPort !== undefined && !onOpsPort) return false;
+  if (config.opsToken !== undefined) {
+    const given = Buffer.from(req.headers.authorization ?? "");
+    const expected = Buffer.from(`Bearer ${config.opsToken}`);
+    return given.length === expected.length && timingSafeEqual(given, expected);
+  }
+  return onOpsPort || isLoopback(config.host);
+}
+
+/**
+ * With OPS_PORT, a second listener (on OPS_HOST, 127.0.0.1 by default) for /metrics, /stats and
+ * /healthz, so that they can stay off the public port. Resolves to how to close it.
+ */
+export async function listenOps(context: RouteContext, log: Log): Promise<() => Promise<void>> {
+  const { config } = context;
+  if (config.opsPort === undefined) return async () => {};
+  const server = httpServer(async (req, res) => {
+    const path = requestTarget(req)?.pathname;
+    if (path === "/metrics" || path === "/stats" || path === "/healthz")
+      await commonRoute(req, res, context, true);
+    else sendJson(res, 404, { error: "not_found" });
+  }, log);
+  const url = await listen(server, { host: config.opsHost, port: config.opsPort });
+  log.info({ event: "ops.listening", url }, "metrics, stats and health on their own port");
+  return () => new Promise((resolve) => server.close(() => resolve()));
+}
+
 /** Listens on the configured host and port; resolves to the server's URL. */
-export async function listen(server: Server, config: SampleConfig): Promise<string> {
+export async function listen(
+  server: Server,
+  config: Pick<SampleConfig, "host" | "port">,
+): Promise<string> {
   server.listen(config.port, config.host);
   await new Promise<void>((resolve, reject) => {
     server.once("listening", resolve);

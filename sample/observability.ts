@@ -23,6 +23,10 @@ export type Log = pino.Logger;
  */
 export class Observability {
   readonly log: Log;
+  #storageAnsweredAt = 0;
+  #storageFailedAt = 0;
+  #feedUp = true;
+  #probe: Promise<void> | undefined;
   readonly registry = new Registry();
   readonly #refused: Counter<"endpoint" | "reason">;
   readonly #rateLimited: Counter<"endpoint">;
@@ -154,6 +158,8 @@ export class Observability {
       this.#unsubscribe.push(() => unsubscribe(name, listener));
     };
     on<StorageRequestEvent>("hub-membership:storage", (e) => {
+      if (e.outcome === "error") this.#storageFailedAt = Date.now();
+      else this.#storageAnsweredAt = Date.now();
       storage.observe({ operation: e.operation, outcome: e.outcome }, e.durationMs / 1_000);
       if (e.retries > 0) retries.inc(e.retries);
       if (e.throttled) throttled.inc();
@@ -190,6 +196,7 @@ export class Observability {
       );
     });
     on<FeedEvent>("hub-membership:feed", (e) => {
+      this.#feedUp = e.state === "up";
       feedUp.set(e.state === "up" ? 1 : 0);
       if (e.state === "down") {
         outages.inc();
@@ -209,6 +216,19 @@ export class Observability {
         groups,
       },
       "connection opened",
+    );
+  }
+
+  /** A connection ended, whoever ended it (the client, a heartbeat without answer, a limit). */
+  closed(endpoint: string, connection: { id: string; userId: string }): void {
+    this.log.info(
+      {
+        event: "connection.closed",
+        endpoint,
+        connectionId: connection.id,
+        userId: connection.userId,
+      },
+      "connection closed",
     );
   }
 
@@ -232,6 +252,30 @@ export class Observability {
         },
         "connection closed: over the rate limit",
       );
+  }
+
+  /**
+   * Whether the server can serve: storage's last answer and the change feed's state, both
+   * known from the library's channels. Storage is read (`probe`, one at a time, shared by every
+   * check meanwhile) only when it has not answered for 0.5 s: a flood of health checks is not a
+   * flood of storage reads.
+   */
+  async health(probe: () => Promise<unknown>): Promise<{ ok: boolean; error?: string }> {
+    if (Date.now() - this.#storageAnsweredAt > 500) {
+      this.#probe ??= probe()
+        .then(
+          () => undefined,
+          () => undefined, // its storage event says how it went
+        )
+        .finally(() => {
+          this.#probe = undefined;
+        });
+      await this.#probe;
+    }
+    if (this.#storageFailedAt >= this.#storageAnsweredAt)
+      return { ok: false, error: "store_unavailable" };
+    if (!this.#feedUp) return { ok: false, error: "change_feed_down" };
+    return { ok: true };
   }
 
   /** A client broke its protocol (a frame too large, a malformed message): its connection ends. */

@@ -8,7 +8,16 @@ import { isValidName, MembershipError, type MembershipStore } from "../adapters/
 import { RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport } from "./auth.js";
 import type { SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, Origins, openStore, sendJson } from "./http.js";
+import {
+  commonRoute,
+  httpServer,
+  listen,
+  listenOps,
+  Origins,
+  openStore,
+  type RouteContext,
+  sendJson,
+} from "./http.js";
 import { floodGuardOf } from "./limits.js";
 import { Observability } from "./observability.js";
 
@@ -128,7 +137,15 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         "Retry-After": String(Math.ceil(verdict.retryAfterMs / 1_000)),
       });
     }
-    if (request.headers.upgrade === undefined) return principal; // a negotiate: no socket yet
+    if (request.headers.upgrade === undefined) {
+      // A negotiate holds memory for 30 s until its socket comes: it spends the user's budget.
+      const spent = await guard.admit(`negotiate:${userId}`, userId, 0);
+      if (spent.ok) return principal;
+      obs.refused(endpoint, "rate_limited", userId);
+      throw new WsRefusal(429, "Too Many Requests", {
+        "Retry-After": String(Math.ceil(spent.retryAfterMs / 1_000)),
+      });
+    }
     const release = await guard.slots.take(userId);
     if (release === undefined) {
       obs.refused(endpoint, "too_many_connections", userId);
@@ -187,6 +204,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     store,
     userIdOf: userIdOf("ws"),
     maxMessageBytes: MAX_FRAME_BYTES,
+    heartbeatMs: config.heartbeatSeconds * 1_000,
     maxBufferedBytes: config.maxBufferedBytes,
     ...bus("hub-membership:messages"),
     onConnection: (connection, groups) => {
@@ -202,6 +220,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       hub.send(id, encode({ type: "removed", group, reason: reason ?? "revoked" })),
     onSlowConsumer,
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
+    onClose: (connection) => obs.closed("ws", connection),
     onError: onError("ws"),
     onClientError: onClientError("ws"),
   });
@@ -237,6 +256,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       Join: (connection, group) => invoke(connection, { type: "join", group }),
       Leave: (connection, group) => invoke(connection, { type: "leave", group }),
     },
+    onClose: (connection) => obs.closed("signalr", connection),
     onError: onError("signalr"),
     onClientError: onClientError("signalr"),
   });
@@ -344,13 +364,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     if (url === undefined) return json(400, { error: "bad_request" });
     if (req.method !== "GET" && req.method !== "HEAD")
       return json(405, { error: "method_not_allowed" });
-    const stats = () => ({
-      connections: wss.clients.size + signalrWss.clients.size,
-      slowConsumersDropped,
-      rateLimited,
-      storageRequests: requests,
-    });
-    if (await commonRoute(req, res, { config, store, stats, observability: obs, origins })) return;
+    if (await commonRoute(req, res, routes)) return;
     if (url.pathname === "/config") {
       return json(200, { devSignIn: config.devSignIn, openGroups: config.openGroups });
     }
@@ -385,8 +399,21 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       socket.destroy();
     }
   });
+  const routes: RouteContext = {
+    config,
+    store,
+    observability: obs,
+    origins,
+    stats: () => ({
+      connections: wss.clients.size + signalrWss.clients.size,
+      slowConsumersDropped,
+      rateLimited,
+      storageRequests: requests,
+    }),
+  };
   const url = await listen(server, config);
   origins.listening(url);
+  const closeOps = await listenOps(routes, log);
 
   return {
     url,
@@ -401,6 +428,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         for (const ws of sockets()) ws.terminate();
       }, 1_000);
       await closed;
+      await closeOps();
       clearTimeout(grace);
       await Promise.all([hub.close(), signalr.close()]);
       obs.close();

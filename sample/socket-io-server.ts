@@ -4,7 +4,16 @@ import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import type { SampleConfig } from "./config.js";
-import { commonRoute, httpServer, listen, Origins, openStore, sendJson } from "./http.js";
+import {
+  commonRoute,
+  httpServer,
+  listen,
+  listenOps,
+  Origins,
+  openStore,
+  type RouteContext,
+  sendJson,
+} from "./http.js";
 import { floodGuardOf } from "./limits.js";
 import { Observability } from "./observability.js";
 import { connectRedis } from "./redis.js";
@@ -60,16 +69,21 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   let joins = 0;
   let leaves = 0;
 
-  const http = httpServer(async (req, res) => {
-    const stats = () => ({
+  const routes: RouteContext = {
+    config,
+    store,
+    observability: obs,
+    origins,
+    stats: () => ({
       connections: io.of("/").sockets.size,
       joins,
       leaves,
       rateLimited,
       storageRequests: requests,
-    });
-    if (!(await commonRoute(req, res, { config, store, stats, observability: obs, origins })))
-      sendJson(res, 404, { error: "not_found" });
+    }),
+  };
+  const http = httpServer(async (req, res) => {
+    if (!(await commonRoute(req, res, routes))) sendJson(res, 404, { error: "not_found" });
   }, log);
   const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
     // A browser's page from another origin may not open a socket (see Origins).
@@ -133,7 +147,10 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       () => socket.disconnect(true),
       Math.min(expiresAt - Date.now(), MAX_TIMER),
     );
-    socket.on("disconnect", () => clearTimeout(expiry));
+    socket.on("disconnect", () => {
+      clearTimeout(expiry);
+      obs.closed("socket.io", { id: socket.id, userId });
+    });
     const groups = sync.groupsOfConnection(socket.id);
     socket.emit("welcome", { userId, groups });
     obs.opened("socket.io", { id: socket.id, userId }, groups.length);
@@ -209,12 +226,14 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
 
   const url = await listen(http, config);
   origins.listening(url);
+  const closeOps = await listenOps(routes, log);
 
   return {
     url,
     store,
     async close() {
       await io.close(); // disconnects every socket and closes the HTTP server
+      await closeOps();
       await sync.close();
       await Promise.all([redis?.quit(), redisSub?.quit()]);
       guard.close();

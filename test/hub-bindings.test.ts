@@ -275,3 +275,38 @@ describe("bindWs at the edge, wired as the README shows", () => {
     }
   });
 });
+
+describe("bindWs heartbeat", () => {
+  it("pings every heartbeatMs and terminates a client that stopped answering, not one that answers", async () => {
+    const http = createServer();
+    const wss = new WebSocketServer({ noServer: true });
+    const closed: string[] = [];
+    const hub = bindWs(wss, {
+      store: new InMemoryMembershipStore(),
+      heartbeatMs: 100,
+      userIdOf: (request) => request.headers.authorization,
+      onConnection: ({ id }) => hub.send(id, "welcome"),
+      onClose: ({ userId }) => closed.push(userId),
+    });
+    http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
+    const address = await listening(http);
+    try {
+      const open = async (user: string) => {
+        const client = new WebSocket(`ws://${address}/`, { headers: { authorization: user } });
+        await once(client, "message");
+        return client;
+      };
+      const [silent, alive] = await Promise.all([open("silent"), open("alive")]);
+      // A client whose machine stopped: it reads nothing, so it answers no ping.
+      (silent as unknown as { _socket: { pause(): void } })._socket.pause();
+      await expect.poll(() => closed, { timeout: 2_000 }).toEqual(["silent"]);
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      expect(alive.readyState).toBe(WebSocket.OPEN);
+      alive.close();
+    } finally {
+      await hub.close();
+      http.closeAllConnections();
+      http.close();
+    }
+  });
+});

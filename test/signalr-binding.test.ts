@@ -547,3 +547,32 @@ describe("bindSignalR: the HTTP edge, wired as the README shows", () => {
     expect(wss.options.maxPayload).toBe(32 * 1024 + 1);
   });
 });
+
+describe("bindSignalR: pending negotiations are bounded", () => {
+  it("answers 429 past the user's pending negotiations, 503 past all, and frees a place when used", async () => {
+    const server = await serve({ maxPendingNegotiationsPerUser: 2, maxPendingNegotiations: 3 });
+    try {
+      const negotiate = (user: string) =>
+        fetch(`${server.url}/negotiate?negotiateVersion=1`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${user}` },
+        });
+      const first = (await (await negotiate("pat")).json()) as { connectionToken: string };
+      expect((await negotiate("pat")).status).toBe(200);
+      const refused = await negotiate("pat");
+      expect(refused.status).toBe(429);
+      expect(refused.headers.get("retry-after")).toBe("30");
+      expect((await negotiate("quinn")).status).toBe(200);
+      expect((await negotiate("rosa")).status).toBe(503); // three pending in all
+      // A socket that uses its negotiation gives the place back.
+      const socket = new WebSocket(
+        `${server.url.replace("http", "ws")}?id=${first.connectionToken}&access_token=pat`,
+      );
+      await once(socket, "open");
+      expect((await negotiate("rosa")).status).toBe(200);
+      socket.terminate();
+    } finally {
+      await server.close();
+    }
+  });
+});

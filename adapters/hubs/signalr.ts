@@ -115,6 +115,12 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   keepAliveIntervalMs?: number;
   /** Silence from a client after which it is closed. Default 30 s (ClientTimeoutInterval). */
   clientTimeoutMs?: number;
+  /**
+   * Negotiations whose WebSocket has not come yet (each is kept 30 s), per user and in all:
+   * past them negotiate answers 429 and 503 with `Retry-After`. Defaults 100 and 10,000.
+   */
+  maxPendingNegotiationsPerUser?: number;
+  maxPendingNegotiations?: number;
   /** Time a client has to send its handshake. Default 15 s. */
   handshakeTimeoutMs?: number;
   /**
@@ -165,6 +171,9 @@ export class SignalRHub<S extends BoundSocket> {
   readonly #hub: WsHub<S>;
   readonly #methods: Map<string, HubMethod<S>>;
   readonly #negotiated = new Map<string, { connectionId: string; userId: string; used: boolean }>();
+  /** Negotiations whose socket has not come yet, by user: each holds memory for 30 s. */
+  readonly #pending = new Map<string, number>();
+  #pendingTotal = 0;
   readonly #states = new Map<string, State<S>>();
   readonly #onError: (error: unknown) => void;
   readonly #maxMessageBytes: number;
@@ -184,6 +193,7 @@ export class SignalRHub<S extends BoundSocket> {
       store: options.store,
       userIdOf: (request) => this.#authenticate(request),
       maxMessageBytes: this.#maxMessageBytes + 1,
+      heartbeatMs: 0, // the protocol's own pings and client timeout below
       handshake: (connection, data) => this.#handshake(connection, data),
       ...(options.handshakeTimeoutMs !== undefined && {
         handshakeTimeoutMs: options.handshakeTimeoutMs,
@@ -287,8 +297,20 @@ export class SignalRHub<S extends BoundSocket> {
     const connectionId = randomBytes(16).toString("base64url");
     const token = version === 0 ? connectionId : randomBytes(16).toString("base64url");
     const userId = typeof principal === "string" ? principal : principal.userId;
-    this.#negotiated.set(token, { connectionId, userId, used: false });
-    setTimeout(() => this.#negotiated.delete(token), NEGOTIATED_TTL_MS).unref();
+    const pending = this.#pending.get(userId) ?? 0;
+    const retry = { "Retry-After": String(NEGOTIATED_TTL_MS / 1000) };
+    if (pending >= (this.#options.maxPendingNegotiationsPerUser ?? 100))
+      return respond(response, 429, { error: "Too many pending negotiations." }, retry);
+    if (this.#pendingTotal >= (this.#options.maxPendingNegotiations ?? 10_000))
+      return respond(response, 503, { error: "Too many pending negotiations." }, retry);
+    this.#pending.set(userId, pending + 1);
+    this.#pendingTotal++;
+    const entry = { connectionId, userId, used: false };
+    this.#negotiated.set(token, entry);
+    setTimeout(() => {
+      this.#negotiated.delete(token);
+      if (!entry.used) this.#settle(userId);
+    }, NEGOTIATED_TTL_MS).unref();
     respond(response, 200, {
       connectionId,
       ...(version === 1 && { connectionToken: token }),
@@ -387,10 +409,19 @@ export class SignalRHub<S extends BoundSocket> {
       throw new WsRefusal(404, "No Connection with that ID");
     if (negotiated.used) throw new WsRefusal(409, "Conflict");
     negotiated.used = true;
+    this.#settle(userId);
     const { connectionId } = negotiated;
     return typeof principal === "string"
       ? { userId, connectionId }
       : { ...principal, connectionId };
+  }
+
+  /** A pending negotiation of the user's was used or expired. */
+  #settle(userId: string): void {
+    this.#pendingTotal--;
+    const left = (this.#pending.get(userId) ?? 1) - 1;
+    if (left === 0) this.#pending.delete(userId);
+    else this.#pending.set(userId, left);
   }
 
   /** Reads the handshake request, over as many frames as it takes; `false` until it is whole. */

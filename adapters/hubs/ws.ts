@@ -35,6 +35,9 @@ export interface BoundSocket extends GroupSocket {
   ): unknown;
   on(event: "close", listener: () => void): unknown;
   on(event: "error", listener: (error: Error) => void): unknown;
+  on(event: "pong", listener: () => void): unknown;
+  /** For the heartbeat (ws 8 has it). */
+  ping?(): void;
 }
 
 /** What {@link bindWs} uses of a `ws` `WebSocketServer`. */
@@ -131,6 +134,13 @@ export interface WsBindingOptions<S extends BoundSocket> {
   /** Where failures go that no caller can be told of. Default: a process warning. */
   onError?: (error: unknown) => void;
   /**
+   * How often each connection is pinged (a WebSocket ping frame, which clients answer by
+   * themselves); one that sent nothing, not even the pong, since the previous ping is
+   * terminated: a client that stopped answering (a laptop shut, a network gone) does not hold
+   * its place. Default 30 s; 0 turns it off (a protocol with its own keep-alive).
+   */
+  heartbeatMs?: number;
+  /**
    * A protocol's opening handshake (SignalR's, say): the connection's first message comes here
    * instead of `onMessage`, and its groups are read only once this resolves. Resolve to the part
    * of the message after the handshake, if any, to have it handled as a message; to `false` when
@@ -181,6 +191,9 @@ export class WsHub<S extends BoundSocket> {
   >();
   readonly #onError: (error: unknown) => void;
   readonly #started: Promise<unknown>;
+  /** One heartbeat per connection, all driven by one timer. */
+  readonly #beats = new Map<string, () => void>();
+  readonly #heartbeat: NodeJS.Timeout | undefined;
 
   constructor(wss: BoundServer<S>, options: WsBindingOptions<S>) {
     this.#wss = wss;
@@ -214,6 +227,13 @@ export class WsHub<S extends BoundSocket> {
     this.#started =
       options.bus?.start((target, frame) => this.#deliverHere(target, frame)) ?? Promise.resolve();
     wss.on("connection", (socket, request) => void this.#connected(socket, request));
+    const heartbeatMs = options.heartbeatMs ?? 30_000;
+    if (heartbeatMs > 0) {
+      this.#heartbeat = setInterval(() => {
+        for (const beat of this.#beats.values()) beat();
+      }, heartbeatMs);
+      this.#heartbeat.unref();
+    }
   }
 
   /** Resolves once the bus (if any) delivers other servers' messages. */
@@ -305,6 +325,7 @@ export class WsHub<S extends BoundSocket> {
 
   /** Stops following the store and the bus; the sockets and the server are yours to close. */
   async close(): Promise<void> {
+    clearInterval(this.#heartbeat);
     await this.#sync.close();
     await this.#options.bus?.close();
   }
@@ -394,7 +415,19 @@ export class WsHub<S extends BoundSocket> {
             () => end(4401, "token expired"),
             Math.min(Math.max(0, who.expiresAt - Date.now()), MAX_TIMER),
           );
+    let heard = true;
+    const hear = () => {
+      heard = true;
+    };
+    socket.on("pong", hear);
+    socket.on("message", hear);
+    this.#beats.set(id, () => {
+      if (!heard) return socket.terminate();
+      heard = false;
+      socket.ping?.();
+    });
     socket.on("close", () => {
+      this.#beats.delete(id);
       clearTimeout(expiry);
       this.#held.delete(id);
       this.#connections.delete(id);

@@ -1,5 +1,6 @@
 import jwt from "jsonwebtoken";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { freePort } from "../../adapters/testing/azurite.js";
 import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "../support/raw-http.js";
 import {
   admin,
@@ -136,5 +137,90 @@ describe("no secret reaches the sample's output", () => {
     expect(result.code).toBe(1);
     expect(result.stderr).not.toContain("SECRETSIGNATURE");
     expect(result.stderr).toMatch(/unavailable/);
+  });
+});
+
+describe("the sample's operations endpoints and idle clients", () => {
+  it("answers /healthz from what it knows: 500 checks, at most a read or two", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const sample = await startSample(env);
+    try {
+      const reads = async () =>
+        (
+          (await (await fetch(`${sample.url}/stats`)).json()) as {
+            storageRequests: { membership: number };
+          }
+        ).storageRequests.membership;
+      const before = await reads();
+      const answers = await Promise.all(
+        Array.from({ length: 500 }, () => fetch(`${sample.url}/healthz`).then((r) => r.status)),
+      );
+      expect(new Set(answers)).toEqual(new Set([200]));
+      expect((await reads()) - before).toBeLessThanOrEqual(2);
+    } finally {
+      await sample.stop();
+    }
+  });
+
+  it("serves /metrics and /stats only with OPS_TOKEN, or only on OPS_PORT", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const opsToken = "o".repeat(24);
+    const withToken = await startSample({ ...env, OPS_TOKEN: opsToken });
+    try {
+      for (const path of ["/metrics", "/stats"]) {
+        expect((await fetch(`${withToken.url}${path}`)).status, path).toBe(404);
+        const bearer = { authorization: `Bearer ${opsToken}` };
+        expect((await fetch(`${withToken.url}${path}`, { headers: bearer })).status, path).toBe(
+          200,
+        );
+      }
+    } finally {
+      await withToken.stop();
+    }
+    const opsPort = await freePort();
+    const withPort = await startSample({ ...env, OPS_PORT: String(opsPort) });
+    try {
+      expect((await fetch(`${withPort.url}/metrics`)).status).toBe(404);
+      expect((await fetch(`http://127.0.0.1:${opsPort}/metrics`)).status).toBe(200);
+      expect((await fetch(`http://127.0.0.1:${opsPort}/healthz`)).status).toBe(200);
+      expect((await fetch(`http://127.0.0.1:${opsPort}/token?user=x`)).status).toBe(404);
+    } finally {
+      await withPort.stop();
+    }
+  });
+
+  it("drops a /hub client that stops answering pings, and rate-limits negotiate", async () => {
+    const env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      HEARTBEAT_SECONDS: "1",
+      RATE_MESSAGES: "5",
+      RATE_BURST: "2",
+    };
+    const sample = await startSample(env);
+    try {
+      const silent = await connect(sample.wsUrl, token(env, "sleeper"));
+      (silent.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+      await expect
+        .poll(
+          () =>
+            logLines(sample.output()).filter(
+              (l) => l.event === "connection.closed" && l.userId === "sleeper",
+            ),
+          {
+            timeout: 5_000,
+          },
+        )
+        .toHaveLength(1);
+      const negotiate = () =>
+        fetch(`${sample.url}/signalr/negotiate?negotiateVersion=1`, {
+          method: "POST",
+          headers: { authorization: `Bearer ${token(env, "spammer")}` },
+        }).then((r) => r.status);
+      const statuses = await Promise.all(Array.from({ length: 30 }, negotiate));
+      expect(statuses.filter((s) => s === 200).length).toBeLessThanOrEqual(7);
+      expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(23);
+    } finally {
+      await sample.stop();
+    }
   });
 });
