@@ -16,6 +16,7 @@ import flood from "./flood.js";
 import idleMemory from "./idle-memory.js";
 import importBenchmark from "./import.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
+import manyGroups from "./many-groups.js";
 import rehydrate from "./rehydrate.js";
 import revoke from "./revoke.js";
 import scaleOut from "./scale-out.js";
@@ -29,6 +30,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   "bulk-grant": bulkGrant,
   import: importBenchmark,
   "idle-memory": idleMemory,
+  "many-groups": manyGroups,
   "scale-out": scaleOut,
   flood,
 };

@@ -241,3 +241,15 @@ export class RedisSlots implements ConnectionSlots {
 
 const SERVER_ID = randomUUID();
 const slotKey = (userId: string) => `hub-membership:slots:${userId}`;
+
+/** The most groups a welcome lists: a user in 20,000 groups does not get a 200 KiB frame. */
+export const WELCOME_GROUPS = 1_000;
+
+/**
+ * A welcome's groups: the first {@link WELCOME_GROUPS} (sorted) and how many there are in all.
+ * The connection is in every one of them all the same.
+ */
+export const welcomeGroups = (groups: string[]) => ({
+  groups: groups.length > WELCOME_GROUPS ? groups.slice(0, WELCOME_GROUPS) : groups,
+  groupCount: groups.length,
+});

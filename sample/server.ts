@@ -18,7 +18,7 @@ import {
   type RouteContext,
   sendJson,
 } from "./http.js";
-import { floodGuardOf } from "./limits.js";
+import { floodGuardOf, welcomeGroups } from "./limits.js";
 import { Observability } from "./observability.js";
 
 /** Frames over this size close the connection with 1009 (message too big). */
@@ -209,7 +209,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     ...bus("hub-membership:messages"),
     onConnection: (connection, groups) => {
       const { id, userId } = connection;
-      hub.send(id, encode({ type: "welcome", connectionId: id, userId, groups }));
+      hub.send(id, encode({ type: "welcome", connectionId: id, userId, ...welcomeGroups(groups) }));
       obs.opened("ws", connection, groups.length);
       answerPings("ws", connection, () => closeFlooder(connection.socket));
     },
@@ -234,7 +234,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     ...bus("hub-membership:signalr"),
     onConnection: (connection, groups) => {
       const { id, userId } = connection;
-      signalr.send(id, "welcome", { connectionId: id, userId, groups });
+      signalr.send(id, "welcome", { connectionId: id, userId, ...welcomeGroups(groups) });
       obs.opened("signalr", connection, groups.length);
       answerPings("signalr", connection, () => closeSignalR(connection));
     },

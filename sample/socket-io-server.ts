@@ -14,7 +14,7 @@ import {
   type RouteContext,
   sendJson,
 } from "./http.js";
-import { floodGuardOf } from "./limits.js";
+import { floodGuardOf, welcomeGroups } from "./limits.js";
 import { Observability } from "./observability.js";
 import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
@@ -30,7 +30,7 @@ interface ClientEvents {
   leave(message: { group: string }, ack: (reply: Reply) => void): void;
 }
 interface ServerEvents {
-  welcome(message: { userId: string; groups: string[] }): void;
+  welcome(message: { userId: string; groups: string[]; groupCount: number }): void;
   joined(message: { group: string }): void;
   removed(message: { group: string; reason: string }): void;
   message(message: { group: string; from: string; text: string; at: string }): void;
@@ -152,7 +152,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       obs.closed("socket.io", { id: socket.id, userId });
     });
     const groups = sync.groupsOfConnection(socket.id);
-    socket.emit("welcome", { userId, groups });
+    socket.emit("welcome", { userId, ...welcomeGroups(groups) });
     obs.opened("socket.io", { id: socket.id, userId }, groups.length);
 
     /** Every packet a client sends spends its budget, whatever it is; a flood is disconnected. */

@@ -37,7 +37,6 @@ interface WsInternals {
 interface Member<S> {
   readonly id: string;
   readonly socket: S;
-  readonly groups: Set<string>;
   /** ws's TCP socket, when finished frames may be written to it: no permessage-deflate. */
   readonly tcp: WsInternals["_socket"] | undefined;
   readonly sender: WsInternals["_sender"] | undefined;
@@ -150,7 +149,6 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     const member: Member<S> = {
       id: connectionId,
       socket,
-      groups: new Set(),
       tcp: direct ? raw._socket : undefined,
       sender: direct ? raw._sender : undefined,
       turn: 0,
@@ -171,11 +169,16 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     }
   }
 
-  /** Forgets a connection and takes it out of every group (no `onLeave`: it is gone). */
-  remove(connectionId: string): void {
+  /**
+   * Forgets a connection and takes it out of every group (no `onLeave`: it is gone). `groups`,
+   * the groups it is in, if you know them (`MembershipSync.groupsOfConnection`): a connection
+   * keeps no list of its own, so that a user's 20,000 groups are not copied per connection;
+   * without them every group here is looked at.
+   */
+  remove(connectionId: string, groups?: Iterable<string>): void {
     const member = this.#members.get(connectionId);
     if (member === undefined) return;
-    for (const group of member.groups) this.#drop(member, group);
+    for (const group of groups ?? [...this.#groups.keys()]) this.#drop(member, group);
     this.#members.delete(connectionId);
     member.held = undefined; // gone (closed, or terminated as slow): nothing more to write
   }
@@ -186,9 +189,9 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
 
   join(connectionId: string, group: string, reason?: JoinReason): void {
     const member = this.#members.get(connectionId);
-    if (member === undefined || member.groups.has(group)) return;
-    member.groups.add(group);
+    if (member === undefined) return;
     const members = this.#groups.get(group) ?? new Set<Member<S>>();
+    if (members.has(member)) return;
     if (members.size === 0) this.#groups.set(group, members);
     members.add(member);
     this.#options.onJoin?.(connectionId, group, reason);
@@ -196,8 +199,7 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
 
   leave(connectionId: string, group: string, reason?: LeaveReason): void {
     const member = this.#members.get(connectionId);
-    if (!member?.groups.delete(group)) return;
-    this.#drop(member, group);
+    if (member === undefined || !this.#drop(member, group)) return;
     this.#options.onLeave?.(connectionId, group, reason);
   }
 
@@ -307,9 +309,12 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     }
   };
 
-  #drop(member: Member<S>, group: string): void {
+  /** Takes a member out of a group; false if it was not in it. */
+  #drop(member: Member<S>, group: string): boolean {
     const members = this.#groups.get(group);
-    if (members?.delete(member) && members.size === 0) this.#groups.delete(group);
+    if (!members?.delete(member)) return false;
+    if (members.size === 0) this.#groups.delete(group);
+    return true;
   }
 }
 

@@ -431,8 +431,9 @@ export class WsHub<S extends BoundSocket> {
       clearTimeout(expiry);
       this.#held.delete(id);
       this.#connections.delete(id);
+      const groups = this.#sync.groupsOfConnection(id);
       this.#sync.disconnect(id);
-      this.#groups.remove(id);
+      this.#groups.remove(id, groups);
       this.#options.onClose?.(connection);
     });
     // ws reports only what the client did wrong here (a frame too large, invalid UTF-8, ...).

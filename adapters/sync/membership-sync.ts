@@ -44,18 +44,23 @@ export interface MembershipSyncOptions {
   pendingRevokeMs?: number;
 }
 
-/** Per connection: its user, and its groups with their expiry (undefined = never). */
+/** Per connection: its user, and whether it is in the user's groups yet (the hub was told). */
 interface Connection {
   readonly userId: string;
-  readonly groups: Map<string, number | undefined>;
-  /** Set by the first read applied to it; until `ready`, the hub is not called for it. */
-  initialized: boolean;
   ready: boolean;
 }
 
 interface User {
   readonly userId: string;
   readonly connections: Set<string>;
+  /**
+   * The user's groups with their expiry (undefined = never): the last read, kept current by
+   * every hint and expiry since. One copy for all the user's connections: every ready one is in
+   * exactly these. Undefined until a read applied.
+   */
+  groups: Map<string, number | undefined> | undefined;
+  /** `groups`' names, sorted, until they change. */
+  sorted: string[] | undefined;
   /** The running read loop, if any. */
   loop: Promise<void> | undefined;
   /** A change arrived since the current read started: read again. */
@@ -131,7 +136,7 @@ export class MembershipSync {
   /**
    * Registers a connection of `userId` and joins it to every group the store holds for the user.
    * Concurrent connects of one user share one `groupsOf`; a connect of a user who already has a
-   * settled connection here copies its groups (they are kept current by `watch`) and reads
+   * connection here shares its groups (one copy per user, kept current by `watch`) and reads
    * nothing, so a store is read at most once per user while the user stays connected.
    * `ready`, if given, is called with those groups once they are read, just before the
    * connection joins them and in the same turn: whatever it sends (a welcome, a protocol's
@@ -151,55 +156,50 @@ export class MembershipSync {
     if (typeof connectionId !== "string" || this.#connections.has(connectionId)) {
       throw new MembershipError("INVALID_ARGUMENT", "connectionId must be a new, unique string");
     }
-    const connection: Connection = { userId, groups: new Map(), initialized: false, ready: false };
+    const connection: Connection = { userId, ready: false };
     const started = performance.now();
     let read = true;
     this.#connections.set(connectionId, connection);
-    this.#user(userId).connections.add(connectionId);
+    const user = this.#user(userId);
+    user.connections.add(connectionId);
     try {
-      const user = this.#user(userId);
-      const sibling = user.loop === undefined ? this.#settledSibling(user, connection) : undefined;
-      if (sibling !== undefined) {
-        // No read in flight, so the sibling holds the last read plus every hint since: exactly
-        // what a new read would be kept at. Copying it spares the store one read per connection.
-        const now = Date.now();
-        for (const [group, expiresAt] of sibling.groups)
-          if (expiresAt === undefined || expiresAt > now) connection.groups.set(group, expiresAt);
-        connection.initialized = true;
-        read = false;
-      } else {
-        // A read in flight covers this connection too; one that already applied does not.
-        await (user.loop ?? this.#read(userId));
-        if (!connection.initialized) await this.#read(userId);
-      }
+      // Without a read in flight, the user's groups are the last read plus every hint since:
+      // exactly what a new read would be kept at. Sharing them spares the store a read.
+      if (user.loop === undefined && user.groups !== undefined) read = false;
+      else await (user.loop ?? this.#read(userId));
+      if (user.groups === undefined) await this.#read(userId);
     } catch (error) {
       this.disconnect(connectionId);
       throw error;
     }
     if (this.#connections.get(connectionId) !== connection) return [];
+    const now = Date.now();
+    for (const [group, expiresAt] of user.groups ?? [])
+      if (expiresAt !== undefined && expiresAt <= now) this.#expire(user, group, expiresAt);
     connection.ready = true;
-    ready?.(this.groupsOfConnection(connectionId));
-    await Promise.all(
-      [...connection.groups.keys()].map((g) => this.#join(connectionId, g, "connect")),
-    );
+    const groups = this.#sorted(user);
+    ready?.(groups.slice());
+    const joins: Promise<void>[] = [];
+    for (const group of groups) {
+      const joined = this.#join(connectionId, group, "connect");
+      if (joined !== undefined) joins.push(joined);
+    }
+    await Promise.all(joins);
     if (diagnostics.rehydrate.hasSubscribers)
       diagnostics.rehydrate.publish({
         connectionId,
         userId,
-        groups: connection.groups.size,
+        groups: groups.length,
         durationMs: performance.now() - started,
         read,
       });
     return this.groupsOfConnection(connectionId);
   }
 
-  /** Another connection of the user that a read has initialized, if any. */
-  #settledSibling(user: User, self: Connection): Connection | undefined {
-    for (const id of user.connections) {
-      const other = this.#connections.get(id);
-      if (other !== undefined && other !== self && other.initialized) return other;
-    }
-    return undefined;
+  /** The user's groups, sorted: computed once per change, whatever the number of connections. */
+  #sorted(user: User): string[] {
+    user.sorted ??= [...(user.groups?.keys() ?? [])].sort();
+    return user.sorted;
   }
 
   /** Forgets a connection. Idempotent; the hub is not called (the connection is gone). */
@@ -253,14 +253,18 @@ export class MembershipSync {
     return [...(this.#users.get(userId)?.connections ?? [])];
   }
 
-  /** The groups a connection is in, sorted; `[]` for an unknown connection. */
+  /** The groups a connection is in, sorted; `[]` for an unknown one, or one still connecting. */
   groupsOfConnection(connectionId: string): string[] {
-    return [...(this.#connections.get(connectionId)?.groups.keys() ?? [])].sort();
+    const connection = this.#connections.get(connectionId);
+    const user = connection?.ready ? this.#users.get(connection.userId) : undefined;
+    return user === undefined ? [] : this.#sorted(user).slice();
   }
 
   /** Whether a connection is in `group` right now: the check to make before delivering to it. */
   isInGroup(connectionId: string, group: string): boolean {
-    return this.#connections.get(connectionId)?.groups.has(group) ?? false;
+    const connection = this.#connections.get(connectionId);
+    if (!connection?.ready) return false;
+    return this.#users.get(connection.userId)?.groups?.has(group) ?? false;
   }
 
   /** Stops watching and forgets every connection and timer. The store is left open (it is yours). */
@@ -310,10 +314,7 @@ export class MembershipSync {
       user.removedDuringRead.add(change.group);
       if (change.pending) this.#holdPending(change.userId, user, change.group);
       this.#clearTimer(user, change.group);
-      let moved = 0;
-      for (const connectionId of user.connections)
-        if (this.#remove(connectionId, change.group, reason)) moved++;
-      if (moved > 0) this.#applied(change, reason, user);
+      if (this.#remove(user, change.group, reason) > 0) this.#applied(change, reason, user);
     }
     return this.#read(change.userId).then(
       () => {
@@ -399,20 +400,20 @@ export class MembershipSync {
         stored.set(m.group, expiresAt);
       }
     }
-    for (const connectionId of user.connections) {
-      const connection = this.#connections.get(connectionId);
-      if (connection === undefined) continue;
-      connection.initialized = true;
-      for (const [group, expiresAt] of connection.groups) {
-        if (stored.has(group)) continue;
-        const expired = expiresAt !== undefined && expiresAt <= now;
-        this.#remove(connectionId, group, expired ? "expired" : "revoked");
-      }
-      for (const [group, expiresAt] of stored) {
-        const known = connection.groups.has(group);
-        connection.groups.set(group, expiresAt);
-        if (!known && connection.ready) void this.#join(connectionId, group, "granted");
-      }
+    const known = user.groups ?? new Map<string, number | undefined>();
+    for (const [group, expiresAt] of known) {
+      if (stored.has(group)) continue;
+      const expired = expiresAt !== undefined && expiresAt <= now;
+      this.#remove(user, group, expired ? "expired" : "revoked");
+    }
+    user.groups = known;
+    for (const [group, expiresAt] of stored) {
+      const joined = known.has(group);
+      known.set(group, expiresAt);
+      if (joined) continue;
+      user.sorted = undefined;
+      for (const id of user.connections)
+        if (this.#connections.get(id)?.ready) void this.#join(id, group, "granted");
     }
     for (const group of user.timers?.keys() ?? [])
       if (!stored.has(group)) this.#clearTimer(user, group);
@@ -420,12 +421,26 @@ export class MembershipSync {
       if (expiresAt !== undefined) this.#schedule(user, group, expiresAt);
   }
 
-  /** Takes `group` from a connection; false if it was not in it. */
-  #remove(connectionId: string, group: string, reason: LeaveReason): boolean {
-    const connection = this.#connections.get(connectionId);
-    if (!connection?.groups.delete(group)) return false;
-    if (connection.ready) void this.#leave(connectionId, group, reason);
-    return true;
+  /** Takes `group` from the user and its ready connections; how many connections left it. */
+  #remove(user: User, group: string, reason: LeaveReason): number {
+    if (!user.groups?.delete(group)) return 0;
+    user.sorted = undefined;
+    let moved = 0;
+    for (const id of user.connections) {
+      if (!this.#connections.get(id)?.ready) continue;
+      moved++;
+      void this.#leave(id, group, reason);
+    }
+    return moved;
+  }
+
+  /** A membership ran out: every connection of the user leaves the group. */
+  #expire(user: User, group: string, expiresAt: number): void {
+    const held = user.groups?.get(group);
+    if (held === undefined || held > expiresAt) return;
+    this.#clearTimer(user, group);
+    if (this.#remove(user, group, "expired") > 0)
+      this.#applied({ type: "removed", userId: user.userId, group }, "expired", user);
   }
 
   /** One timer per user and group; re-armed past setTimeout's limit of about 24.8 days. */
@@ -435,18 +450,7 @@ export class MembershipSync {
       () => {
         user.timers?.delete(group);
         if (Date.now() < expiresAt) return this.#schedule(user, group, expiresAt);
-        let moved = 0;
-        for (const connectionId of user.connections) {
-          const held = this.#connections.get(connectionId)?.groups.get(group);
-          if (
-            held !== undefined &&
-            held <= expiresAt &&
-            this.#remove(connectionId, group, "expired")
-          )
-            moved++;
-        }
-        if (moved > 0)
-          this.#applied({ type: "removed", userId: user.userId, group }, "expired", user);
+        this.#expire(user, group, expiresAt);
       },
       Math.max(0, Math.min(expiresAt - Date.now(), MAX_TIMER)),
     );
@@ -459,19 +463,22 @@ export class MembershipSync {
     user.timers?.delete(group);
   }
 
-  async #join(connectionId: string, group: string, reason: JoinReason): Promise<void> {
-    try {
-      await this.#hub.join(connectionId, group, reason);
-    } catch (error) {
-      this.#onError(error);
-    }
+  /** Calls the hub; a promise only if the hub's join is asynchronous (20,000 joins, no promises). */
+  #join(connectionId: string, group: string, reason: JoinReason): Promise<void> | undefined {
+    return this.#call(() => this.#hub.join(connectionId, group, reason));
   }
 
-  async #leave(connectionId: string, group: string, reason: LeaveReason): Promise<void> {
+  #leave(connectionId: string, group: string, reason: LeaveReason): Promise<void> | undefined {
+    return this.#call(() => this.#hub.leave(connectionId, group, reason));
+  }
+
+  #call(operation: () => void | Promise<void>): Promise<void> | undefined {
     try {
-      await this.#hub.leave(connectionId, group, reason);
+      const done = operation();
+      return done === undefined ? undefined : done.catch((error: unknown) => this.#onError(error));
     } catch (error) {
       this.#onError(error);
+      return undefined;
     }
   }
 
@@ -481,6 +488,8 @@ export class MembershipSync {
       user = {
         userId,
         connections: new Set(),
+        groups: undefined,
+        sorted: undefined,
         loop: undefined,
         dirty: false,
         removedDuringRead: undefined,

@@ -1,11 +1,13 @@
 import jwt from "jsonwebtoken";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { AzureTableMembershipStore } from "../../adapters/index.js";
 import { freePort } from "../../adapters/testing/azurite.js";
 import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "../support/raw-http.js";
 import {
   admin,
   grant,
   logLines,
+  NO_RATE_LIMITS,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
@@ -219,6 +221,36 @@ describe("the sample's operations endpoints and idle clients", () => {
       const statuses = await Promise.all(Array.from({ length: 30 }, negotiate));
       expect(statuses.filter((s) => s === 200).length).toBeLessThanOrEqual(7);
       expect(statuses.filter((s) => s === 429).length).toBeGreaterThanOrEqual(23);
+    } finally {
+      await sample.stop();
+    }
+  });
+});
+
+describe("a user in many groups", () => {
+  it("gets a welcome of 1,000 groups and their count, and is in every one of them", async () => {
+    const env = { ...sampleEnv(inject("azuriteConnectionString")), ...NO_RATE_LIMITS };
+    const groups = Array.from({ length: 1_500 }, (_, i) => `g${String(i).padStart(4, "0")}`);
+    const store = AzureTableMembershipStore.fromConnectionString(
+      env.AZURE_TABLES_CONNECTION_STRING ?? "",
+      {
+        tableName: env.MEMBERSHIP_TABLE,
+      },
+    );
+    await store.addMany(groups.map((group) => ({ userId: "busy", group })));
+    await store.close();
+    const sample = await startSample(env);
+    try {
+      const [first, second] = [
+        await connect(sample.wsUrl, token(env, "busy")),
+        await connect(sample.wsUrl, token(env, "busy")),
+      ];
+      for (const client of [first, second]) {
+        expect(client.welcome.groupCount).toBe(1_500);
+        expect(client.welcome.groups).toEqual(groups.slice(0, 1_000));
+      }
+      first.send({ type: "send", group: "g1499", text: "the last one" });
+      for (const client of [first, second]) await client.next((m) => m.text === "the last one");
     } finally {
       await sample.stop();
     }

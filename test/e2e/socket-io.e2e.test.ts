@@ -32,7 +32,12 @@ describe("Socket.IO sample, one server", { timeout: 60_000 }, () => {
     const alice1 = await connect(sample.url, token(env, "alice"));
     const alice2 = await connect(sample.url, token(env, "alice"), "query");
     const bob = await connect(sample.url, token(env, "bob"));
-    expect(alice1.welcome).toEqual({ type: "welcome", userId: "alice", groups: ["Sports"] });
+    expect(alice1.welcome).toEqual({
+      type: "welcome",
+      userId: "alice",
+      groups: ["Sports"],
+      groupCount: 1,
+    });
     expect(alice2.welcome.groups).toEqual(["Sports"]);
 
     await grant(env, "alice", "sports");
