@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { WebSocket } from "ws";
 import { type RedisServer, startRedis } from "../support/redis.js";
 import {
   admin,
@@ -166,5 +167,52 @@ describe("rate limits with Redis: a user's budget holds across servers", {
     // second (a few more if the window turned meanwhile).
     expect(delivered + limited()).toBe(20);
     expect(delivered).toBeLessThanOrEqual(8);
+  });
+});
+
+describe("the connection cap on Redis: across servers, atomically", { timeout: 120_000 }, () => {
+  it("holds when 60 upgrades of one user race over three servers, and frees a dead server's slots", async () => {
+    const redis = await startRedis();
+    const env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      REDIS_URL: redis.url,
+      MAX_CONNECTIONS_PER_USER: "5",
+    };
+    const servers = await Promise.all([startSample(env), startSample(env), startSample(env)]);
+    const held: Array<{ socket: WebSocket; server: number }> = [];
+    try {
+      const bearer = { authorization: `Bearer ${token(env, "racer")}` };
+      const upgrade = (server: number, path = "/hub") =>
+        new Promise<number>((resolve, reject) => {
+          const url = (servers[server] as RunningSample).wsUrl.replace("/hub", path);
+          const socket = new WebSocket(url, { headers: bearer });
+          socket.once("open", () => {
+            held.push({ socket, server });
+            resolve(101);
+          });
+          socket.once("unexpected-response", (_request, response) =>
+            resolve(response.statusCode ?? 0),
+          );
+          socket.once("error", reject);
+        });
+      const statuses = await Promise.all(
+        Array.from({ length: 60 }, (_, i) => upgrade(i % 3, i % 2 ? "/hub" : "/signalr")),
+      );
+      expect(statuses.filter((s) => s === 101)).toHaveLength(5);
+      expect(statuses.filter((s) => s === 429)).toHaveLength(55);
+      // A server that dies holding slots gives them back when they expire (15 s), not never;
+      // the slots of the connections still open elsewhere stay taken.
+      const dead = (held[0] as { server: number }).server;
+      await servers[dead]?.stop("SIGKILL");
+      const alive = servers.findIndex((_, i) => i !== dead);
+      expect(await upgrade(alive)).toBe(429);
+      await expect.poll(() => upgrade(alive), { timeout: 30_000, interval: 1_000 }).toBe(101);
+      const open = held.filter((h) => h.server !== dead && h.socket.readyState === WebSocket.OPEN);
+      expect(open.length).toBeLessThanOrEqual(5);
+    } finally {
+      for (const { socket } of held) socket.terminate();
+      await Promise.all(servers.map((s) => s.stop()));
+      await redis.stop();
+    }
   });
 });
