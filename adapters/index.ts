@@ -22,6 +22,7 @@ export { type Grant, isLive, MembershipStoreBase } from "./store-base.js";
 export {
   AzureTableMembershipStore,
   type AzureTableMembershipStoreOptions,
+  ChangeFeedMismatchError,
   type MembershipPair,
   type RepairReport,
   type TableCredential,

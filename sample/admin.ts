@@ -6,15 +6,10 @@
 import { parseArgs } from "node:util";
 import { Presets, SingleBar } from "cli-progress";
 import ms from "ms";
-import {
-  AzureTableMembershipStore,
-  isValidName,
-  type Membership,
-  MembershipError,
-} from "../adapters/index.js";
+import { isValidName, type Membership, MembershipError } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import { exportTo, importFile } from "./bulk.js";
-import { ConfigError, connectionStringOf, isRefusedByStore, loadConfig } from "./config.js";
+import { ConfigError, isRefusedByStore, loadConfig, openTableStore, refusal } from "./config.js";
 import { redactedMessage } from "./redact.js";
 import { changeFeedOf } from "./redis.js";
 
@@ -170,8 +165,7 @@ async function main(argv: string[]): Promise<void> {
   }
 
   const changeFeed = changeFeedOf(config);
-  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
-    tableName: config.tableName,
+  const store = openTableStore(config, {
     ...(changeFeed && { changeFeed }),
     // An admin command should answer or fail within seconds, not after minutes of retries.
     clientOptions: {
@@ -283,6 +277,9 @@ async function main(argv: string[]): Promise<void> {
         return print({ ok: true, removed }, `removed ${removed} membership(s) of ${shown(first)}`);
       }
     }
+  } catch (error) {
+    // A refusal names the setting that caused it and the command that fixes it.
+    throw isRefusedByStore(error) ? refusal(config, error) : error;
   } finally {
     await store.close();
   }

@@ -1,7 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
-import { isValidName, MembershipError } from "../adapters/index.js";
+import {
+  AzureTableMembershipStore,
+  type AzureTableMembershipStoreOptions,
+  ChangeFeedMismatchError,
+  isValidName,
+  MembershipError,
+} from "../adapters/index.js";
 import { azuriteConnectionString } from "../adapters/testing/azurite.js";
 import type { Limits } from "./limits.js";
 import { redact } from "./redact.js";
@@ -215,4 +221,45 @@ function isEmulator(connectionString: string): boolean {
   const endpoint = /(?:^|;)\s*TableEndpoint=([^;]*)/i.exec(connectionString)?.[1]?.trim();
   const host = endpoint === undefined ? undefined : URL.parse(endpoint)?.host;
   return account === "devstoreaccount1" && host !== undefined && isLoopback(host);
+}
+
+/**
+ * The sample's store (the server's and the admin script's), on the change feed REDIS_URL names.
+ * A connection string the SDK cannot read is a configuration error, named as one.
+ */
+export function openTableStore(
+  config: SampleConfig,
+  options: Omit<AzureTableMembershipStoreOptions, "tableName">,
+): AzureTableMembershipStore {
+  try {
+    return AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
+      ...options,
+      tableName: config.tableName,
+    });
+  } catch (error) {
+    if (error instanceof MembershipError && error.code === "INVALID_ARGUMENT")
+      throw new ConfigError(`AZURE_TABLES_CONNECTION_STRING: ${error.message}`, { cause: error });
+    throw error;
+  }
+}
+
+/**
+ * A refusal of the store (`isRefusedByStore`) as a configuration error that names the setting
+ * that caused it and the command that fixes it.
+ */
+export function refusal(config: SampleConfig, error: MembershipError): ConfigError {
+  if (error instanceof ChangeFeedMismatchError) {
+    const redis = error.tableFeed === "redis";
+    return new ConfigError(
+      `table ${config.tableName} keeps its changes on ${redis ? "Redis" : "the table's own log"}, ` +
+        `but REDIS_URL is ${config.redisUrl ? "set" : "not set"}: start every server and the ` +
+        `admin script with REDIS_URL ${redis ? "set to that Redis" : "unset"}, or switch the table ` +
+        `(every server stopped first) with: ${config.redisUrl ? "REDIS_URL=… " : ""}npm run admin -- use-feed`,
+      { cause: error },
+    );
+  }
+  const setting = config.connectionString
+    ? "AZURE_TABLES_CONNECTION_STRING"
+    : `the sample's Azurite on port ${config.azuritePort}`;
+  return new ConfigError(`${setting}: ${error.message}`, { cause: error });
 }

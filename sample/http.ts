@@ -4,13 +4,17 @@ import type { AddressInfo } from "node:net";
 import { monitorEventLoopDelay } from "node:perf_hooks";
 import type { PipelinePolicy } from "@azure/core-rest-pipeline";
 import { requestTarget } from "../adapters/hubs/ws.js";
-import { AzureTableMembershipStore, isValidName, type MembershipStore } from "../adapters/index.js";
+import {
+  type AzureTableMembershipStore,
+  isValidName,
+  type MembershipStore,
+} from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import {
-  ConfigError,
-  connectionStringOf,
   isLoopback,
   isRefusedByStore,
+  openTableStore,
+  refusal,
   type SampleConfig,
 } from "./config.js";
 import type { Log, Observability } from "./observability.js";
@@ -47,8 +51,7 @@ export async function openStore(
   };
   if (config.redisUrl !== undefined) (await connectRedis(config.redisUrl)).destroy();
   const changeFeed = changeFeedOf(config);
-  const store = AzureTableMembershipStore.fromConnectionString(connectionStringOf(config), {
-    tableName: config.tableName,
+  const store = openTableStore(config, {
     clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
     ...(changeFeed && { changeFeed }),
     // Outages are logged (and counted) from the library's feed channel: see observability.ts.
@@ -64,7 +67,7 @@ export async function openStore(
       );
     } else {
       await store.close();
-      throw new ConfigError(`AZURE_TABLES_CONNECTION_STRING: ${error.message}`, { cause: error });
+      throw refusal(config, error);
     }
   }
   return { store, requests };

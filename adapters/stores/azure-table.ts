@@ -89,8 +89,23 @@ interface Row {
 }
 
 const MAX_BATCH = 100;
-/** The table is set up for another kind of change feed than the store's. */
-class FeedMismatch extends MembershipError {}
+/**
+ * `STORE_REJECTED`: the table is set up for another kind of change feed than the store's
+ * (`"table-log"`, `"redis"`), so this store would miss the others' changes, or they its own.
+ */
+export class ChangeFeedMismatchError extends MembershipError {
+  constructor(
+    readonly tableFeed: string,
+    readonly storeFeed: string,
+  ) {
+    super(
+      "STORE_REJECTED",
+      `this table's changes travel on the ${tableFeed} feed, but this store uses the ` +
+        `${storeFeed} feed: every process on the table must use the same one, or the table ` +
+        "be switched with adoptChangeFeed()",
+    );
+  }
+}
 
 /** The row that names the table's kind of change feed. */
 const FEED_MARKER = { partitionKey: "c:", rowKey: "feed" };
@@ -133,14 +148,22 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
   ): AzureTableMembershipStore {
     const insecure =
       /(TableEndpoint=http:|UseDevelopmentStorage=true|DefaultEndpointsProtocol=http;)/i;
-    const client = TableClient.fromConnectionString(
-      connectionString,
-      options.tableName ?? "HubMembership",
-      {
-        allowInsecureConnection: insecure.test(connectionString),
-        ...options.clientOptions,
-      },
-    );
+    let client: TableClient;
+    try {
+      client = TableClient.fromConnectionString(
+        String(connectionString),
+        options.tableName ?? "HubMembership",
+        { allowInsecureConnection: insecure.test(connectionString), ...options.clientOptions },
+      );
+    } catch (error) {
+      // The SDK's own words for a malformed one are a TypeError from deep inside it.
+      throw new MembershipError(
+        "INVALID_ARGUMENT",
+        "not a connection string Azure Table Storage takes: expected AccountName=…;AccountKey=…, " +
+          "TableEndpoint=…;SharedAccessSignature=…, or UseDevelopmentStorage=true",
+        { cause: error },
+      );
+    }
     return new AzureTableMembershipStore(client, options);
   }
 
@@ -371,7 +394,7 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
     // Only a wrong feed is reported from here: an outage or a refused key is the feed's to
     // report, once, as its reads fail too.
     this.#run(() => this.#checkFeed()).catch((error: unknown) => {
-      if (error instanceof FeedMismatch) this.#onWatchError(error);
+      if (error instanceof ChangeFeedMismatchError) this.#onWatchError(error);
     });
     return unsubscribe;
   }
@@ -435,12 +458,7 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
       }
       const feed = (stored as { feed?: unknown } | undefined)?.feed;
       if (feed !== this.#feed.kind) {
-        throw new FeedMismatch(
-          "STORE_REJECTED",
-          `this table's changes travel on the ${String(feed)} feed, but this store uses the ` +
-            `${this.#feed.kind} feed: every server and admin script on the table must use the ` +
-            "same one (REDIS_URL set on all or on none), or switch with adoptChangeFeed()",
-        );
+        throw new ChangeFeedMismatchError(String(feed), this.#feed.kind);
       }
     })().catch((error: unknown) => {
       this.#feedChecked = undefined;
