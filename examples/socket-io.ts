@@ -1,12 +1,11 @@
 import { createServer } from "node:http";
 import { Server } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
-import { AzureTableMembershipStore } from "../adapters/index.js";
+import { InMemoryMembershipStore } from "../adapters/index.js";
 
 declare function userOf(token: unknown): string | undefined; // your auth
-
-const store = AzureTableMembershipStore.fromConnectionString("UseDevelopmentStorage=true");
-const io = new Server(createServer().listen(3000));
+const store = new InMemoryMembershipStore(); // or AzureTableMembershipStore, below
+const io = new Server(createServer().listen(8081));
 io.use((socket, next) => {
   socket.data.userId = userOf(socket.handshake.auth.token);
   next(socket.data.userId ? undefined : new Error("unauthorized"));
@@ -17,7 +16,8 @@ const sync = bindSocketIo(io, {
   onLeave: (socket, group, reason) => socket.emit("removed", { group, reason }),
 });
 io.on("connection", (socket) => {
-  socket.on("send", ({ group, text }) => {
+  socket.on("send", (message) => {
+    const { group, text } = Object(message); // a client may send anything, or nothing
     if (sync.isInGroup(socket.id, group)) io.to(group).emit("message", { group, text });
   });
 });

@@ -53,7 +53,7 @@ const COMMANDS: Record<string, Command> = {
     help:
       "Grant every row of <file>: CSV with a header row userId,group,expiresAt (RFC 4180 quoting;\n" +
       'expiresAt an ISO date or empty) or NDJSON ({"userId","group","expiresAt"} a line, by the\n' +
-      "extension .ndjson/.jsonl or a first character {). Streamed, in batches of 1,000. A bad row\n" +
+      "extension .ndjson/.jsonl or a first character {). Streamed, in batches of 10,000. A bad row\n" +
       "stops it before anything is written, naming its line; --skip-invalid reports each bad row\n" +
       "and imports the rest. Interrupted, run it again: it goes on after the last stored line.",
   },
@@ -299,6 +299,7 @@ function progressReporter() {
     : undefined;
   let started = false;
   let last = 0;
+  let said = "";
   return {
     update({ bytes, total, written }: { bytes: number; total: number; written: number }) {
       if (bar) {
@@ -308,7 +309,9 @@ function progressReporter() {
       } else if (Date.now() - last >= 1_000 || bytes >= total) {
         last = Date.now();
         const percent = total === 0 ? 100 : Math.floor((bytes / total) * 100);
-        console.error(`import: ${written} rows written, ${percent}% of the file read`);
+        const line = `import: ${written} rows written, ${percent}% of the file read`;
+        if (line !== said) console.error(line); // the last batch reports 100% twice
+        said = line;
       }
     },
     note(line: string) {
@@ -335,7 +338,15 @@ const shown = (name: string) =>
 /** The command named on the command line, if it is one, for a usage message about it alone. */
 const command = (argv: string[]) => argv.slice(2).find((arg) => arg in COMMANDS);
 
+/** A reader that stopped reading (`export | head`) is done with us: that is no failure. */
+const closedPipe = (error: unknown) => (error as NodeJS.ErrnoException | null)?.code === "EPIPE";
+process.stdout.on("error", (error) => {
+  if (closedPipe(error)) process.exit(0);
+  throw error;
+});
+
 main(process.argv.slice(2)).catch((error: unknown) => {
+  if (closedPipe(error)) return;
   const usageError =
     error instanceof UsageError ||
     (error as { code?: string }).code?.startsWith("ERR_PARSE_ARGS") ||

@@ -11,6 +11,7 @@ import {
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
 import {
+  ConfigError,
   isLoopback,
   isRefusedByStore,
   openTableStore,
@@ -209,7 +210,7 @@ export async function listenOps(context: RouteContext, log: Log): Promise<() => 
       await commonRoute(req, res, context, true);
     else sendJson(res, 404, { error: "not_found" });
   }, log);
-  const url = await listen(server, { host: config.opsHost, port: config.opsPort });
+  const url = await listen(server, { host: config.opsHost, port: config.opsPort }, "OPS_PORT");
   log.info({ event: "ops.listening", url }, "metrics, stats and health on their own port");
   return () => new Promise((resolve) => server.close(() => resolve()));
 }
@@ -218,11 +219,22 @@ export async function listenOps(context: RouteContext, log: Log): Promise<() => 
 export async function listen(
   server: Server,
   config: Pick<SampleConfig, "host" | "port">,
+  setting = "PORT",
 ): Promise<string> {
   server.listen(config.port, config.host);
   await new Promise<void>((resolve, reject) => {
     server.once("listening", resolve);
-    server.once("error", reject);
+    server.once("error", (error: NodeJS.ErrnoException) => {
+      const taken = error.code === "EADDRINUSE" || error.code === "EACCES";
+      reject(
+        taken
+          ? new ConfigError(
+              `${setting}: ${config.host}:${config.port} is ${error.code === "EACCES" ? "not ours to use" : "in use"} (another npm start?): stop what listens there, or set ${setting}`,
+              { cause: error },
+            )
+          : error,
+      );
+    });
   });
   const { port } = server.address() as AddressInfo;
   const host = config.host.includes(":") ? `[${config.host}]` : config.host;

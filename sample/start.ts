@@ -30,9 +30,13 @@ async function main() {
       port: config.azuritePort,
       location: config.azuriteLocation,
     }).catch((error: unknown) => {
-      throw new Error(
-        `could not start Azurite on 127.0.0.1:${config.azuritePort} (is another one running? ` +
-          `set AZURITE_PORT, or AZURE_TABLES_CONNECTION_STRING to use yours): ${String(error)}`,
+      const inUse = /EADDRINUSE/.test(String(error));
+      throw new ConfigError(
+        `AZURITE_PORT: could not start Azurite on 127.0.0.1:${config.azuritePort}` +
+          (inUse ? ": the port is in use (another npm start, or its Azurite?)" : "") +
+          `: stop what listens there, set AZURITE_PORT, or set AZURE_TABLES_CONNECTION_STRING to use your own storage` +
+          (inUse ? "" : ` (${String(error).split("\n")[0]})`),
+        { cause: error },
       );
     });
     console.log(

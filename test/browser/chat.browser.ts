@@ -160,6 +160,16 @@ describe("the sample's web page in Chromium", () => {
     expect(width).toBeLessThanOrEqual(360);
   });
 
+  it("keeps its width with a 1,024-character group name", async () => {
+    const name = "x".repeat(1_024);
+    expect((await admin(env, "grant", "wide", name)).code).toBe(0);
+    const page = await signIn("wide");
+    await expect.poll(() => groupsOf(page)).toEqual([name]);
+    const width = await page.evaluate<number>("document.documentElement.scrollWidth");
+    const viewport = await page.evaluate<number>("window.innerWidth");
+    expect(width).toBeLessThanOrEqual(viewport);
+  });
+
   it("refuses a bad token and says so", async () => {
     const page = await (await browser.newContext()).newPage();
     await page.goto(sample.url);

@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import jwt from "jsonwebtoken";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { AzureTableMembershipStore } from "../../adapters/index.js";
@@ -254,5 +256,76 @@ describe("a user in many groups", () => {
     } finally {
       await sample.stop();
     }
+  });
+});
+
+describe("start-up errors: one line, exit 1", () => {
+  it("a malformed connection string, for the sample and the admin script", async () => {
+    const env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      AZURE_TABLES_CONNECTION_STRING: "not;a=connection string",
+    };
+    const line =
+      /^configuration error: AZURE_TABLES_CONNECTION_STRING: not a connection string Azure Table Storage takes/m;
+    const error = await startSample(env).then(
+      () => expect.fail("the sample started"),
+      (e: Error) => e.message,
+    );
+    expect(error).toMatch(line);
+    expect(error).not.toMatch(/TypeError|\n\s+at /);
+    const run = await admin(env, "groups", "alice");
+    expect(run.code).toBe(1);
+    expect(run.stderr.trim()).toMatch(line);
+  });
+
+  it("the hub's port in use", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const first = await startSample(env);
+    try {
+      const port = new URL(first.url).port;
+      const error = await startSample({ ...env, PORT: port }).then(
+        () => expect.fail("a second sample started on the same port"),
+        (e: Error) => e.message,
+      );
+      expect(error).toMatch(
+        new RegExp(`^configuration error: PORT: 127\\.0\\.0\\.1:${port} is in use`, "m"),
+      );
+      expect(error).not.toMatch(/\n\s+at /);
+    } finally {
+      await first.stop();
+    }
+  });
+
+  it("export into a pipe closed early ends quietly with exit 0", async () => {
+    const env = sampleEnv(inject("azuriteConnectionString"));
+    const store = AzureTableMembershipStore.fromConnectionString(
+      env.AZURE_TABLES_CONNECTION_STRING ?? "",
+      {
+        tableName: env.MEMBERSHIP_TABLE,
+      },
+    );
+    await store.addMany(Array.from({ length: 3_000 }, (_, i) => ({ userId: `u${i}`, group: "g" })));
+    await store.close();
+    // pipefail: the pipeline fails if the admin script does.
+    const child = spawn(
+      "bash",
+      ["-c", "set -o pipefail; node --import tsx sample/admin.ts export | head -2"],
+      {
+        env: { ...process.env, ...env, NODE_ENV: "test" },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let stderr = "";
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk;
+    });
+    const lines: string[] = [];
+    child.stdout.on("data", (chunk: Buffer) =>
+      lines.push(...String(chunk).split("\n").filter(Boolean)),
+    );
+    const [code] = (await once(child, "exit")) as [number];
+    expect(code).toBe(0);
+    expect(lines).toHaveLength(2);
+    expect(stderr).toBe("");
   });
 });
