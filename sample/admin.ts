@@ -45,7 +45,8 @@ const COMMANDS: Record<string, Command> = {
     args: [],
     help:
       "Switch the table to the change feed this environment names (Redis when REDIS_URL is set,\n" +
-      "else the table's log). Stop every server first; start them again on the same feed.",
+      "else the table's log). Running servers on the other feed notice within seconds and stop\n" +
+      "(exit 1); start them again with REDIS_URL set the same way.",
   },
   import: {
     args: ["file"],

@@ -6,6 +6,7 @@ import type { PipelinePolicy } from "@azure/core-rest-pipeline";
 import { requestTarget } from "../adapters/hubs/ws.js";
 import {
   type AzureTableMembershipStore,
+  ChangeFeedMismatchError,
   isValidName,
   type MembershipStore,
 } from "../adapters/index.js";
@@ -39,7 +40,13 @@ export async function openStore(
 ): Promise<{
   store: AzureTableMembershipStore;
   requests: StorageRequests;
+  /** Resolves when the server must stop serving: the table's feed was switched under it. */
+  failed: Promise<Error>;
 }> {
+  let fail: (error: Error) => void = () => {};
+  const failed = new Promise<Error>((resolve) => {
+    fail = resolve;
+  });
   const requests: StorageRequests = { membership: 0, changeLog: 0 };
   const counter: PipelinePolicy = {
     name: "hub-membership-sample-request-counter",
@@ -56,7 +63,14 @@ export async function openStore(
     clientOptions: { additionalPolicies: [{ policy: counter, position: "perCall" }] },
     ...(changeFeed && { changeFeed }),
     // Outages are logged (and counted) from the library's feed channel: see observability.ts.
-    onWatchError: () => {},
+    // A switch of the table's feed is not an outage: this server would serve stale groups.
+    onWatchError: (error) => {
+      if (error instanceof ChangeFeedMismatchError) {
+        const stale = refusal(config, error);
+        log.error({ event: "feed.switched", err: stale }, "the table's change feed was switched");
+        fail(stale);
+      }
+    },
   });
   try {
     await store.verify();
@@ -71,7 +85,7 @@ export async function openStore(
       throw refusal(config, error);
     }
   }
-  return { store, requests };
+  return { store, requests, failed };
 }
 
 const loopDelay = monitorEventLoopDelay({ resolution: 10 });

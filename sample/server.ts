@@ -89,6 +89,8 @@ function checkClientMessage(m: Record<string, unknown>): ClientMessage | undefin
 export interface HubServer {
   readonly url: string;
   readonly store: MembershipStore;
+  /** Resolves when the server can no longer serve (the table's feed was switched under it). */
+  readonly failed: Promise<Error>;
   close(): Promise<void>;
 }
 
@@ -102,7 +104,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     signalr: signalr.counts(),
   }));
   const { log } = obs;
-  const { store, requests } = await openStore(config, log);
+  const { store, requests, failed } = await openStore(config, log);
   const auth = configurePassport(config.jwt);
   const origins = new Origins(config);
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
@@ -418,6 +420,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   return {
     url,
     store,
+    failed,
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       server.closeAllConnections();

@@ -59,7 +59,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     },
   }));
   const { log } = obs;
-  const { store, requests } = await openStore(config, log);
+  const { store, requests, failed } = await openStore(config, log);
   const fail = async (error: unknown): Promise<never> => {
     await store.close();
     throw error;
@@ -231,6 +231,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   return {
     url,
     store,
+    failed,
     async close() {
       await io.close(); // disconnects every socket and closes the HTTP server
       await closeOps();

@@ -51,14 +51,19 @@ async function main() {
     throw error;
   });
   let stopping = false;
-  const stop = async (signal: string) => {
+  const stop = async (signal: string, code = 0) => {
     if (stopping) return;
     stopping = true;
     console.log(`${signal}: stopping`);
     await server.close();
     await azurite?.stop();
-    process.exit(0);
+    process.exit(code);
   };
+  // Serving on after the table's feed was switched would mean missing every change from then on.
+  void server.failed.then((error) => {
+    console.error(`error: ${redactedMessage(error)}`);
+    return stop("the change feed was switched", 1);
+  });
   // Before "listening" is printed: a signal sent as soon as it is must find these handlers.
   process.on("SIGINT", () => void stop("SIGINT"));
   process.on("SIGTERM", () => void stop("SIGTERM"));

@@ -1,7 +1,12 @@
 import { type PipelinePolicy, RestError } from "@azure/core-rest-pipeline";
 import { odata, TableClient } from "@azure/data-tables";
 import { afterEach, describe, expect, inject, it, vi } from "vitest";
-import { type MembershipStore, MembershipSync } from "../adapters/index.js";
+import {
+  type ChangeFeed,
+  ChangeFeedMismatchError,
+  type MembershipStore,
+  MembershipSync,
+} from "../adapters/index.js";
 import { CHANGE_LOG_SHARDS } from "../adapters/stores/azure-change-log.js";
 import { azureStore, tableNameOf } from "./support/azure.js";
 import { logReads } from "./support/log-reads.js";
@@ -238,5 +243,36 @@ describe("the table change log", () => {
     cut.down = false;
     await expect.poll(() => hub.of("c1"), { timeout: 10_000 }).toEqual(["granted", "kept"]);
     expect(hub.calls).toContain("leave c1 revoked revoked");
+  });
+});
+
+describe("the table's feed switched while a store watches", () => {
+  it("reports the switch to onWatchError within feedCheckIntervalMs, and a switch back delivers a resync", async () => {
+    const errors: unknown[] = [];
+    const watcher = track(
+      azureStore({ feedCheckIntervalMs: 100, onWatchError: (error) => errors.push(error) }),
+    );
+    await watcher.verify();
+    const changes: unknown[] = [];
+    const unwatch = watcher.watch((change) => changes.push(change));
+    const other: ChangeFeed = {
+      kind: "elsewhere",
+      publish: async () => {},
+      subscribe: () => () => {},
+      close: async () => {},
+    };
+    const switcher = track(azureStore({ tableName: tableNameOf(watcher), changeFeed: other }));
+    await switcher.adoptChangeFeed();
+    await expect.poll(() => errors, { timeout: 2_000 }).toHaveLength(1);
+    expect(errors[0]).toBeInstanceOf(ChangeFeedMismatchError);
+    expect(errors[0]).toMatchObject({
+      code: "STORE_REJECTED",
+      tableFeed: "elsewhere",
+      storeFeed: "table-log",
+    });
+    await watcher.adoptChangeFeed(); // back to the table's log
+    await expect.poll(() => changes, { timeout: 2_000 }).toContainEqual({ type: "resync" });
+    expect(errors).toHaveLength(1); // once per switch, not once per check
+    unwatch();
   });
 });

@@ -20,6 +20,7 @@ import {
   MembershipError,
   type MembershipUpdate,
 } from "../contract.js";
+import { diagnostics } from "../diagnostics.js";
 import { type Grant, isLive, MembershipStoreBase } from "../store-base.js";
 import { addedChange, pairKey } from "../validate.js";
 import { TableChangeLog } from "./azure-change-log.js";
@@ -44,6 +45,11 @@ export interface AzureTableMembershipStoreOptions {
   idlePollIntervalMs?: number;
   /** Table log: how long changes are kept before pollers trim them. Default 10 min. */
   changeRetentionMs?: number;
+  /**
+   * While watched, how often the table's kind of change feed is read again, so that a switch
+   * made elsewhere (`adoptChangeFeed`) is reported to `onWatchError` within this. Default 2 s.
+   */
+  feedCheckIntervalMs?: number;
   /** Most requests in flight at once during `addMany`, `removeUser`, `deleteGroup` and `repair`. Default 16. */
   concurrency?: number;
   /** Passed to the `TableClient`: retry options, extra pipeline policies, ... */
@@ -137,6 +143,7 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
   readonly #client: TableClient;
   readonly #feed: ChangeFeed;
   readonly #onWatchError: (error: unknown) => void;
+  readonly #feedCheckIntervalMs: number;
   #feedChecked: Promise<void> | undefined;
   readonly #limit: ReturnType<typeof pLimit>;
   #ready: Promise<void> | undefined;
@@ -202,6 +209,7 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
       ((error: unknown) =>
         process.emitWarning(`hub-membership: watching changes failed: ${String(error)}`));
     this.#onWatchError = (error) => onWatchError(toStoreError(error));
+    this.#feedCheckIntervalMs = options.feedCheckIntervalMs ?? 2_000;
     this.#feed =
       options.changeFeed ??
       new TableChangeLog(this.#client, {
@@ -396,7 +404,38 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
     this.#run(() => this.#checkFeed()).catch((error: unknown) => {
       if (error instanceof ChangeFeedMismatchError) this.#onWatchError(error);
     });
-    return unsubscribe;
+    // The table's feed can be switched while this store watches (`adoptChangeFeed` elsewhere):
+    // from then on its changes travel where this store does not read. So the marker is read
+    // again every `feedCheckIntervalMs`; a switch is reported (the watcher must stop serving),
+    // and a switch back delivers a resync, since changes meanwhile went the other way.
+    let switched = false;
+    const check = async () => {
+      const marker = (await this.#get(FEED_MARKER.partitionKey, FEED_MARKER.rowKey)) as
+        | { feed?: unknown }
+        | undefined;
+      const feed = marker?.feed;
+      if (feed !== undefined && feed !== this.#feed.kind) {
+        if (switched) return;
+        switched = true;
+        this.#feedChecked = undefined;
+        const error = new ChangeFeedMismatchError(String(feed), this.#feed.kind);
+        if (diagnostics.feed.hasSubscribers) diagnostics.feed.publish({ state: "down", error });
+        this.#onWatchError(error);
+      } else if (switched && feed === this.#feed.kind) {
+        switched = false;
+        if (diagnostics.feed.hasSubscribers) diagnostics.feed.publish({ state: "up" });
+        deliver({ type: "resync" });
+      }
+    };
+    const timer = setInterval(() => {
+      // An outage here is the feed's to report (its reads fail too); this check says nothing.
+      this.#run(check).catch(() => undefined);
+    }, this.#feedCheckIntervalMs);
+    timer.unref();
+    return () => {
+      clearInterval(timer);
+      unsubscribe();
+    };
   }
 
   protected override closeStorage(): Promise<void> {

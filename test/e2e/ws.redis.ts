@@ -1,3 +1,4 @@
+import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { WebSocket } from "ws";
 import { type RedisServer, startRedis } from "../support/redis.js";
@@ -5,6 +6,7 @@ import {
   admin,
   grant,
   isRemoved,
+  logLines,
   type RunningSample,
   type SampleEnv,
   sampleEnv,
@@ -211,6 +213,41 @@ describe("the connection cap on Redis: across servers, atomically", { timeout: 1
     } finally {
       for (const { socket } of held) socket.terminate();
       await Promise.all(servers.map((s) => s.stop()));
+      await redis.stop();
+    }
+  });
+});
+
+describe("a table's feed switched under a running server", { timeout: 120_000 }, () => {
+  it("table log → Redis, and Redis → table log: the running server stops within seconds, and says why", async () => {
+    const redis = await startRedis();
+    try {
+      const base = sampleEnv(inject("azuriteConnectionString"));
+      const onRedis = { ...base, REDIS_URL: redis.url };
+      for (const [from, to, says] of [
+        [base, onRedis, /^error: table \w+ keeps its changes on Redis, but REDIS_URL is not set/m],
+        [
+          onRedis,
+          base,
+          /^error: table \w+ keeps its changes on the table's own log, but REDIS_URL is set/m,
+        ],
+      ] as const) {
+        expect((await admin(from, "use-feed")).code).toBe(0);
+        await grant(from, "alice", "Sports");
+        const server = await startSample(from);
+        const alice = await connect(server.wsUrl, token(from, "alice"));
+        const switched = Date.now();
+        expect((await admin(to, "use-feed")).code).toBe(0);
+        const [code] = (await once(server.process, "exit")) as [number];
+        expect(code).toBe(1);
+        expect(Date.now() - switched).toBeLessThan(10_000);
+        expect(server.output()).toMatch(says);
+        expect(logLines(server.output())).toContainEqual(
+          expect.objectContaining({ event: "feed.switched", level: 50 }),
+        );
+        expect((await alice.closed).code).not.toBe(1006); // told, not cut off
+      }
+    } finally {
       await redis.stop();
     }
   });
