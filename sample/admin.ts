@@ -3,13 +3,22 @@
  * mint tokens. Uses the same connection string as the server (AZURE_TABLES_CONNECTION_STRING,
  * else the sample's Azurite on AZURITE_PORT). Exit 0 on success, 1 on failure, 2 on usage errors.
  */
+import { connect } from "node:net";
 import { parseArgs } from "node:util";
 import { Presets, SingleBar } from "cli-progress";
 import ms from "ms";
 import { isValidName, type Membership, MembershipError } from "../adapters/index.js";
+import { type Azurite, startAzurite } from "../adapters/testing/azurite.js";
 import { mintToken } from "./auth.js";
 import { exportTo, importFile } from "./bulk.js";
-import { ConfigError, isRefusedByStore, loadConfig, openTableStore, refusal } from "./config.js";
+import {
+  ConfigError,
+  isRefusedByStore,
+  loadConfig,
+  openTableStore,
+  refusal,
+  type SampleConfig,
+} from "./config.js";
 import { redactedMessage } from "./redact.js";
 import { changeFeedOf } from "./redis.js";
 
@@ -165,6 +174,8 @@ async function main(argv: string[]): Promise<void> {
     return print({ token, userId: first, expiresIn: ttl }, token);
   }
 
+  // Without npm start, the sample's Azurite is started for this command (its data is on disk).
+  const azurite = config.connectionString === undefined ? await azuriteFor(config) : undefined;
   const changeFeed = changeFeedOf(config);
   const store = openTableStore(config, {
     ...(changeFeed && { changeFeed }),
@@ -252,7 +263,7 @@ async function main(argv: string[]): Promise<void> {
           file: first,
           table: config.tableName,
           skipInvalid: values["skip-invalid"] === true,
-          onInvalid: (line, error) => progress.note(`line ${line}: ${error}`),
+          onInvalid: (line, error) => progress.note(`line ${line}: ${shown(error)}`),
           onProgress: progress.update,
           onResume: ({ line, written }) =>
             progress.note(`resuming after line ${line}: ${written} row(s) stored before`),
@@ -283,7 +294,24 @@ async function main(argv: string[]): Promise<void> {
     throw isRefusedByStore(error) ? refusal(config, error) : error;
   } finally {
     await store.close();
+    await azurite?.stop();
   }
+}
+
+/** The sample's Azurite, started here if nothing listens on its port; undefined if it runs. */
+async function azuriteFor(config: SampleConfig): Promise<Azurite | undefined> {
+  const listening = await new Promise<boolean>((resolve) => {
+    const socket = connect(config.azuritePort, "127.0.0.1");
+    const answer = (yes: boolean) => {
+      socket.destroy();
+      resolve(yes);
+    };
+    socket.once("connect", () => answer(true));
+    socket.once("error", () => answer(false));
+    socket.setTimeout(1_000, () => answer(false));
+  });
+  if (listening) return undefined;
+  return startAzurite({ port: config.azuritePort, location: config.azuriteLocation });
 }
 
 /**

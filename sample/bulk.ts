@@ -4,7 +4,7 @@
  * ways, so a file of any size passes in constant memory.
  */
 import { createReadStream, createWriteStream } from "node:fs";
-import { readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { chmod, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { createInterface } from "node:readline";
 import { Readable, Transform, type Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -253,6 +253,7 @@ export async function exportTo(
   const partial = `${target.file}.partial`;
   // Memberships are for the operator's eyes: not readable by other users of the machine.
   await pipeline(records, encode, createWriteStream(partial, { mode: 0o600 }));
+  await chmod(partial, 0o600); // `mode` applies only to a file it creates
   await rename(partial, target.file);
   return count;
 }

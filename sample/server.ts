@@ -5,8 +5,8 @@ import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
 import { bindWs, requestTarget, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
-import { RedisBroadcast } from "../adapters/redis/index.js";
 import { authenticate, configurePassport } from "./auth.js";
+import { ChatBus } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -164,18 +164,28 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   };
   const closeSignalR = (connection: Connection) =>
     signalr.closeConnection(connection.id, "rate limit exceeded");
-  /** WebSocket pings (control frames) count like messages; answered only when admitted. */
+  /**
+   * WebSocket control frames count like messages: pings are answered only when admitted, and
+   * pongs (one a heartbeat is due, a flood is not) spend the budget too.
+   */
   const answerPings = (
     endpoint: "ws" | "signalr",
     connection: Connection & { socket: WebSocket },
     close: () => void,
-  ) =>
-    connection.socket.on("ping", (data: Buffer) => {
-      if (connection.socket.readyState !== WebSocket.OPEN) return; // closing: nothing more counts
-      void admit(endpoint, connection, data.length, close).then((verdict) => {
-        if (verdict.ok) connection.socket.pong(data);
+  ) => {
+    const { socket } = connection;
+    const spend = (data: Buffer) =>
+      // Closing: nothing more counts.
+      socket.readyState === WebSocket.OPEN
+        ? admit(endpoint, connection, data.length, close)
+        : undefined;
+    socket.on("ping", (data: Buffer) => {
+      void spend(data)?.then((verdict) => {
+        if (verdict.ok) socket.pong(data);
       });
     });
+    socket.on("pong", (data: Buffer) => void spend(data));
+  };
   const onSlowConsumer = () => {
     slowConsumersDropped++; // logged from the library's slow-consumer channel
   };
@@ -197,10 +207,17 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     log.error({ event: "hub.error", endpoint, err: error }, "hub failure");
   const onClientError = (endpoint: string) => (connection: Connection, error: Error) =>
     obs.clientError(endpoint, connection, error);
-  // With Redis, messages reach the other servers' connections too (each protocol on its own
-  // channel); each server enforces membership for its own connections.
-  const bus = (channel: string) =>
-    config.redisUrl ? { bus: new RedisBroadcast({ url: config.redisUrl, channel }) } : {};
+  // With Redis, messages reach every other server, whatever its hub (see ChatBus); each server
+  // enforces membership for its own connections.
+  const chat = new ChatBus(config, log, (target, message) => {
+    if ("group" in target) {
+      void hub.broadcast(target.group, encode({ type: "message", ...message }));
+      void signalr.sendToGroup(target.group, "message", message);
+    } else {
+      void hub.sendToUser(target.userId, encode({ type: "message", ...message }));
+      void signalr.sendToUser(target.userId, "message", message);
+    }
+  });
 
   const hub: WsHub<WebSocket> = bindWs(wss, {
     store,
@@ -208,7 +225,6 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     maxMessageBytes: MAX_FRAME_BYTES,
     heartbeatMs: config.heartbeatSeconds * 1_000,
     maxBufferedBytes: config.maxBufferedBytes,
-    ...bus("hub-membership:messages"),
     onConnection: (connection, groups) => {
       const { id, userId } = connection;
       hub.send(id, encode({ type: "welcome", connectionId: id, userId, ...welcomeGroups(groups) }));
@@ -233,7 +249,6 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     userIdOf: userIdOf("signalr"),
     maxBufferedBytes: config.maxBufferedBytes,
     maxMessageBytes: MAX_FRAME_BYTES,
-    ...bus("hub-membership:signalr"),
     onConnection: (connection, groups) => {
       const { id, userId } = connection;
       signalr.send(id, "welcome", { connectionId: id, userId, ...welcomeGroups(groups) });
@@ -262,7 +277,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     onError: onError("signalr"),
     onClientError: onClientError("signalr"),
   });
-  await Promise.all([hub.ready(), signalr.ready()]);
+  await chat.start();
 
   /** A SignalR invocation: completes with null, or fails with the error's code. */
   async function invoke(connection: Connection, request: Record<string, unknown>) {
@@ -317,19 +332,12 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         case "send": {
           const { group, text } = message;
           if (!endpoint.isInGroup(id, group)) return "not_member";
-          const payload = { group, from: userId, text, at };
-          await Promise.all([
-            hub.broadcast(group, encode({ type: "message", ...payload })),
-            signalr.sendToGroup(group, "message", payload),
-          ]);
+          await chat.send({ group }, { group, from: userId, text, at });
           return undefined;
         }
         case "whisper": {
-          const payload = { to: message.to, from: userId, text: message.text, at };
-          await Promise.all([
-            hub.sendToUser(message.to, encode({ type: "message", ...payload })),
-            signalr.sendToUser(message.to, "message", payload),
-          ]);
+          const { to, text } = message;
+          await chat.send({ userId: to }, { to, from: userId, text, at });
           return undefined;
         }
         case "join":
@@ -433,7 +441,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       await closed;
       await closeOps();
       clearTimeout(grace);
-      await Promise.all([hub.close(), signalr.close()]);
+      await Promise.all([hub.close(), signalr.close(), chat.close()]);
       obs.close();
       guard.close();
       await store.close();

@@ -1,8 +1,9 @@
-import { createAdapter } from "@socket.io/redis-adapter";
+import { EventEmitter } from "node:events";
 import { Server, type Socket } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
+import { ChatBus } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -16,7 +17,6 @@ import {
 } from "./http.js";
 import { floodGuardOf, welcomeGroups } from "./limits.js";
 import { Observability } from "./observability.js";
-import { connectRedis } from "./redis.js";
 import type { HubServer } from "./server.js";
 
 const MAX_TIMER = 2 ** 31 - 1;
@@ -47,8 +47,9 @@ function groupOf(payload: unknown): string | undefined {
 
 /**
  * The sample hub on Socket.IO (websocket transport only): the same users, groups, JWTs and store
- * as the `ws` sample, as Socket.IO events. With `config.redisUrl`, servers share broadcasts
- * through `@socket.io/redis-adapter` (and membership changes through the store's Redis feed).
+ * as the `ws` sample, as Socket.IO events. With `config.redisUrl`, servers share messages with
+ * every other server of the sample, whatever its hub (`ChatBus`), and membership changes
+ * through the store's Redis feed.
  */
 export async function startSocketIoServer(config: SampleConfig): Promise<HubServer> {
   const obs: Observability = new Observability(() => ({
@@ -92,18 +93,22 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       if (!allowed) obs.refused("socket.io", "origin");
       callback(allowed ? null : "origin not allowed", allowed);
     },
+    // The token is checked when the socket asks for the namespace (so a client is told
+    // `unauthorized`); one that opens and never asks is closed after 5 s, not Socket.IO's 45.
+    connectTimeout: 5_000,
     transports: ["websocket"],
     maxHttpBufferSize: 64 * 1024,
     serveClient: false,
   });
-  const redis = config.redisUrl ? await connectRedis(config.redisUrl).catch(fail) : undefined;
-  const guard = await floodGuardOf(config);
+  const guard = await floodGuardOf(config).catch(fail);
   let rateLimited = 0;
-  const redisSub = redis?.duplicate();
-  if (redis && redisSub) {
-    await redisSub.connect();
-    io.adapter(createAdapter(redis, redisSub));
-  }
+  // Rooms are this server's: a message from elsewhere comes through the chat bus.
+  const chat = new ChatBus(config, log, (target, message) => {
+    const { from, text, at } = message;
+    if ("group" in target)
+      io.to(target.group).emit("message", { group: target.group, from, text, at });
+  });
+  await chat.start().catch(fail);
 
   // Authentication first: the membership binding below needs to know who the socket is.
   io.use((socket, next) => {
@@ -157,6 +162,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
 
     /** Every packet a client sends spends its budget, whatever it is; a flood is disconnected. */
     const spend = async (bytes: number) => {
+      if (!socket.connected) return { ok: false, retryAfterMs: 0, close: true } as const;
       const verdict = await guard.admit(socket.id, userId, bytes);
       if (verdict.ok) return verdict;
       rateLimited++;
@@ -172,6 +178,11 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     socket.conn.on("packet", (packet: { type: string; data?: unknown }) => {
       if (packet.type !== "message") void spend(1 + String(packet.data ?? "").length);
     });
+    // And the WebSocket's own control frames, below engine.io (which answers pings itself).
+    const raw = (socket.conn as unknown as { transport?: { socket?: unknown } }).transport?.socket;
+    if (raw instanceof EventEmitter)
+      for (const frame of ["ping", "pong"])
+        raw.on(frame, (data: Buffer) => void spend(Math.max(1, data.length)));
     const handle = (payload: unknown, ack: unknown, action: (group: string) => Promise<Reply>) => {
       const reply = typeof ack === "function" ? (ack as (r: Reply) => void) : () => {};
       const admitted = spend(sizeOf(payload)).then((verdict) => {
@@ -206,7 +217,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
         const text = (payload as { text?: unknown }).text;
         if (typeof text !== "string" || !text.isWellFormed()) return { error: "bad_request" };
         if (!sync.isInGroup(socket.id, group)) return { error: "not_member", group };
-        io.to(group).emit("message", { group, from: userId, text, at: new Date().toISOString() });
+        await chat.send({ group }, { group, from: userId, text, at: new Date().toISOString() });
         return { ok: true };
       }),
     );
@@ -236,7 +247,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       await io.close(); // disconnects every socket and closes the HTTP server
       await closeOps();
       await sync.close();
-      await Promise.all([redis?.quit(), redisSub?.quit()]);
+      await chat.close();
       guard.close();
       obs.close();
       await store.close();

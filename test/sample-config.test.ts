@@ -54,6 +54,7 @@ describe("the sample prints no secret", () => {
       redact("cannot reach Redis at redis://default:hunter2@10.0.0.1:6379: ECONNREFUSED"),
     ).toBe("cannot reach Redis at redis://***@10.0.0.1:6379: ECONNREFUSED");
     expect(redact('"REDIS://:pw@host"')).toBe('"REDIS://***@host"');
+    expect(redact("redis://user:hunter2@ss@127.0.0.1:1")).toBe("redis://***@127.0.0.1:1");
     expect(redact(`${ACCOUNT}`)).not.toContain("a2V5");
     expect(
       redact("TableEndpoint=https://x/;SharedAccessSignature=sv=2020-08-04&sig=abc%2Bdef"),

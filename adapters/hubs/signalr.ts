@@ -27,6 +27,8 @@ const CLOSE = 7;
 const NEGOTIATED_TTL_MS = 30_000;
 /** Negotiate carries no body; anything past this is refused unread (413). */
 const MAX_NEGOTIATE_BODY_BYTES = 4096;
+/** Frames a handshake may come in before it is refused: clients send it in one. */
+const MAX_HANDSHAKE_PIECES = 64;
 /** ASP.NET Core's answer to a handshake that timed out or outgrew the message limit. */
 const HANDSHAKE_CANCELED = "Handshake was canceled.";
 
@@ -117,7 +119,8 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   clientTimeoutMs?: number;
   /**
    * Negotiations whose WebSocket has not come yet (each is kept 30 s), per user and in all:
-   * past them negotiate answers 429 and 503 with `Retry-After`. Defaults 100 and 10,000.
+   * past them negotiate answers 429 and 503 with `Retry-After`. Defaults 20 and 10,000: filling
+   * every place takes 500 users' tokens.
    */
   maxPendingNegotiationsPerUser?: number;
   maxPendingNegotiations?: number;
@@ -153,8 +156,12 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
 interface State<S extends BoundSocket> {
   readonly connection: SignalRConnection<S>;
   handshaken: boolean;
-  /** The start of a message (or the handshake) whose separator has not arrived yet. */
-  partial: Buffer | undefined;
+  /**
+   * The frames of a message (or the handshake) whose separator has not come yet: joined once it
+   * does, not copied again with every frame.
+   */
+  pending: Buffer[];
+  pendingBytes: number;
   lastReceived: number;
   lastPing: number;
 }
@@ -299,7 +306,7 @@ export class SignalRHub<S extends BoundSocket> {
     const userId = typeof principal === "string" ? principal : principal.userId;
     const pending = this.#pending.get(userId) ?? 0;
     const retry = { "Retry-After": String(NEGOTIATED_TTL_MS / 1000) };
-    if (pending >= (this.#options.maxPendingNegotiationsPerUser ?? 100))
+    if (pending >= (this.#options.maxPendingNegotiationsPerUser ?? 20))
       return respond(response, 429, { error: "Too many pending negotiations." }, retry);
     if (this.#pendingTotal >= (this.#options.maxPendingNegotiations ?? 10_000))
       return respond(response, 503, { error: "Too many pending negotiations." }, retry);
@@ -432,7 +439,8 @@ export class SignalRHub<S extends BoundSocket> {
       const created: State<S> = {
         connection,
         handshaken: false,
-        partial: undefined,
+        pending: [],
+        pendingBytes: 0,
         lastReceived: now,
         lastPing: now,
       };
@@ -443,16 +451,17 @@ export class SignalRHub<S extends BoundSocket> {
         created.lastReceived = Date.now();
       });
     }
-    const buffer = state.partial ? Buffer.concat([state.partial, data]) : data;
-    state.partial = undefined;
-    const end = buffer.indexOf(RS);
-    if ((end < 0 ? buffer.length : end) > this.#maxMessageBytes)
-      throw new HubProtocolError(HANDSHAKE_CANCELED);
+    const end = data.indexOf(RS);
     if (end < 0) {
-      state.partial = Buffer.from(buffer);
+      // A handshake in more pieces than any client sends is abuse, whatever their size.
+      if (!this.#hold(state, data) || state.pending.length > MAX_HANDSHAKE_PIECES)
+        throw new HubProtocolError(HANDSHAKE_CANCELED);
       return false;
     }
-    const request = parseObject(buffer.subarray(0, end));
+    const buffer = this.#joined(state, data);
+    const at = buffer.length - (data.length - end);
+    if (at > this.#maxMessageBytes) throw new HubProtocolError(HANDSHAKE_CANCELED);
+    const request = parseObject(buffer.subarray(0, at));
     const { protocol, version } = request ?? {};
     if (typeof protocol !== "string" || typeof version !== "number")
       throw new HubProtocolError(
@@ -468,14 +477,20 @@ export class SignalRHub<S extends BoundSocket> {
       throw new HubProtocolError(
         `The server does not support version ${version} of the 'json' protocol.`,
       );
-    return end + 1 < buffer.length ? buffer.subarray(end + 1) : undefined;
+    return at + 1 < buffer.length ? buffer.subarray(at + 1) : undefined;
   }
 
   async #receive(connection: SignalRConnection<S>, data: Buffer): Promise<void> {
     const state = this.#states.get(connection.id);
     if (state === undefined) return;
-    const buffer = state.partial ? Buffer.concat([state.partial, data]) : data;
-    state.partial = undefined;
+    if (data.indexOf(RS) < 0) {
+      // No message ends in this frame: it waits, and pays all the same, or a flood of frames
+      // without a separator would cost the server without ever meeting a limit.
+      if (!this.#hold(state, data)) return void this.#tooLarge(connection);
+      await this.#admit(connection, data.length);
+      return;
+    }
+    const buffer = this.#joined(state, data);
     let start = 0;
     for (let end = buffer.indexOf(RS); end >= 0; end = buffer.indexOf(RS, start)) {
       const message = buffer.subarray(start, end);
@@ -483,7 +498,22 @@ export class SignalRHub<S extends BoundSocket> {
       if (!(await this.#dispatch(connection, message))) return;
     }
     if (buffer.length - start > this.#maxMessageBytes) this.#tooLarge(connection);
-    else if (start < buffer.length) state.partial = Buffer.from(buffer.subarray(start));
+    else if (start < buffer.length) this.#hold(state, Buffer.from(buffer.subarray(start)));
+  }
+
+  /** Keeps a frame until its message's separator comes; false past `maxMessageBytes`. */
+  #hold(state: State<S>, data: Buffer): boolean {
+    state.pending.push(data);
+    state.pendingBytes += data.length;
+    return state.pendingBytes <= this.#maxMessageBytes;
+  }
+
+  /** What was held, with `data` after it, in one buffer; nothing is held after. */
+  #joined(state: State<S>, data: Buffer): Buffer {
+    const buffer = state.pending.length === 0 ? data : Buffer.concat([...state.pending, data]);
+    state.pending = [];
+    state.pendingBytes = 0;
+    return buffer;
   }
 
   /** Handles one message; false when it ended the connection. */

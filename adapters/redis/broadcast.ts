@@ -84,12 +84,19 @@ export class RedisBroadcast implements ServerBus {
   #receive(message: Buffer): void {
     const end = message.indexOf(0x0a);
     if (end < 0) return;
-    const [from, target] = JSON.parse(message.subarray(0, end).toString()) as [
-      string,
-      BroadcastTarget,
-    ];
-    if (from === this.#id) return;
-    this.#deliver?.(target, message.subarray(end + 1));
+    let header: unknown;
+    try {
+      header = JSON.parse(message.subarray(0, end).toString());
+    } catch {
+      return; // not one of ours: anyone with the channel's name can publish on it
+    }
+    const [from, target] = Array.isArray(header) ? header : [];
+    const valid =
+      typeof target === "object" &&
+      target !== null &&
+      (typeof target.group === "string" || typeof target.userId === "string");
+    if (!valid || from === this.#id) return;
+    this.#deliver?.(target as BroadcastTarget, message.subarray(end + 1));
   }
 
   #report(error: unknown): void {

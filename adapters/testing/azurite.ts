@@ -41,7 +41,7 @@ export interface Azurite {
   readonly port: number;
   readonly connectionString: string;
   readonly process: ChildProcess;
-  /** Stops Azurite (SIGTERM, then SIGKILL after 5 s) and waits for it to exit. */
+  /** Stops Azurite (SIGINT, so it saves, then SIGKILL after 5 s) and waits for it to exit. */
   stop(): Promise<void>;
 }
 
@@ -121,7 +121,9 @@ async function launch(
     async stop() {
       if (child.exitCode !== null || child.signalCode !== null) return;
       const timer = setTimeout(() => child.kill("SIGKILL"), 5_000);
-      child.kill("SIGTERM");
+      // SIGINT is the signal Azurite closes on, saving its on-disk store; on SIGTERM it dies
+      // with up to 5 s of writes (its autosave interval) not yet on disk.
+      child.kill("SIGINT");
       await exited;
       clearTimeout(timer);
     },

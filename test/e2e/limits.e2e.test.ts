@@ -233,6 +233,46 @@ describe("every frame counts, of every type, on every endpoint", { timeout: 60_0
     }
   });
 
+  it("SignalR: frames that end no message pay too, before and after the handshake", async () => {
+    for (const [user, handshake] of [
+      ["pieces-after", true],
+      ["pieces-before", false],
+    ] as const) {
+      const socket = new WebSocket(signalrUrl(), {
+        headers: { authorization: `Bearer ${token(env, user)}` },
+      });
+      const records: string[] = [];
+      socket.on("message", (data) => records.push(String(data)));
+      await once(socket, "open");
+      if (handshake) {
+        socket.send('{"protocol":"json","version":1}\u001e');
+        await expect.poll(() => records.length).toBe(2);
+      }
+      for (let i = 0; i < 2_000 && socket.readyState === WebSocket.OPEN; i++) socket.send(" ");
+      const [code] = (await once(socket, "close")) as [number];
+      expect(code).toBe(1000);
+      // Before the handshake: refused past 64 pieces; after it: closed over the rate limit.
+      expect(records.at(-1)).toContain(
+        handshake ? "rate limit exceeded" : "Handshake was canceled.",
+      );
+    }
+  });
+
+  it("ws and SignalR: pong frames pay too", async () => {
+    for (const url of [sample.wsUrl, signalrUrl()]) {
+      const user = url.endsWith("/hub") ? "ponger-ws" : "ponger-signalr";
+      const socket = new WebSocket(url, {
+        headers: { authorization: `Bearer ${token(env, user)}` },
+      });
+      await once(socket, "open");
+      if (url.endsWith("/signalr")) socket.send('{"protocol":"json","version":1}\u001e');
+      await once(socket, "message");
+      for (let i = 0; i < 500 && socket.readyState === WebSocket.OPEN; i++) socket.pong("x");
+      await once(socket, "close");
+      await expect.poll(() => closedFor(user)).toHaveLength(1);
+    }
+  });
+
   it("ws and SignalR: WebSocket ping frames are counted and answered only within the limits", async () => {
     for (const url of [sample.wsUrl, signalrUrl()]) {
       const user = url.endsWith("/hub") ? "pinger-ws" : "pinger-signalr";
@@ -259,6 +299,13 @@ describe("every frame counts, of every type, on every endpoint", { timeout: 60_0
       const client = await IoClient.connect(sio.url, token(env, "unknown-events"));
       for (let i = 0; i < 60; i++) client.socket.emit("nonsense", { i });
       await expect.poll(() => client.socket.connected).toBe(false);
+      // An engine.io socket that never asks for the namespace (nor sends a token) is not held.
+      const opened = Date.now();
+      const idle = new WebSocket(
+        `${sio.url.replace("http", "ws")}/socket.io/?EIO=4&transport=websocket`,
+      );
+      await once(idle, "close");
+      expect(Date.now() - opened).toBeLessThan(8_000);
       expect(logLines(sio.output())).toContainEqual(
         expect.objectContaining({ event: "connection.closed", userId: "unknown-events" }),
       );
