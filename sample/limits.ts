@@ -7,6 +7,7 @@ import {
 } from "rate-limiter-flexible";
 import type { RedisClientType } from "redis";
 import type { SampleConfig } from "./config.js";
+import type { Log } from "./observability.js";
 import { connectRedis } from "./redis.js";
 
 /** What a client may send, per connection and per user (all in config.ts, see sample/README.md). */
@@ -115,9 +116,9 @@ export class FloodGuard {
 }
 
 /** The sample's guard: per-user budgets in Redis (a fail-fast connection of its own) with REDIS_URL. */
-export async function floodGuardOf(config: SampleConfig): Promise<FloodGuard> {
+export async function floodGuardOf(config: SampleConfig, log: Log): Promise<FloodGuard> {
   const redis = config.redisUrl
-    ? await connectRedis(config.redisUrl, { failFast: true })
+    ? await connectRedis(config.redisUrl, { failFast: true, log, name: "limits" })
     : undefined;
   return new FloodGuard(config.limits, redis);
 }

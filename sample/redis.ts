@@ -1,6 +1,7 @@
 import { createClient, type RedisClientType } from "redis";
 import { RedisChangeFeed } from "../adapters/redis/index.js";
 import type { SampleConfig } from "./config.js";
+import type { Log } from "./observability.js";
 import { redact, redactedMessage } from "./redact.js";
 
 /**
@@ -9,10 +10,15 @@ import { redact, redactedMessage } from "./redact.js";
  */
 export async function connectRedis(
   url: string,
-  options: { failFast?: boolean } = {},
+  options: { failFast?: boolean; log?: Log; name?: string } = {},
 ): Promise<RedisClientType> {
   let up = false;
-  const client: RedisClientType = createClient({
+  // An outage is logged once as it starts and once as it ends (with how many errors it had),
+  // not on every reconnection attempt.
+  let errors = 0;
+  let downSince = 0;
+  const client = options.name ?? "redis";
+  const redis: RedisClientType = createClient({
     url,
     // failFast: commands fail at once while Redis is away instead of waiting for it.
     ...(options.failFast && { disableOfflineQueue: true }),
@@ -20,13 +26,28 @@ export async function connectRedis(
       reconnectStrategy: (retries, cause) => (up ? Math.min(100 * retries, 2_000) : cause),
     },
   });
-  client.on("error", (e: Error) => up && console.error(`redis: ${redactedMessage(e)}`));
-  await client.connect().catch((error: unknown) => {
-    if (client.isOpen) client.destroy();
+  redis.on("error", (e: Error) => {
+    if (!up || errors++ > 0) return;
+    downSince = Date.now();
+    options.log?.error(
+      { event: "redis.down", client, error: redactedMessage(e) },
+      "Redis is unavailable",
+    );
+  });
+  redis.on("ready", () => {
+    if (errors === 0) return;
+    options.log?.info(
+      { event: "redis.up", client, errors, downMs: Date.now() - downSince },
+      "Redis is back",
+    );
+    errors = 0;
+  });
+  await redis.connect().catch((error: unknown) => {
+    if (redis.isOpen) redis.destroy();
     throw new Error(`cannot reach Redis at ${redact(url)}: ${redactedMessage(error)}`);
   });
   up = true;
-  return client;
+  return redis;
 }
 
 /**

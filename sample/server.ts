@@ -110,7 +110,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const encode = (message: object) => Buffer.from(JSON.stringify(message));
   let slowConsumersDropped = 0;
   let rateLimited = 0;
-  const guard = await floodGuardOf(config);
+  const guard = await floodGuardOf(config, log);
   // autoPong off: a WebSocket ping is a frame like any other, and pays before it is answered.
   const socketOptions = { noServer: true, allowSynchronousEvents: false, autoPong: false } as const;
   const wss = new WebSocketServer(socketOptions);

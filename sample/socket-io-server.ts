@@ -100,7 +100,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     maxHttpBufferSize: 64 * 1024,
     serveClient: false,
   });
-  const guard = await floodGuardOf(config).catch(fail);
+  const guard = await floodGuardOf(config, log).catch(fail);
   let rateLimited = 0;
   // Rooms are this server's: a message from elsewhere comes through the chat bus.
   const chat = new ChatBus(config, log, (target, message) => {

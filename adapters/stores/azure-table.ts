@@ -244,7 +244,16 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
           ...f,
         })),
       );
-      await this.#publish(grants);
+      await this.#publish(grants).catch((error: unknown) => {
+        // The grants are stored and live: only the announcement failed. Watchers that lost the
+        // feed resync when it is back and read them; a retry announces them again.
+        throw new MembershipError(
+          "STORE_UNAVAILABLE",
+          `stored, but not announced: ${error instanceof Error ? error.message : String(error)}; ` +
+            "other processes read it once their change feed is back, and repeating it announces it",
+          { cause: error },
+        );
+      });
     });
   }
 

@@ -16,6 +16,7 @@ import {
   useClients,
   useSignalRClients,
 } from "../support/sample.js";
+import { IoClient } from "../support/socket-io.js";
 
 /**
  * `npm run test:redis`: three `ws` sample servers in three processes on one table and one
@@ -88,6 +89,55 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
     expect(run.stderr).toMatch(named);
     expect((await admin(env, "groups", "bob")).stdout).toMatch(/^Sports\t/);
     await expect(startSample(onTableLog)).rejects.toThrow(named);
+  });
+
+  it("ws, SignalR and Socket.IO servers on one Redis exchange messages, every way", async () => {
+    for (const user of ["gus", "hal", "ida"]) await grant(env, user, "Mixed");
+    const sio = await startSample({ ...env, HUB: "socket.io" });
+    try {
+      const gus = await connect(ws(0), token(env, "gus"));
+      const hal = await connectSignalR(servers[1]?.url ?? "", token(env, "hal"));
+      const ida = await IoClient.connect(sio.url, token(env, "ida"));
+      try {
+        gus.send({ type: "send", group: "Mixed", text: "from ws" });
+        expect(await hal.invoke("Send", "Mixed", "from SignalR")).toBeNull();
+        expect(await ida.request("send", { group: "Mixed", text: "from Socket.IO" })).toEqual({
+          ok: true,
+        });
+        for (const client of [gus, hal, ida])
+          for (const text of ["from ws", "from SignalR", "from Socket.IO"])
+            expect(await client.next((m) => m.text === text)).toMatchObject({ group: "Mixed" });
+      } finally {
+        ida.close();
+      }
+    } finally {
+      await sio.stop();
+    }
+  });
+
+  it("a grant stored during a Redis outage reaches every server's connections once Redis is back; logs stay JSON", async () => {
+    await grant(env, "fay", "Ops");
+    const fayA = await connect(ws(0), token(env, "fay"));
+    const fayB = await connect(ws(1), token(env, "fay"));
+    const before = servers.map((s) => s.output().length);
+    await redis.kill();
+    await sleep(500);
+    const during = await admin(env, "grant", "fay", "Dev");
+    // Stored, though not announced: the admin script says so.
+    expect(during.code).toBe(1);
+    expect(during.stderr).toMatch(/^error: stored, but not announced: Redis is unavailable/);
+    expect((await admin(env, "groups", "fay")).stdout).toMatch(/^Dev\t/m);
+    await sleep(1_500);
+    await redis.restart();
+    for (const c of [fayA, fayB])
+      await c.next((m) => m.type === "joined" && m.group === "Dev", 10_000);
+    const fresh = await connect(ws(0), token(env, "fay"));
+    expect(fresh.welcome.groups).toEqual(["Dev", "Ops"]);
+    // Every line a server wrote meanwhile is a JSON log line; each outage said once per client.
+    const lines = servers.flatMap((s, i) =>
+      s.output().slice(before[i]).split("\n").filter(Boolean),
+    );
+    expect(lines.filter((line) => !line.startsWith("{"))).toEqual([]);
   });
 
   it("redis-server killed and restarted mid-run: writes fail meanwhile, then revokes and messages flow again", async () => {
