@@ -236,6 +236,28 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     return this.#deliver(member, payload, member.tcp && textFrame(payload));
   }
 
+  /**
+   * Sends several messages to one connection in one write where it can: what a client gets on
+   * opening (a handshake answer, a welcome) arrives in one read, so it handles them in one go.
+   */
+  sendAll(connectionId: string, messages: ReadonlyArray<Buffer | string>): boolean {
+    const member = this.#members.get(connectionId);
+    if (member === undefined) return false;
+    const { socket, tcp } = member;
+    const direct = tcp !== undefined && (member.sender?._state ?? 0) === 0;
+    if (messages.length < 2 || !direct) {
+      let sent = true;
+      for (const message of messages) sent = this.send(connectionId, message) && sent;
+      return sent;
+    }
+    if (socket.readyState !== OPEN || (member.held === undefined && this.#isSlow(member)))
+      return false;
+    this.#flush(member);
+    const frames = messages.map((m) => textFrame(typeof m === "string" ? Buffer.from(m) : m));
+    tcp.write(Buffer.concat(frames));
+    return true;
+  }
+
   #deliver(member: Member<S>, payload: Buffer, frame: Buffer | undefined): boolean {
     const { socket, tcp } = member;
     if (socket.readyState !== OPEN) return false;

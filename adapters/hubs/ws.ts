@@ -447,7 +447,7 @@ export class WsHub<S extends BoundSocket> {
       } catch (error) {
         this.#onError(error);
       }
-      for (const frame of this.#held.get(id) ?? []) this.#groups.send(id, frame);
+      this.#groups.sendAll(id, this.#held.get(id) ?? []);
       this.#held.delete(id);
     };
     const connect = () =>

@@ -32,6 +32,25 @@ describe("sample SignalR endpoint, end to end", { timeout: 60_000 }, () => {
     await sample?.stop();
   });
 
+  it("sends the welcome with the handshake answer: it is there when start() resolves, every time", async () => {
+    for (let i = 0; i < 40; i++) {
+      const connection = new HubConnectionBuilder()
+        .withUrl(`${sample.url}/signalr`, {
+          accessTokenFactory: () => token(env, `opener${i % 10}`),
+        })
+        .configureLogging(LogLevel.None)
+        .build();
+      let welcomed = false;
+      connection.on("welcome", () => {
+        welcomed = true;
+      });
+      await connection.start();
+      const before = welcomed;
+      await connection.stop();
+      expect(before, `connection ${i}`).toBe(true);
+    }
+  });
+
   it("welcomes with the stored groups; grants and revokes from the admin script reach every connection; messages cross protocols", async () => {
     await grant(env, "alice", "Sports");
     await grant(env, "bob", "Sports");
