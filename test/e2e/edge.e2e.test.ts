@@ -21,7 +21,7 @@ import {
 
 const connect = useClients();
 
-describe("the sample at its edge: one request never stops it", () => {
+describe("the sample at its edge: one request never stops it, a browser is checked", () => {
   let env: SampleEnv;
   let sample: RunningSample;
   let port: number;
@@ -76,19 +76,8 @@ describe("the sample at its edge: one request never stops it", () => {
       .toEqual([expect.objectContaining({ level: 40, endpoint: "ws", userId: "bob" })]);
     expect(logLines(sample.output()).filter((l) => Number(l.level) >= 50)).toEqual([]);
   });
-});
 
-describe("the sample's browser-facing checks", () => {
-  let env: SampleEnv;
-  let sample: RunningSample;
-  let port: number;
-  beforeAll(async () => {
-    env = sampleEnv(inject("azuriteConnectionString"));
-    sample = await startSample(env);
-    port = Number(new URL(sample.url).port);
-  });
-  afterAll(() => sample.stop());
-
+  // The browser-facing checks.
   it("mints dev tokens only for a request to a loopback host name", async () => {
     const ask = (host: string, headers: Record<string, string> = {}) =>
       rawRequest(port, httpRequest("GET /token?user=alice HTTP/1.1", { host, ...headers }));
