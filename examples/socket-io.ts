@@ -5,7 +5,7 @@ import { InMemoryMembershipStore } from "../adapters/index.js";
 
 declare function userOf(token: unknown): string | undefined; // your auth
 const store = new InMemoryMembershipStore(); // or AzureTableMembershipStore, below
-const io = new Server(createServer().listen(8081));
+const io = new Server(createServer((_, res) => res.writeHead(404).end()).listen(8081));
 io.use((socket, next) => {
   socket.data.userId = userOf(socket.handshake.auth.token);
   next(socket.data.userId ? undefined : new Error("unauthorized"));

@@ -17,7 +17,7 @@ const hub = bindWs(new WebSocketServer({ noServer: true }), {
       await hub.broadcast(group, JSON.stringify({ userId, text }));
   },
 });
-const server = createServer().listen(8080);
+const server = createServer((_, res) => res.writeHead(426).end()).listen(8080); // 426: ws only
 server.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
 
 await hub.grant("alice", "Sports"); // every connection of alice joins Sports

@@ -3,7 +3,13 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
-import { bindWs, requestTarget, type WsHub, WsRefusal } from "../adapters/hubs/ws.js";
+import {
+  bindWs,
+  refuseUpgrade,
+  requestTarget,
+  type WsHub,
+  WsRefusal,
+} from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { authenticate, configurePassport } from "./auth.js";
 import { ChatBus } from "./chat-bus.js";
@@ -360,8 +366,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     if (path === "/hub") return void hub.handleUpgrade(req, socket, head);
     if (path === "/signalr") return void signalr.handleUpgrade(req, socket, head);
     socket.on("error", () => socket.destroy());
-    const status = path === undefined ? "400 Bad Request" : "404 Not Found";
-    socket.end(`HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    if (path === undefined) refuseUpgrade(socket, 400, "Bad Request");
+    else refuseUpgrade(socket, 404, "Not Found");
   }
 
   /** SignalR's negotiate and transports, then the sample's own routes. */

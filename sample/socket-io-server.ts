@@ -1,6 +1,9 @@
 import { EventEmitter } from "node:events";
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
 import { Server, type Socket } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
+import { refuseUpgrade, requestTarget } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
 import { ChatBus } from "./chat-bus.js";
@@ -86,6 +89,12 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   const http = httpServer(async (req, res) => {
     if (!(await commonRoute(req, res, routes))) sendJson(res, 404, { error: "not_found" });
   }, log);
+  http.on("upgrade", (req: IncomingMessage, socket: Duplex) => {
+    if (requestTarget(req)?.pathname === "/socket.io/") return; // engine.io's
+    socket.on("error", () => socket.destroy());
+    if (requestTarget(req) === undefined) refuseUpgrade(socket, 400, "Bad Request");
+    else refuseUpgrade(socket, 404, "Not Found");
+  });
   const io = new Server<ClientEvents, ServerEvents, Record<string, never>, SocketData>(http, {
     // A browser's page from another origin may not open a socket (see Origins).
     allowRequest: (request, callback) => {
@@ -93,6 +102,9 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       if (!allowed) obs.refused("socket.io", "origin");
       callback(allowed ? null : "origin not allowed", allowed);
     },
+    // Upgrades to other paths are refused below, at once and with the socket released (engine.io
+    // would wait 1 s and then only end it, which a client still sending never lets close).
+    destroyUpgrade: false,
     // The token is checked when the socket asks for the namespace (so a client is told
     // `unauthorized`); one that opens and never asks is closed after 5 s, not Socket.IO's 45.
     connectTimeout: 5_000,
@@ -212,26 +224,33 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
         reply({ error: "internal" });
       });
     };
-    socket.on("send", (payload, ack) =>
-      handle(payload, ack, async (group) => {
-        const text = (payload as { text?: unknown }).text;
-        if (typeof text !== "string" || !text.isWellFormed()) return { error: "bad_request" };
-        if (!sync.isInGroup(socket.id, group)) return { error: "not_member", group };
-        await chat.send({ group }, { group, from: userId, text, at: new Date().toISOString() });
-        return { ok: true };
-      }),
-    );
-    socket.on("join", (payload, ack) =>
-      handle(payload, ack, async (group) => {
-        if (!config.openGroups.includes(group)) return { error: "forbidden", group };
-        await sync.grant(userId, group);
-        return { ok: true };
-      }),
-    );
-    socket.on("leave", (payload, ack) =>
-      handle(payload, ack, async (group) =>
-        (await sync.revoke(userId, group, "left")) ? { ok: true } : { error: "not_member", group },
-      ),
+    /**
+     * Handles an event, whatever a client sent with it: the ack is the last argument if it is a
+     * function (`420["send"]` carries nothing else), the payload the first one that is not.
+     */
+    const on = (
+      event: keyof ClientEvents,
+      action: (payload: unknown, group: string) => Promise<Reply>,
+    ) =>
+      (socket as unknown as EventEmitter).on(event, (...args: unknown[]) => {
+        const ack = typeof args.at(-1) === "function" ? args.pop() : undefined;
+        const payload = args[0];
+        handle(payload, ack, (group) => action(payload, group));
+      });
+    on("send", async (payload, group) => {
+      const text = (payload as { text?: unknown }).text;
+      if (typeof text !== "string" || !text.isWellFormed()) return { error: "bad_request" };
+      if (!sync.isInGroup(socket.id, group)) return { error: "not_member", group };
+      await chat.send({ group }, { group, from: userId, text, at: new Date().toISOString() });
+      return { ok: true };
+    });
+    on("join", async (_payload, group) => {
+      if (!config.openGroups.includes(group)) return { error: "forbidden", group };
+      await sync.grant(userId, group);
+      return { ok: true };
+    });
+    on("leave", async (_payload, group) =>
+      (await sync.revoke(userId, group, "left")) ? { ok: true } : { error: "not_member", group },
     );
   });
 

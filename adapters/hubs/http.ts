@@ -26,6 +26,9 @@ export function refuseUpgrade(
   headers: Readonly<Record<string, string>> = {},
 ): void {
   const extra = Object.entries(headers).map(([name, value]) => `${name}: ${value}\r\n`);
+  // Once the answer is out, the socket goes: `end` alone waits for the client to end its side,
+  // which a client still sending a body never does.
+  socket.once("finish", () => socket.destroy());
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: text/plain\r\n` +
       `${extra.join("")}Content-Length: ${Buffer.byteLength(reason)}\r\n\r\n${reason}`,

@@ -6,7 +6,7 @@ import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membe
 import { refuseUpgrade, requestTarget } from "./http.js";
 import { type GroupSocket, toBuffer, WsGroups } from "./ws-groups.js";
 
-export { requestTarget } from "./http.js";
+export { refuseUpgrade, requestTarget } from "./http.js";
 export { type GroupSocket, WsGroups, type WsGroupsOptions } from "./ws-groups.js";
 
 /** Who a message is for: the members of a group, or the connections of a user. */
