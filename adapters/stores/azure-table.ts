@@ -166,8 +166,8 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
       // The SDK's own words for a malformed one are a TypeError from deep inside it.
       throw new MembershipError(
         "INVALID_ARGUMENT",
-        "not a connection string Azure Table Storage takes: expected AccountName=…;AccountKey=…, " +
-          "TableEndpoint=…;SharedAccessSignature=…, or UseDevelopmentStorage=true",
+        "not a connection string Azure Table Storage takes: expected an account name and key, " +
+          "a table endpoint and a SAS, or UseDevelopmentStorage=true",
         { cause: error },
       );
     }
