@@ -46,7 +46,14 @@ export interface MembershipGrant {
  */
 export type MembershipUpdate =
   | { type: "added"; userId: string; group: string; expiresAt?: Date }
-  | { type: "removed"; userId: string; group: string; pending?: true };
+  | { type: "removed"; userId: string; group: string; pending?: true; reason?: RemoveReason };
+
+/**
+ * Why a membership was removed, as watchers in every process tell the user: `left` when the user
+ * left by themselves; `revoked` (the default, and what a `removed` change without one means)
+ * otherwise.
+ */
+export type RemoveReason = "revoked" | "left";
 
 /**
  * What {@link MembershipStore.watch} delivers: a {@link MembershipUpdate}, or `resync`: "changes
@@ -160,10 +167,17 @@ export interface MembershipStore {
 
   /**
    * Revokes `userId`'s membership of `group`. Idempotent.
+   * @param options.reason carried by the `removed` change to every watcher, in every process:
+   * `left` when the user left by themselves. Default `revoked`.
    * @returns `true` when a live membership was removed (and a `removed` change emitted),
    * `false` when there was none (never granted, already removed, or expired).
+   * @throws MembershipError `INVALID_ARGUMENT` for a bad name or reason (nothing changed).
    */
-  removeFromGroup(userId: string, group: string): Promise<boolean>;
+  removeFromGroup(
+    userId: string,
+    group: string,
+    options?: { reason?: RemoveReason },
+  ): Promise<boolean>;
 
   /** @returns whether `userId` holds a live (unexpired) membership of `group`. */
   isMember(userId: string, group: string): Promise<boolean>;

@@ -5,7 +5,9 @@ import type {
   MembershipGrant,
   MembershipStore,
   MembershipUpdate,
+  RemoveReason,
 } from "./contract.js";
+import { MembershipError } from "./contract.js";
 import { Listeners } from "./listeners.js";
 import {
   addedChange,
@@ -14,6 +16,7 @@ import {
   byGroup,
   readExpiresAt,
   readGrants,
+  removedChange,
 } from "./validate.js";
 
 /** A validated grant: one per (user, group), `expiresAt` in the future or absent. */
@@ -38,7 +41,12 @@ export abstract class MembershipStoreBase implements MembershipStore {
   /** Writes `grants` (one per pair). Resolves once every one counts. */
   protected abstract writeGrants(grants: readonly Grant[]): Promise<void>;
   /** Removes one membership. @returns whether a live one was removed. */
-  protected abstract removeOne(userId: string, group: string): Promise<boolean>;
+  /** Removes one membership; a storage whose changes travel announces them with `reason`. */
+  protected abstract removeOne(
+    userId: string,
+    group: string,
+    reason: RemoveReason,
+  ): Promise<boolean>;
   /** The stored membership of the pair, expired or not. */
   protected abstract readOne(userId: string, group: string): Promise<Membership | undefined>;
   /** The stored memberships of a user, expired or not, in any order. */
@@ -83,12 +91,19 @@ export abstract class MembershipStoreBase implements MembershipStore {
     return unique.length;
   }
 
-  async removeFromGroup(userId: string, group: string): Promise<boolean> {
+  async removeFromGroup(
+    userId: string,
+    group: string,
+    options?: { reason?: RemoveReason },
+  ): Promise<boolean> {
     this.assertOpen();
     assertName("userId", userId);
     assertName("group", group);
-    const removed = await this.removeOne(userId, group);
-    if (removed) this.#listeners.emit({ type: "removed", userId, group });
+    const reason = options?.reason ?? "revoked";
+    if (reason !== "revoked" && reason !== "left")
+      throw new MembershipError("INVALID_ARGUMENT", 'reason must be "revoked" or "left"');
+    const removed = await this.removeOne(userId, group, reason);
+    if (removed) this.#listeners.emit(removedChange(userId, group, reason));
     return removed;
   }
 

@@ -3,6 +3,7 @@ import {
   MembershipError,
   type MembershipGrant,
   type MembershipUpdate,
+  type RemoveReason,
 } from "./contract.js";
 
 /** The longest user id or group name, in UTF-16 code units (Azure SignalR Service's group limit). */
@@ -72,6 +73,20 @@ export const addedChange = (
   expiresAt: Date | undefined,
 ): MembershipUpdate =>
   expiresAt ? { type: "added", userId, group, expiresAt } : { type: "added", userId, group };
+
+/** A `removed` change; the reason only when it is not the default, `revoked`. */
+export const removedChange = (
+  userId: string,
+  group: string,
+  reason: RemoveReason | undefined,
+  pending?: true,
+): MembershipUpdate & { type: "removed" } => ({
+  type: "removed",
+  userId,
+  group,
+  ...(pending && { pending }),
+  ...(reason === "left" && { reason }),
+});
 
 /**
  * Validates every grant of `addMany` and keeps one per user and group (the last, in the position

@@ -4,6 +4,7 @@ import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract
 import { stampWritten } from "../diagnostics.js";
 import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
+import { removedChange } from "../validate.js";
 import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
 
 /** Options of {@link RedisChangeFeed}: a `url` or a `client`, and these. */
@@ -243,13 +244,17 @@ function toUpdate(value: {
   group?: unknown;
   expiresAt?: unknown;
   pending?: unknown;
+  reason?: unknown;
 }): MembershipUpdate | undefined {
   const { type, userId, group, expiresAt } = value;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
   if (type === "removed")
-    return value.pending === true
-      ? { type, userId, group, pending: true }
-      : { type, userId, group };
+    return removedChange(
+      userId,
+      group,
+      value.reason === "left" ? "left" : undefined,
+      value.pending === true || undefined,
+    );
   if (type !== "added") return undefined;
   return typeof expiresAt === "string"
     ? { type, userId, group, expiresAt: new Date(expiresAt) }

@@ -5,6 +5,7 @@ import type { ChangeFeed, MembershipChange, MembershipUpdate } from "../contract
 import { stampWritten } from "../diagnostics.js";
 import { FeedSubscribers } from "../listeners.js";
 import { shardOf } from "../shard.js";
+import { removedChange } from "../validate.js";
 import { isChanged, isNotFound, storageErrorCode } from "./azure-errors.js";
 
 export interface TableChangeLogOptions {
@@ -45,6 +46,8 @@ interface LogRow {
   group?: string;
   expiresAt?: Date;
   pending?: boolean;
+  /** A removal's reason, when not the default (`revoked`). */
+  reason?: string;
   timestamp?: string;
 }
 
@@ -334,6 +337,7 @@ export class TableChangeLog implements ChangeFeed {
     };
     if (update.type === "added" && update.expiresAt) row.expiresAt = update.expiresAt;
     if (update.type === "removed" && update.pending) row.pending = true;
+    if (update.type === "removed" && update.reason === "left") row.reason = "left";
     return row;
   }
 }
@@ -342,9 +346,12 @@ function toUpdate(row: LogRow): MembershipUpdate | undefined {
   const { change, userId, group, expiresAt } = row;
   if (typeof userId !== "string" || typeof group !== "string") return undefined;
   if (change === "removed")
-    return row.pending === true
-      ? { type: "removed", userId, group, pending: true }
-      : { type: "removed", userId, group };
+    return removedChange(
+      userId,
+      group,
+      row.reason === "left" ? "left" : undefined,
+      row.pending === true || undefined,
+    );
   if (change !== "added") return undefined;
   return expiresAt instanceof Date
     ? { type: "added", userId, group, expiresAt }

@@ -19,10 +19,11 @@ import {
   type MembershipChange,
   MembershipError,
   type MembershipUpdate,
+  type RemoveReason,
 } from "../contract.js";
 import { diagnostics } from "../diagnostics.js";
 import { type Grant, isLive, MembershipStoreBase } from "../store-base.js";
-import { addedChange, pairKey } from "../validate.js";
+import { addedChange, pairKey, removedChange } from "../validate.js";
 import { TableChangeLog } from "./azure-change-log.js";
 import { isChanged, isNotFound, storageErrorCode, toStoreError } from "./azure-errors.js";
 import { groupPartition, toKey, userPartition } from "./azure-keys.js";
@@ -257,11 +258,11 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
     });
   }
 
-  protected removeOne(userId: string, group: string): Promise<boolean> {
+  protected removeOne(userId: string, group: string, reason: RemoveReason): Promise<boolean> {
     return this.#write(async () => {
       const row = await this.#get(userPartition(userId), toKey(group));
       const live = row !== undefined && row.userId === userId && isLive(row, Date.now());
-      if (live) await this.#publish([{ type: "removed", userId, group, pending: true }]);
+      if (live) await this.#publish([removedChange(userId, group, reason, true)]);
       let deleted = false;
       if (row && row.userId === userId) {
         // Conditional on the row read above: a grant that lands in between wins, rather than
@@ -269,7 +270,7 @@ export class AzureTableMembershipStore extends MembershipStoreBase {
         deleted = await this.#delete(row, row.etag);
         // Announced again once it is true: a watcher that re-read on the first announcement
         // may have read before the delete; this one's re-read cannot.
-        if (live && deleted) await this.#publish([{ type: "removed", userId, group }]);
+        if (live && deleted) await this.#publish([removedChange(userId, group, reason)]);
         // Lost to a grant: watchers that dropped access on the announcement hear the truth.
         if (live && !deleted) {
           const now = await this.#get(userPartition(userId), toKey(group));

@@ -1,4 +1,4 @@
-import type { Membership, MembershipUpdate } from "../contract.js";
+import type { Membership, MembershipUpdate, RemoveReason } from "../contract.js";
 import { type Grant, isLive, MembershipStoreBase } from "../store-base.js";
 
 type Index = Map<string, Map<string, Membership>>;
@@ -23,7 +23,11 @@ export class InMemoryMembershipStore extends MembershipStoreBase {
     }
   }
 
-  protected async removeOne(userId: string, group: string): Promise<boolean> {
+  protected async removeOne(
+    userId: string,
+    group: string,
+    _reason: RemoveReason,
+  ): Promise<boolean> {
     const existing = this.#byUser.get(userId)?.get(group);
     if (existing === undefined) return false;
     this.#drop(existing);

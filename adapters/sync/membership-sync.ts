@@ -8,7 +8,7 @@ import type {
 } from "../contract.js";
 import { MembershipError } from "../contract.js";
 import { diagnostics, writtenAt } from "../diagnostics.js";
-import { assertName, pairKey } from "../validate.js";
+import { assertName, removedChange } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
 export type JoinReason = "connect" | "granted";
@@ -80,8 +80,6 @@ interface User {
 }
 
 const MAX_TIMER = 2 ** 31 - 1;
-/** See `MembershipSync.#reasons`. */
-const REASONS = new WeakMap<MembershipStore, Map<string, LeaveReason>>();
 
 /**
  * Joins a {@link MembershipStore} to any hub server.
@@ -109,12 +107,6 @@ export class MembershipSync {
   readonly #pendingRevokeMs: number;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
-  /**
-   * Reasons of this process's revokes in flight on this store, so their hint carries them: one
-   * map per store, so that every hub bound to it here (a `ws` and a SignalR endpoint, say) tells
-   * its connections the same reason for the one revoke.
-   */
-  readonly #reasons: Map<string, LeaveReason>;
   readonly #unwatch: () => void;
   #closed = false;
 
@@ -127,9 +119,6 @@ export class MembershipSync {
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
-    const reasons = REASONS.get(this.#store) ?? new Map<string, LeaveReason>();
-    REASONS.set(this.#store, reasons);
-    this.#reasons = reasons;
     this.#unwatch = this.#store.watch((change) => this.#hint(change));
   }
 
@@ -234,17 +223,9 @@ export class MembershipSync {
     reason: "revoked" | "left" = "revoked",
   ): Promise<boolean> {
     this.#open();
-    const key = pairKey(userId, group);
-    this.#reasons.set(key, reason);
-    let settled: Promise<void>;
-    let removed: boolean;
-    try {
-      removed = await this.#store.removeFromGroup(userId, group);
-      settled = this.#settle({ type: "removed", userId, group });
-    } finally {
-      this.#reasons.delete(key);
-    }
-    await settled;
+    // The reason travels with the change, to every process watching the store.
+    const removed = await this.#store.removeFromGroup(userId, group, { reason });
+    await this.#settle(removedChange(userId, group, reason));
     return removed;
   }
 
@@ -309,7 +290,7 @@ export class MembershipSync {
     if (change.type === "added" || (change.type === "removed" && !change.pending))
       user.pending?.delete(change.group);
     if (change.type === "removed") {
-      const reason = this.#reasons.get(pairKey(change.userId, change.group)) ?? "revoked";
+      const reason = change.reason ?? "revoked";
       user.removedDuringRead ??= new Set();
       user.removedDuringRead.add(change.group);
       if (change.pending) this.#holdPending(change.userId, user, change.group);

@@ -443,6 +443,8 @@ export function testMembershipStore(
         await expectInvalid(() => call.addToGroup?.call(store, "alice", "other", bad));
         await expectInvalid(() => call.addToGroup?.call(store, "alice", "room", bad));
       }
+      for (const reason of ["expired", "LEFT", "", 1])
+        await expectInvalid(() => call.removeFromGroup?.call(store, "alice", "room", { reason }));
       expect(changes).toEqual([]);
       const [membership] = await store.groupsOf("alice");
       expect(membership?.group).toBe("room");
@@ -497,19 +499,23 @@ export function testMembershipStore(
         const expiresAt = new Date(Date.now() + 60_000);
         await other.addToGroup("alice", "room", { expiresAt });
         await other.addToGroup("bob", "room");
+        await other.addToGroup("bob", "lounge");
         await other.removeFromGroup("alice", "room");
+        await other.removeFromGroup("bob", "lounge", { reason: "left" }); // carried everywhere
         await other.removeUser("bob");
         const expected: MembershipUpdate[] = [
           { type: "added", userId: "alice", group: "room", expiresAt },
           { type: "added", userId: "bob", group: "room" },
+          { type: "added", userId: "bob", group: "lounge" },
           { type: "removed", userId: "alice", group: "room" },
+          { type: "removed", userId: "bob", group: "lounge", reason: "left" },
           { type: "removed", userId: "bob", group: "room" },
         ];
         await expect
           .poll(() => changes.filter((c) => c.userId !== "warm").length, {
             timeout: watchTimeout,
           })
-          .toBeGreaterThanOrEqual(4);
+          .toBeGreaterThanOrEqual(6);
         // A revoke may be announced before it is stored (`pending`); its confirmation follows.
         for (const [i, c] of changes.entries()) {
           if (c.type !== "removed" || !c.pending) continue;

@@ -91,6 +91,16 @@ describe("ws scale-out: three servers, one table, one Redis", { timeout: 120_000
     await expect(startSample(onTableLog)).rejects.toThrow(named);
   });
 
+  it("a user who leaves is told 'left' on every server, not 'revoked'", async () => {
+    const kimA = await connect(ws(0), token(env, "kim"));
+    const kimB = await connect(ws(1), token(env, "kim"));
+    kimA.send({ type: "join", group: "lobby" });
+    for (const c of [kimA, kimB]) await c.next((m) => m.type === "joined" && m.group === "lobby");
+    kimA.send({ type: "leave", group: "lobby" });
+    for (const c of [kimA, kimB])
+      expect(await c.next(isRemoved("lobby"))).toMatchObject({ reason: "left" });
+  });
+
   it("ws, SignalR and Socket.IO servers on one Redis exchange messages, every way", async () => {
     for (const user of ["gus", "hal", "ida"]) await grant(env, user, "Mixed");
     const sio = await startSample({ ...env, HUB: "socket.io" });
