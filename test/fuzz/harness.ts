@@ -1,13 +1,6 @@
-/**
- * What the fuzz suites share: how a property is run (seeded, bounded), raw TCP exchanges, the
- * servers under test (the real sample as a child process, and in-process servers wired exactly
- * as README.md's quick starts show) and the checks made after every input.
- */
-import { spawn } from "node:child_process";
 import { once } from "node:events";
 import { createServer, type IncomingMessage, type Server } from "node:http";
 import { type AddressInfo, connect, type Socket } from "node:net";
-import { fileURLToPath, pathToFileURL } from "node:url";
 import { HubConnectionBuilder, LogLevel } from "@microsoft/signalr";
 import fc from "fast-check";
 import { Server as IoServer } from "socket.io";
@@ -23,6 +16,7 @@ import {
   type MembershipStore,
 } from "../../adapters/index.js";
 import {
+  adminIn,
   Client,
   NO_RATE_LIMITS,
   type RunningSample,
@@ -695,13 +689,9 @@ export interface AdminRun {
   ms: number;
 }
 
-const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-/** `--import tsx`, resolved from the repository (the script runs in another directory). */
-const TSX = pathToFileURL(`${ROOT}node_modules/tsx/dist/loader.mjs`).href;
-
 /**
  * Runs `sample/admin.ts` (what `npm run admin` runs) in `cwd`, killed past `bound` ms (a hang
- * fails the input instead of the suite). Like test/support's `admin()`, with a bound and a cwd.
+ * fails the input instead of the suite).
  */
 export async function runAdmin(
   env: SampleEnv,
@@ -710,25 +700,8 @@ export async function runAdmin(
   bound = 30_000,
 ): Promise<AdminRun> {
   const started = Date.now();
-  const { REDIS_URL: _, ...inherited } = process.env;
-  const child = spawn(process.execPath, ["--import", TSX, `${ROOT}sample/admin.ts`, ...args], {
-    cwd,
-    env: { ...inherited, NODE_ENV: "test", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => {
-    stdout += chunk;
-  });
-  child.stderr.on("data", (chunk: Buffer) => {
-    stderr += chunk;
-  });
-  const timer = setTimeout(() => child.kill("SIGKILL"), bound);
-  const [code] = (await once(child, "exit")) as [number | null];
-  clearTimeout(timer);
-  const ms = Date.now() - started;
+  const { code, stdout, stderr } = await adminIn(env, args, { cwd, timeoutMs: bound });
   if (code === null)
     throw new Error(`the admin script did not exit within ${bound} ms:\n${stderr}`);
-  return { code, stdout, stderr, ms };
+  return { code, stdout, stderr, ms: Date.now() - started };
 }

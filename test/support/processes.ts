@@ -2,7 +2,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import jwt from "jsonwebtoken";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -107,15 +107,33 @@ export interface AdminResult {
 }
 
 /** Runs `sample/admin.ts` (what `npm run admin` runs) as a child process. */
-export async function admin(
+export function admin(
   env: Record<string, string | undefined>,
   ...args: string[]
 ): Promise<AdminResult> {
-  const child = spawn(process.execPath, ["--import", "tsx", "sample/admin.ts", ...args], {
-    cwd: ROOT,
+  return adminIn(env, args);
+}
+
+/**
+ * `admin`, from another working directory (`cwd`), killed past `timeoutMs` (then `code` is
+ * null: a hang fails the caller instead of the suite).
+ */
+export async function adminIn(
+  env: Record<string, string | undefined>,
+  args: string[],
+  options: { cwd?: string; timeoutMs?: number } = {},
+): Promise<AdminResult> {
+  // The loader by its path: from another directory, `--import tsx` would not resolve.
+  const tsx = pathToFileURL(`${ROOT}node_modules/tsx/dist/loader.mjs`).href;
+  const child = spawn(process.execPath, ["--import", tsx, `${ROOT}sample/admin.ts`, ...args], {
+    cwd: options.cwd ?? ROOT,
     env: childEnv(env),
     stdio: ["ignore", "pipe", "pipe"],
   });
+  const timer =
+    options.timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => child.kill("SIGKILL"), options.timeoutMs);
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (chunk: Buffer) => {
@@ -125,6 +143,7 @@ export async function admin(
     stderr += chunk;
   });
   const [code] = await once(child, "exit");
+  clearTimeout(timer);
   return { code: code as number | null, stdout, stderr };
 }
 
