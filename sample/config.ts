@@ -49,8 +49,8 @@ export interface SampleConfig {
   /** Which hub `npm start` runs: the `ws` sample (default) or the Socket.IO one. */
   hub: "ws" | "socket.io";
   /**
-   * Servers sharing this Redis share membership changes (Redis Streams) and messages (pub/sub
-   * for `ws`, `@socket.io/redis-adapter` for Socket.IO); unset, changes travel on the table's log.
+   * Servers sharing this Redis share membership changes (Redis Streams) and messages (one chat
+   * channel every hub renders: see chat-bus.ts); unset, changes travel on the table's log.
    */
   redisUrl: string | undefined;
   /** What a client may send (rate limits and connection cap). */

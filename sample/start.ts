@@ -69,7 +69,7 @@ async function main() {
   process.on("SIGTERM", () => void stop("SIGTERM"));
   const endpoint =
     config.hub === "socket.io"
-      ? `Socket.IO, websocket transport${config.redisUrl ? ", Redis adapter" : ""}`
+      ? `Socket.IO, websocket transport${config.redisUrl ? ", messages on Redis" : ""}`
       : `WebSocket: ${server.url.replace("http", "ws")}/hub, SignalR: ${server.url}/signalr`;
   console.log(`hub-membership sample listening on ${server.url} (${endpoint})`);
   if (config.devSignIn) console.log("dev sign-in is on: GET /token?user=<name> mints a token");

@@ -594,8 +594,10 @@ export class SignalRHub<S extends BoundSocket> {
 
   /** Runs `admit` for a message; the refusal, if it refused it. */
   async #admit(connection: SignalRConnection<S>, bytes: number): Promise<HubError | undefined> {
+    const { admit } = this.#options;
+    if (admit === undefined) return undefined;
     try {
-      await this.#options.admit?.(connection, bytes);
+      await admit(connection, bytes);
       return undefined;
     } catch (error) {
       if (error instanceof HubError) return error;
