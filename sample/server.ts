@@ -160,7 +160,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       throw new WsRefusal(429, "Too Many Connections");
     }
     if (request.socket.destroyed) release();
-    else request.socket.once("close", release);
+    else request.socket.on("close", release); // release is idempotent: no once() wrapper
     return principal;
   };
   /** Ends a flooder's ws connection; its reply to the close sits behind its flood, unread. */

@@ -191,8 +191,8 @@ export class WsHub<S extends BoundSocket> {
   >();
   readonly #onError: (error: unknown) => void;
   readonly #started: Promise<unknown>;
-  /** One heartbeat per connection, all driven by one timer. */
-  readonly #beats = new Map<string, () => void>();
+  /** Each connection's heartbeat, all driven by one timer. */
+  readonly #beats = new Map<string, { socket: S; heard: boolean }>();
   readonly #heartbeat: NodeJS.Timeout | undefined;
 
   constructor(wss: BoundServer<S>, options: WsBindingOptions<S>) {
@@ -230,7 +230,13 @@ export class WsHub<S extends BoundSocket> {
     const heartbeatMs = options.heartbeatMs ?? 30_000;
     if (heartbeatMs > 0) {
       this.#heartbeat = setInterval(() => {
-        for (const beat of this.#beats.values()) beat();
+        for (const beat of this.#beats.values()) {
+          if (!beat.heard) beat.socket.terminate();
+          else {
+            beat.heard = false;
+            beat.socket.ping?.();
+          }
+        }
       }, heartbeatMs);
       this.#heartbeat.unref();
     }
@@ -415,17 +421,13 @@ export class WsHub<S extends BoundSocket> {
             () => end(4401, "token expired"),
             Math.min(Math.max(0, who.expiresAt - Date.now()), MAX_TIMER),
           );
-    let heard = true;
-    const hear = () => {
-      heard = true;
-    };
-    socket.on("pong", hear);
-    socket.on("message", hear);
-    this.#beats.set(id, () => {
-      if (!heard) return socket.terminate();
-      heard = false;
-      socket.ping?.();
+    // One small record a connection (idle connections are most of them): what the heartbeat
+    // needs, set by the pong listener and the message listener below.
+    const beat = { socket, heard: true };
+    socket.on("pong", () => {
+      beat.heard = true;
     });
+    this.#beats.set(id, beat);
     socket.on("close", () => {
       this.#beats.delete(id);
       clearTimeout(expiry);
@@ -501,6 +503,7 @@ export class WsHub<S extends BoundSocket> {
         });
     };
     socket.on("message", (data, isBinary) => {
+      beat.heard = true;
       if (!opening?.feed(data, isBinary)) receive(data, isBinary);
     });
   }
