@@ -246,6 +246,10 @@ describe("bindWs at the edge, wired as the README shows", () => {
     const address = await listening(http);
     try {
       expect(wss.options.maxPayload).toBe(1000);
+      // Without maxMessageBytes: 1 MiB, not ws's 100 MiB.
+      const plain = new WebSocketServer({ noServer: true });
+      bindWs(plain, { store: new InMemoryMembershipStore(), userIdOf: () => "x", heartbeatMs: 0 });
+      expect(plain.options.maxPayload).toBe(1024 * 1024);
       for (const line of ["GET //[/hub HTTP/1.1", "GET //[ HTTP/1.1", "GET http://[/ HTTP/1.1"]) {
         const answer = await rawRequest(
           Number(address.split(":")[1]),
