@@ -377,34 +377,19 @@ export async function sampleTarget(
         );
       }
       const bearer = token(env, "normal");
+      // A normal client of each protocol served connects and is welcomed with its groups.
+      const welcomed = async (
+        name: string,
+        connecting: Promise<Client | SignalRClient | IoClient>,
+      ) => {
+        const client = await within(5_000, `a normal ${name} client`, connecting);
+        client.close();
+        expect(client.welcome.groups, `the normal ${name} client's welcome`).toEqual(NORMAL_GROUPS);
+      };
       if (hub === "ws") {
-        const client = await within(
-          5_000,
-          "a normal ws client",
-          Client.connect(sample.wsUrl, bearer),
-        );
-        client.close();
-        expect(client.welcome.groups, "the normal ws client's welcome").toEqual(NORMAL_GROUPS);
-        const signalr = await within(
-          5_000,
-          "a normal SignalR client",
-          SignalRClient.connect(sample.url, bearer),
-        );
-        signalr.close();
-        expect(signalr.welcome.groups, "the normal SignalR client's welcome").toEqual(
-          NORMAL_GROUPS,
-        );
-      } else {
-        const client = await within(
-          5_000,
-          "a normal Socket.IO client",
-          IoClient.connect(sample.url, bearer),
-        );
-        client.close();
-        expect(client.welcome.groups, "the normal Socket.IO client's welcome").toEqual(
-          NORMAL_GROUPS,
-        );
-      }
+        await welcomed("ws", Client.connect(sample.wsUrl, bearer));
+        await welcomed("SignalR", SignalRClient.connect(sample.url, bearer));
+      } else await welcomed("Socket.IO", IoClient.connect(sample.url, bearer));
     },
     /** Stops it with SIGTERM, as Ctrl-C would: failing if it does not exit within 10 s. */
     async close() {
