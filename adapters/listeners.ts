@@ -1,26 +1,26 @@
 import type { MembershipChange } from "./contract.js";
 import { diagnostics } from "./diagnostics.js";
 
-type Listener = (change: MembershipChange) => void;
+type Listener<T = MembershipChange> = (change: T) => void;
 
-/** The listener set behind `watch`, shared by every store. */
-export class Listeners {
-  readonly #listeners = new Set<Listener>();
+/** The listener set behind `watch`, shared by every store (and every history's `subscribe`). */
+export class Listeners<T = MembershipChange> {
+  readonly #listeners = new Set<Listener<T>>();
 
   get size(): number {
     return this.#listeners.size;
   }
 
   /** Adds `listener` (a function added twice is two subscriptions); returns the unsubscribe. */
-  add(listener: Listener): () => void {
-    const entry: Listener = (change) => listener(change);
+  add(listener: Listener<T>): () => void {
+    const entry: Listener<T> = (change) => listener(change);
     this.#listeners.add(entry);
     return () => {
       this.#listeners.delete(entry);
     };
   }
 
-  emit(change: MembershipChange): void {
+  emit(change: T): void {
     for (const listener of [...this.#listeners]) {
       try {
         listener(change);

@@ -2,6 +2,8 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
+import type { GroupResume, HistoryMessage, MessageHistory, Position } from "../history/history.js";
+import { type ResumeOutcome, Resumes } from "../history/resumes.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
 import { refuseUpgrade, requestTarget } from "./http.js";
 import { type GroupSocket, toBuffer, WsGroups } from "./ws-groups.js";
@@ -74,6 +76,16 @@ export class WsRefusal extends Error {
 export type WsPrincipal =
   | string
   | { userId: string; expiresAt?: Date | number; connectionId?: string };
+
+/** What `onResume` is told: see {@link WsBindingOptions.onResume}. */
+export interface ResumeReport {
+  /** Whether the client presented positions (`resumeOf`); `false` on a fresh connect. */
+  readonly resumed: boolean;
+  /** Each group the connection is in, with its position; replayed messages follow. */
+  readonly groups: readonly GroupResume[];
+  /** Groups the client presented a position for but is no longer a member of. */
+  readonly removed: readonly string[];
+}
 
 /** A connection of {@link bindWs}, as its callbacks see it. */
 export interface WsConnection<S extends BoundSocket> {
@@ -161,6 +173,29 @@ export interface WsBindingOptions<S extends BoundSocket> {
    * protocol with its own close message sends it first.
    */
   close?: (connection: WsConnection<S>, code: number, reason: string) => void;
+  /**
+   * Keeps every group message in a {@link MessageHistory}: `broadcast` publishes through it (to
+   * every server sharing it, instead of the bus), and a client that reconnects with the
+   * positions of `resumeOf` gets the messages it missed replayed.
+   */
+  history?: MessageHistory;
+  /**
+   * A group message as the client gets it, live (`replayed` false) or replayed; it should carry
+   * `message.position`, which the client presents when it reconnects. Default: the payload.
+   */
+  renderMessage?: (message: HistoryMessage, replayed: boolean) => Buffer | string;
+  /**
+   * The positions a reconnecting client presents (group to position), read from its upgrade
+   * request (a query parameter, say: see `parsePositions`); `undefined` for a fresh connect.
+   */
+  resumeOf?: (request: IncomingMessage) => ReadonlyMap<string, Position> | undefined;
+  /**
+   * With a history, on every connect once the groups are read and what the client missed is
+   * known: called just before the replayed messages are sent (and before any live one), to tell
+   * the client its position in each group, on a resume which groups were `recovered` (the others
+   * it should re-fetch), and which it presented but is no longer a member of (`removed`).
+   */
+  onResume?: (connection: WsConnection<S>, resume: ResumeReport) => void;
 }
 
 const OPEN = 1;
@@ -194,6 +229,8 @@ export class WsHub<S extends BoundSocket> {
   /** Each connection's heartbeat, all driven by one timer. */
   readonly #beats = new Map<string, { socket: S; heard: boolean }>();
   readonly #heartbeat: NodeJS.Timeout | undefined;
+  readonly #resumes: Resumes | undefined;
+  readonly #unsubscribe: (() => void) | undefined;
 
   constructor(wss: BoundServer<S>, options: WsBindingOptions<S>) {
     this.#wss = wss;
@@ -219,11 +256,29 @@ export class WsHub<S extends BoundSocket> {
         if (connection) options.onSlowConsumer?.(connection);
       },
     });
+    const { history } = options;
+    const resumes = history && new Resumes(history, this.#onError);
+    this.#resumes = resumes;
     this.#sync = new MembershipSync({
       store: options.store,
-      hub: this.#groups,
+      // A resuming connection joins its groups only once its replay is read (see Resumes).
+      hub:
+        resumes === undefined
+          ? this.#groups
+          : {
+              join: (id, group, reason) => {
+                if (!resumes.join(id, group, reason)) this.#groups.join(id, group, reason);
+              },
+              leave: (id, group, reason) => {
+                if (!resumes.leave(id, group)) return this.#groups.leave(id, group, reason);
+                const connection = of(id);
+                if (connection) options.onLeave?.(connection, group, reason);
+              },
+            },
       onError: this.#onError,
+      ...(history && { history }),
     });
+    this.#unsubscribe = history?.subscribe((message) => this.#deliverMessage(message));
     this.#started =
       options.bus?.start((target, frame) => this.#deliverHere(target, frame)) ?? Promise.resolve();
     wss.on("connection", (socket, request) => void this.#connected(socket, request));
@@ -306,10 +361,14 @@ export class WsHub<S extends BoundSocket> {
   /**
    * Sends `data` as one text message to every connection in `group` here (framed once) and, with
    * a bus, on every other server. Rejects with `STORE_UNAVAILABLE` if the bus cannot take it
-   * (this server's connections have it already).
+   * (this server's connections have it already). With a `history`, publishes it there instead:
+   * every server sharing the history delivers it (rendered by `renderMessage`), or none does and
+   * this rejects.
    */
   async broadcast(group: string, data: Buffer | string): Promise<void> {
     const frame = typeof data === "string" ? Buffer.from(data) : data;
+    // Through the history, every server sharing it delivers it, this one included.
+    if (this.#options.history) return void (await this.#options.history.publish(group, frame));
     this.#groups.broadcast(group, frame);
     await this.#options.bus?.publish({ group }, frame);
   }
@@ -332,8 +391,36 @@ export class WsHub<S extends BoundSocket> {
   /** Stops following the store and the bus; the sockets and the server are yours to close. */
   async close(): Promise<void> {
     clearInterval(this.#heartbeat);
+    this.#unsubscribe?.();
     await this.#sync.close();
     await this.#options.bus?.close();
+  }
+
+  #deliverMessage(message: HistoryMessage): void {
+    this.#resumes?.hold(message);
+    if (this.#groups.size(message.group) === 0) return;
+    this.#groups.broadcast(message.group, this.#render(message, false));
+  }
+
+  #render(message: HistoryMessage, replayed: boolean): Buffer | string {
+    return this.#options.renderMessage?.(message, replayed) ?? message.payload;
+  }
+
+  /** Joins a resumed connection to its groups and sends its replay, then the held messages. */
+  #resumed(connection: WsConnection<S>, resumed: boolean, outcome: ResumeOutcome): void {
+    const { id } = connection;
+    try {
+      this.#options.onResume?.(connection, {
+        resumed,
+        groups: outcome.groups,
+        removed: outcome.removed,
+      });
+    } catch (error) {
+      this.#onError(error);
+    }
+    for (const [group, reason] of outcome.joins) this.#groups.join(id, group, reason);
+    const frames = outcome.messages.map(({ message, replayed }) => this.#render(message, replayed));
+    this.#groups.sendAll(id, frames);
   }
 
   #deliverHere(target: BroadcastTarget, frame: Buffer): void {
@@ -430,6 +517,7 @@ export class WsHub<S extends BoundSocket> {
     this.#beats.set(id, beat);
     socket.on("close", () => {
       this.#beats.delete(id);
+      this.#resumes?.cancel(id);
       clearTimeout(expiry);
       this.#held.delete(id);
       this.#connections.delete(id);
@@ -452,11 +540,22 @@ export class WsHub<S extends BoundSocket> {
       this.#groups.sendAll(id, this.#held.get(id) ?? []);
       this.#held.delete(id);
     };
+    const positions = this.#resumes && this.#options.resumeOf?.(request);
+    const resumes = this.#resumes;
+    resumes?.begin(id, userId, positions ?? new Map());
     const connect = () =>
-      this.#sync.connect(id, userId, ready).catch((error: unknown) => {
-        this.#onError(error);
-        end(1011, "membership store unavailable");
-      });
+      this.#sync
+        .connect(id, userId, ready)
+        .then(async (groups) => {
+          await resumes?.finish(id, (outcome) =>
+            this.#resumed(connection, positions !== undefined, outcome),
+          );
+          return groups;
+        })
+        .catch((error: unknown) => {
+          this.#onError(error);
+          end(1011, "membership store unavailable");
+        });
     // Messages are handled one at a time, in order, and only once the groups are rehydrated
     // (and the protocol's handshake, if any, is done).
     const handle = (data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean) =>

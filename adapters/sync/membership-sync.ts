@@ -8,6 +8,7 @@ import type {
 } from "../contract.js";
 import { MembershipError } from "../contract.js";
 import { diagnostics, writtenAt } from "../diagnostics.js";
+import type { MessageHistory } from "../history/history.js";
 import { assertName, removedChange } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
@@ -42,6 +43,11 @@ export interface MembershipSyncOptions {
    * comes (the revoke failed); a read then settles it. Default 5 s.
    */
   pendingRevokeMs?: number;
+  /**
+   * The message history whose marks keep replays within membership (see `MessageHistory.mark`):
+   * a revoke through this instance is marked before it is stored.
+   */
+  history?: Pick<MessageHistory, "mark">;
 }
 
 /** Per connection: its user, and whether it is in the user's groups yet (the hub was told). */
@@ -105,6 +111,7 @@ export class MembershipSync {
   readonly #retryDelayMs: number;
   readonly #resyncLimit: ReturnType<typeof pLimit>;
   readonly #pendingRevokeMs: number;
+  readonly #history: Pick<MessageHistory, "mark"> | undefined;
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
   readonly #unwatch: () => void;
@@ -116,6 +123,7 @@ export class MembershipSync {
     this.#retryDelayMs = options.retryDelayMs ?? 2_000;
     this.#resyncLimit = pLimit(options.resyncConcurrency ?? 16);
     this.#pendingRevokeMs = options.pendingRevokeMs ?? 5_000;
+    this.#history = options.history;
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
@@ -223,6 +231,11 @@ export class MembershipSync {
     reason: "revoked" | "left" = "revoked",
   ): Promise<boolean> {
     this.#open();
+    assertName("userId", userId);
+    assertName("group", group);
+    // Marked first: a message published once the revoke returns is after the mark, whichever
+    // process publishes it, so no replay can hand it to the user.
+    await this.#history?.mark(group, "removed", userId);
     // The reason travels with the change, to every process watching the store.
     const removed = await this.#store.removeFromGroup(userId, group, { reason });
     await this.#settle(removedChange(userId, group, reason));

@@ -1,0 +1,119 @@
+/**
+ * The message-history contract: what lets a client that reconnects get the group messages it
+ * missed, and only those it may see. Every history implements {@link MessageHistory}; the suite
+ * `historyConformance` in `hub-membership/testing` checks every rule written here.
+ *
+ * A history keeps, per group, the messages sent to it and a mark of every membership change of
+ * the group, in one order: offsets that only grow, given by one sequencer (this process, or
+ * Redis), never by comparing servers' clocks. A client's place in a group is a
+ * {@link Position}: the history's epoch and an offset.
+ *
+ * @module
+ */
+
+/** Where a client is in a group's history: opaque, from `publish`, `position` or `read`. */
+export type Position = string;
+
+/** One message of a group, as delivered live or replayed. */
+export interface HistoryMessage {
+  readonly group: string;
+  /** The message's place: a client that got it holds this position for the group. */
+  readonly position: Position;
+  readonly payload: Buffer;
+}
+
+/** A membership change as the history recorded it, between the messages. */
+export interface HistoryMark {
+  readonly type: "added" | "removed";
+  readonly userId: string;
+}
+
+/** What {@link MessageHistory.read} found after a position. */
+export interface HistoryRead {
+  /** Messages and marks after the position, in order. Marks carry no position. */
+  readonly entries: ReadonlyArray<HistoryMessage | HistoryMark>;
+  /**
+   * `true` only when `entries` is provably everything since the position: the epoch is the
+   * same, nothing after it was trimmed, and no `reset` came since.
+   */
+  readonly complete: boolean;
+  /** The group's position after the last entry (the position read from if there are none). */
+  readonly position: Position;
+}
+
+/**
+ * Per-group history of messages and membership marks, shared by every process that uses the same
+ * backing (the in-process history: this process only; `RedisHistory`: every server on one Redis).
+ */
+export interface MessageHistory {
+  /**
+   * Appends `payload` to `group`'s history and delivers it to every `subscribe` listener in
+   * every process sharing the history, in position order per group (its own process included).
+   * @returns the message's position.
+   * @throws MembershipError `STORE_UNAVAILABLE` when the history cannot take it: the message was
+   * then delivered nowhere, so a retry does not duplicate it.
+   */
+  publish(group: string, payload: Buffer): Promise<Position>;
+
+  /**
+   * Delivers every message published from now on, by any process sharing the history, once, in
+   * position order per group. A listener that throws does not stop delivery to the others.
+   * @returns a function that unsubscribes; calling it again does nothing.
+   */
+  subscribe(listener: (message: HistoryMessage) => void): () => void;
+
+  /**
+   * Resolves once every message published (by any process) before the call has been delivered to
+   * this process's `subscribe` listeners: what a replay waits for, so that no message it read
+   * arrives live after it.
+   * @throws MembershipError `STORE_UNAVAILABLE` when that cannot be made sure of.
+   */
+  settled(): Promise<void>;
+
+  /** `group`'s current position: after its last entry. Reads only. */
+  position(group: string): Promise<Position>;
+
+  /**
+   * Records a membership change of `userId` in `group`'s history, between the messages published
+   * before and after it. A `removed` mark is written before the revoke is stored, an `added` one
+   * after the grant is. A mark that cannot be written makes every later {@link read} of this
+   * instance incomplete until a {@link reset} went through (a missed mark must never let a
+   * message through). Never rejects.
+   */
+  mark(group: string, type: "added" | "removed", userId: string): Promise<void>;
+
+  /**
+   * Changes may have been missed (the store's feed said `resync`): no position from before now
+   * can be proven complete any more, in any process sharing the history. Retried by `read`
+   * until it went through. Never rejects.
+   */
+  reset(): Promise<void>;
+
+  /**
+   * The entries of `group` after `position`, oldest first, with whether they are provably all.
+   * @throws MembershipError `INVALID_ARGUMENT` for a position this history did not give (a
+   * malformed one from a client; a position of another epoch is not an error: `complete: false`);
+   * `STORE_UNAVAILABLE` when the backing does not answer.
+   */
+  read(group: string, position: Position): Promise<HistoryRead>;
+
+  /**
+   * Orders two positions of one group from this history: negative when `a` came first, 0 when
+   * they are the same, positive otherwise. Positions of another epoch come first.
+   */
+  compare(a: Position, b: Position): number;
+
+  /** Stops delivery and releases what the history opened. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** What a reconnecting client is owed in one group: see {@link resumeGroup}. */
+export interface GroupResume {
+  readonly group: string;
+  /** `false`: messages may be missing; the client should re-fetch the group if it cares. */
+  readonly recovered: boolean;
+  /** The messages to replay, in order. */
+  readonly messages: readonly HistoryMessage[];
+  /** The client's position once they are delivered. */
+  readonly position: Position;
+}

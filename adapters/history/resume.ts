@@ -1,0 +1,108 @@
+import pLimit from "p-limit";
+import { MembershipError } from "../contract.js";
+import { isValidName } from "../validate.js";
+import type {
+  GroupResume,
+  HistoryMark,
+  HistoryMessage,
+  HistoryRead,
+  MessageHistory,
+  Position,
+} from "./history.js";
+
+/** Clients may present at most this many positions; the rest are ignored. */
+export const MAX_POSITIONS = 1_000;
+
+const isMark = (entry: HistoryMessage | HistoryMark): entry is HistoryMark => "type" in entry;
+
+/**
+ * What of `read` a user who is a member of its group now may be replayed, and whether that is
+ * all it missed.
+ *
+ * No mark of the user since its position: it was a member all along (it is one now, and every
+ * change would have left a mark), so every message is replayed. Any mark: only the messages after
+ * the last mark, if that mark is an `added`, and `recovered: false`. Marks of one change may be
+ * written by several servers, each when it learned of it, so a stale `added` can follow a later
+ * `removed`: nothing before the last mark is trusted. The position a client presents is not
+ * trusted either: one from before its grant meets the grant's mark.
+ */
+export function replayable(
+  read: HistoryRead,
+  userId: string,
+): { messages: HistoryMessage[]; recovered: boolean } {
+  let start = 0;
+  let marked = false;
+  let member = true;
+  read.entries.forEach((entry, i) => {
+    if (!isMark(entry) || entry.userId !== userId) return;
+    marked = true;
+    member = entry.type === "added";
+    start = i + 1;
+  });
+  const messages: HistoryMessage[] = [];
+  if (member)
+    for (let i = start; i < read.entries.length; i++) {
+      const entry = read.entries[i] as HistoryMessage | HistoryMark;
+      if (!isMark(entry)) messages.push(entry);
+    }
+  return { messages, recovered: read.complete && !marked };
+}
+
+/**
+ * What a reconnecting user is owed in each group it is a member of now (`groups`, from the
+ * store), given the positions its client presents: the messages sent while it was a member, in
+ * order, or `recovered: false`. A group it is a member of but has no position for (granted while
+ * it was away) gets its current position and `recovered: false`; positions of groups it is no
+ * longer a member of are ignored (the binding tells it it was removed). A group whose history
+ * cannot be read gets `recovered: false` and keeps the presented position.
+ */
+export async function resumeGroups(
+  history: MessageHistory,
+  userId: string,
+  groups: readonly string[],
+  positions: ReadonlyMap<string, Position>,
+  onError: (error: unknown) => void,
+): Promise<GroupResume[]> {
+  const limit = pLimit(16);
+  return Promise.all(
+    groups.map((group) =>
+      limit(async (): Promise<GroupResume> => {
+        const from = positions.get(group);
+        const lost = async () => ({
+          group,
+          recovered: false,
+          messages: [],
+          position: await history.position(group),
+        });
+        try {
+          if (from === undefined || from === "") return await lost();
+          const read = await history.read(group, from);
+          return { group, ...replayable(read, userId), position: read.position };
+        } catch (error) {
+          // A position this history never gave (a client's own) is the client's fault: start over.
+          if (error instanceof MembershipError && error.code === "INVALID_ARGUMENT")
+            return lost().catch(() => ({ group, recovered: false, messages: [], position: "" }));
+          onError(error);
+          return { group, recovered: false, messages: [], position: from ?? "" };
+        }
+      }),
+    ),
+  );
+}
+
+/**
+ * Reads a client's positions from untrusted JSON: an object of group name to position string
+ * (`""` for a group it is in but has no position for yet), at most {@link MAX_POSITIONS} of them.
+ * Anything else is `undefined` (resume nothing).
+ */
+export function parsePositions(value: unknown): Map<string, Position> | undefined {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  const positions = new Map<string, Position>();
+  for (const [group, position] of Object.entries(value)) {
+    if (typeof position !== "string" || position.length > 200) return undefined;
+    if (!isValidName(group)) continue;
+    if (positions.size === MAX_POSITIONS) break;
+    positions.set(group, position);
+  }
+  return positions;
+}
