@@ -53,8 +53,8 @@ export class Resumes {
     const resuming = this.#resuming.get(connectionId);
     if (resuming === undefined) return false;
     resuming.joins.set(group, reason);
-    let waiting = this.#byGroup.get(group);
-    if (waiting === undefined) this.#byGroup.set(group, (waiting = new Set()));
+    const waiting = this.#byGroup.get(group) ?? new Set();
+    if (waiting.size === 0) this.#byGroup.set(group, waiting);
     waiting.add(resuming);
     return true;
   }
