@@ -5,7 +5,7 @@ import { checkResumeProperty } from "./support/resume-model.js";
 describe("resume after a reconnect, on the in-process history", () => {
   it("replays exactly the messages of the membership, or says recovered: false", async () => {
     await checkResumeProperty(async (store) => new MemoryHistory({ store }), {
-      runs: Number(process.env.RESUME_RUNS ?? 500),
+      runs: Number(process.env.RESUME_RUNS ?? 10_000),
       seed: Number(process.env.FUZZ_SEED ?? 42),
     });
   }, 300_000);

@@ -11,6 +11,7 @@ import type { MessageHistory } from "./history.js";
 export function followMemberships(store: MembershipStore, history: MessageHistory): () => void {
   return store.watch((change) => {
     if (change.type === "resync") void history.reset();
-    else void history.mark(change.group, change.type, change.userId);
+    // A failed mark is the history's to remember (it owes a reset); nobody waits for this one.
+    else history.mark(change.group, change.type, change.userId).catch(() => undefined);
   });
 }

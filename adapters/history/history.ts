@@ -47,6 +47,13 @@ export interface HistoryRead {
  */
 export interface MessageHistory {
   /**
+   * `true` when `publish` delivers to this process's listeners before it resolves and no other
+   * process publishes: a message can never arrive after a later membership change, so joins
+   * need not wait for messages on their way.
+   */
+  readonly inProcess: boolean;
+
+  /**
    * Appends `payload` to `group`'s history and delivers it to every `subscribe` listener in
    * every process sharing the history, in position order per group (its own process included).
    * @returns the message's position.
@@ -70,17 +77,23 @@ export interface MessageHistory {
    */
   settled(): Promise<void>;
 
-  /** `group`'s current position: after its last entry. Reads only. */
-  position(group: string): Promise<Position>;
+  /**
+   * A position for every group: each group's next message comes after it. What a client that
+   * connects now holds for the groups it has no message of yet. Reads only.
+   */
+  position(): Promise<Position>;
 
   /**
    * Records a membership change of `userId` in `group`'s history, between the messages published
    * before and after it. A `removed` mark is written before the revoke is stored, an `added` one
-   * after the grant is. A mark that cannot be written makes every later {@link read} of this
-   * instance incomplete until a {@link reset} went through (a missed mark must never let a
-   * message through). Never rejects.
+   * after the grant is.
+   * @returns a position after every message published before the mark and before every later
+   * one (a group with no entries kept needs no mark: then a position before its next message).
+   * @throws MembershipError `STORE_UNAVAILABLE` when the mark may not have been written: every
+   * later {@link read} of this instance is then incomplete until a {@link reset} went through
+   * (a missed mark must never let a message through).
    */
-  mark(group: string, type: "added" | "removed", userId: string): Promise<void>;
+  mark(group: string, type: "added" | "removed", userId: string): Promise<Position>;
 
   /**
    * Changes may have been missed (the store's feed said `resync`): no position from before now
@@ -107,7 +120,15 @@ export interface MessageHistory {
   close(): Promise<void>;
 }
 
-/** What a reconnecting client is owed in one group: see {@link resumeGroup}. */
+/** What a reconnecting client presents: see `parseResume`. */
+export interface ResumeRequest {
+  /** Where it was in every group it has no position of its own for. */
+  readonly since?: Position;
+  /** Its position in each group it got a message of. */
+  readonly positions: ReadonlyMap<string, Position>;
+}
+
+/** What a reconnecting client is owed in one group: see `resumeGroups`. */
 export interface GroupResume {
   readonly group: string;
   /** `false`: messages may be missing; the client should re-fetch the group if it cares. */

@@ -43,6 +43,7 @@ interface Log {
  * is told `recovered: false`.
  */
 export class MemoryHistory implements MessageHistory {
+  readonly inProcess = true;
   readonly #epoch = randomBytes(6).toString("base64url");
   readonly #logs = new Map<string, Log>();
   readonly #listeners = new Listeners<HistoryMessage>();
@@ -74,19 +75,18 @@ export class MemoryHistory implements MessageHistory {
   /** Delivery is synchronous: everything published is delivered already. */
   async settled(): Promise<void> {}
 
-  async position(group: string): Promise<Position> {
-    assertName("group", group);
+  async position(): Promise<Position> {
     return this.#position(this.#seq);
   }
 
-  async mark(group: string, type: "added" | "removed", userId: string): Promise<void> {
-    const seq = ++this.#seq;
+  async mark(group: string, type: "added" | "removed", userId: string): Promise<Position> {
     const log = this.#logs.get(group);
-    // A group without messages keeps no marks (a bulk grant must not cost memory per grant):
-    // it records that positions before this one are not provably complete instead.
-    if (log === undefined || log.head === log.entries.length)
-      this.#logs.set(group, { entries: [], head: 0, trimmed: seq });
-    else this.#append(group, { type, userId }, seq);
+    // A mark goes only into a group that has entries: until a message comes after it, a mark
+    // changes no replay, and a user who lost a group regains it only by a grant, marked after
+    // that message. (A bulk grant costs no memory per grant.)
+    if (log !== undefined && log.head < log.entries.length)
+      this.#append(group, { type, userId }, ++this.#seq);
+    return this.#position(this.#seq);
   }
 
   async reset(): Promise<void> {

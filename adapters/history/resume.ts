@@ -8,6 +8,7 @@ import type {
   HistoryRead,
   MessageHistory,
   Position,
+  ResumeRequest,
 } from "./history.js";
 
 /** Clients may present at most this many positions; the rest are ignored. */
@@ -50,32 +51,33 @@ export function replayable(
 
 /**
  * What a reconnecting user is owed in each group it is a member of now (`groups`, from the
- * store), given the positions its client presents: the messages sent while it was a member, in
- * order, or `recovered: false`. A group it is a member of but has no position for (granted while
- * it was away) gets its current position and `recovered: false`; positions of groups it is no
- * longer a member of are ignored (the binding tells it it was removed). A group whose history
- * cannot be read gets `recovered: false` and keeps the presented position.
+ * store), given what its client presents: the messages sent while it was a member, in order, or
+ * `recovered: false`. Each group is read from its own position, or from `since`; without either
+ * it gets `recovered: false`. Positions of groups it is no longer a member of are ignored (the
+ * binding tells it it was removed). A group whose history cannot be read gets
+ * `recovered: false` and keeps the presented position.
  */
 export async function resumeGroups(
   history: MessageHistory,
   userId: string,
   groups: readonly string[],
-  positions: ReadonlyMap<string, Position>,
+  request: ResumeRequest,
   onError: (error: unknown) => void,
 ): Promise<GroupResume[]> {
   const limit = pLimit(16);
   return Promise.all(
     groups.map((group) =>
       limit(async (): Promise<GroupResume> => {
-        const from = positions.get(group);
+        // A group without a position of its own ("" or none) is read from `since`.
+        const from = request.positions.get(group) || request.since;
         const lost = async () => ({
           group,
           recovered: false,
           messages: [],
-          position: await history.position(group),
+          position: await history.position(),
         });
         try {
-          if (from === undefined || from === "") return await lost();
+          if (from === undefined) return await lost();
           const read = await history.read(group, from);
           return { group, ...replayable(read, userId), position: read.position };
         } catch (error) {
@@ -90,19 +92,25 @@ export async function resumeGroups(
   );
 }
 
+const isPosition = (value: unknown): value is Position =>
+  typeof value === "string" && value.length > 0 && value.length <= 100;
+
 /**
- * Reads a client's positions from untrusted JSON: an object of group name to position string
- * (`""` for a group it is in but has no position for yet), at most {@link MAX_POSITIONS} of them.
- * Anything else is `undefined` (resume nothing).
+ * Reads what a reconnecting client presents, from untrusted JSON:
+ * `{ "since": position, "positions": { group: position, ... } }`, at most
+ * {@link MAX_POSITIONS} groups (`""` for a group it is in without a position of its own).
+ * Anything else is `undefined`: a fresh connect.
  */
-export function parsePositions(value: unknown): Map<string, Position> | undefined {
+export function parseResume(value: unknown): ResumeRequest | undefined {
   if (typeof value !== "object" || value === null || Array.isArray(value)) return undefined;
+  const { since, positions: given } = value as Record<string, unknown>;
+  if (since !== undefined && !isPosition(since)) return undefined;
+  if (typeof given !== "object" || given === null || Array.isArray(given)) return undefined;
   const positions = new Map<string, Position>();
-  for (const [group, position] of Object.entries(value)) {
-    if (typeof position !== "string" || position.length > 200) return undefined;
-    if (!isValidName(group)) continue;
+  for (const [group, position] of Object.entries(given)) {
     if (positions.size === MAX_POSITIONS) break;
+    if (!isValidName(group) || (position !== "" && !isPosition(position))) return undefined;
     positions.set(group, position);
   }
-  return positions;
+  return { ...(since !== undefined && { since }), positions };
 }

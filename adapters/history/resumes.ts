@@ -1,10 +1,20 @@
 import type { JoinReason } from "../sync/membership-sync.js";
-import type { GroupResume, HistoryMessage, MessageHistory, Position } from "./history.js";
+import type {
+  GroupResume,
+  HistoryMessage,
+  MessageHistory,
+  Position,
+  ResumeRequest,
+} from "./history.js";
 import { resumeGroups } from "./resume.js";
 
 /** What a resumed connection is sent, in this order, in one turn: see {@link Resumes.finish}. */
 export interface ResumeOutcome {
-  /** Per group the connection is in: recovered or not, and its replay. */
+  /** Whether the client presented a position (a fresh connect did not). */
+  readonly resumed: boolean;
+  /** The client's position in every group it gets no message of (see `MessageHistory.position`). */
+  readonly since: Position;
+  /** On a resume, per group the connection is in: recovered or not, and its replay. */
   readonly groups: GroupResume[];
   /** Groups whose position the client presented but that it is no longer a member of. */
   readonly removed: string[];
@@ -16,11 +26,16 @@ export interface ResumeOutcome {
 
 interface Resuming {
   readonly userId: string;
-  readonly positions: ReadonlyMap<string, Position>;
+  readonly request: ResumeRequest | undefined;
   /** The groups it is to join, in join order, with the reason. */
   readonly joins: Map<string, JoinReason | undefined>;
   /** Live messages of those groups, since the resume began. */
   readonly held: HistoryMessage[];
+  /**
+   * Groups granted while it resumed: the position of the grant's mark, before which nothing is
+   * delivered (`undefined`: the mark failed, so nothing held is).
+   */
+  readonly floors: Map<string, Promise<Position | undefined>>;
 }
 
 /**
@@ -37,35 +52,111 @@ export class Resumes {
   readonly #resuming = new Map<string, Resuming>();
   /** Resuming connections by group: what a live message is held for. */
   readonly #byGroup = new Map<string, Set<Resuming>>();
+  /** Grants' joins held until the messages sent before them arrived, by connection and group. */
+  readonly #late = new Map<string, Resuming>();
 
   constructor(history: MessageHistory, onError: (error: unknown) => void) {
     this.#history = history;
     this.#onError = onError;
   }
 
-  /** Starts holding `connectionId`'s joins and live messages; call before it connects. */
-  begin(connectionId: string, userId: string, positions: ReadonlyMap<string, Position>): void {
-    this.#resuming.set(connectionId, { userId, positions, joins: new Map(), held: [] });
+  /**
+   * Starts holding `connectionId`'s joins and live messages; call before it connects. `request`,
+   * what the client presented; `undefined` for a fresh connect.
+   */
+  begin(connectionId: string, userId: string, request: ResumeRequest | undefined): void {
+    this.#resuming.set(connectionId, {
+      userId,
+      request,
+      joins: new Map(),
+      held: [],
+      floors: new Map(),
+    });
   }
 
-  /** A join for a resuming connection is held: `true`. Otherwise `false`: make it. */
-  join(connectionId: string, group: string, reason: JoinReason | undefined): boolean {
+  /**
+   * A join is held for a resuming connection: `true`. A grant's join on a history whose messages
+   * arrive late (Redis) is held too, `true`, until every message sent before the grant has
+   * arrived, and then `apply` joins and sends the messages held since, if any: a message sent
+   * before a grant never reaches the user. Otherwise `false`: make the join.
+   */
+  join(
+    connectionId: string,
+    userId: string,
+    group: string,
+    reason: JoinReason | undefined,
+    apply: (messages: HistoryMessage[]) => void,
+  ): boolean {
     const resuming = this.#resuming.get(connectionId);
-    if (resuming === undefined) return false;
-    resuming.joins.set(group, reason);
-    const waiting = this.#byGroup.get(group) ?? new Set();
-    if (waiting.size === 0) this.#byGroup.set(group, waiting);
-    waiting.add(resuming);
+    if (resuming !== undefined) {
+      resuming.joins.set(group, reason);
+      this.#wait(resuming, group);
+      // Granted while resuming, on a history whose messages arrive late: only what comes after
+      // the grant's mark is the user's (see below).
+      if (reason === "granted" && !this.#history.inProcess)
+        resuming.floors.set(
+          group,
+          this.#history.mark(group, "added", userId).catch((error: unknown) => {
+            this.#onError(error);
+            return undefined;
+          }),
+        );
+      return true;
+    }
+    if (reason !== "granted" || this.#history.inProcess) return false;
+    const late: Resuming = {
+      userId,
+      request: undefined,
+      joins: new Map([[group, reason]]),
+      held: [],
+      floors: new Map(),
+    };
+    const key = `${connectionId}\n${group}`;
+    this.#late.get(key)?.joins.clear(); // a join held already is superseded by this one
+    this.#late.set(key, late);
+    this.#wait(late, group);
+    void (async () => {
+      // Marked once holding began: what comes after the mark is held or still to come, what
+      // came before it was sent before the grant was known here.
+      const position = await this.#history.mark(group, "added", userId);
+      await this.#history.settled();
+      return position;
+    })().then(
+      (position) => {
+        if (this.#late.get(key) !== late) return;
+        this.#late.delete(key);
+        this.#unwait(late, group);
+        if (!late.joins.has(group)) return;
+        apply(late.held.filter((m) => this.#history.compare(m.position, position) > 0));
+      },
+      (error: unknown) => {
+        // The history is down (so are its messages): join, without what was held, which cannot
+        // be told from what was sent before the grant.
+        this.#onError(error);
+        if (this.#late.get(key) !== late) return;
+        this.#late.delete(key);
+        this.#unwait(late, group);
+        if (late.joins.has(group)) apply([]);
+      },
+    );
     return true;
   }
 
-  /** A leave for a resuming connection: its held join is dropped, `true`. Otherwise `false`. */
-  leave(connectionId: string, group: string): boolean {
+  /**
+   * A leave of a join held here: `true`, and the join is dropped (a resuming connection is to be
+   * told it left; a grant's join it was never told of needs no word). Otherwise `false`.
+   */
+  leave(connectionId: string, group: string): "resuming" | "late" | false {
+    const late = this.#late.get(`${connectionId}\n${group}`);
+    if (late !== undefined) {
+      late.joins.clear();
+      return "late";
+    }
     const resuming = this.#resuming.get(connectionId);
     if (resuming === undefined) return false;
     resuming.joins.delete(group);
     this.#unwait(resuming, group);
-    return true;
+    return "resuming";
   }
 
   /** A live message: held for every resuming connection about to join its group. */
@@ -81,34 +172,60 @@ export class Resumes {
   async finish(connectionId: string, apply: (outcome: ResumeOutcome) => void): Promise<void> {
     const resuming = this.#resuming.get(connectionId);
     if (resuming === undefined) return;
-    const groups = await resumeGroups(
-      this.#history,
-      resuming.userId,
-      [...resuming.joins.keys()],
-      resuming.positions,
-      this.#onError,
-    );
-    // Every message the reads hold has been delivered here (held, or before we held): none of
-    // them can still arrive live after this.
-    await this.#history.settled().catch(this.#onError);
+    const { request } = resuming;
+    // Read once holding began: what comes after it is held, or sent live once joined.
+    const since = await this.#history.position().catch((error: unknown) => {
+      this.#onError(error);
+      return request?.since ?? "";
+    });
+    const groups =
+      request === undefined
+        ? []
+        : await resumeGroups(
+            this.#history,
+            resuming.userId,
+            [...resuming.joins.keys()],
+            request,
+            this.#onError,
+          );
+    // Every message the reads (and the grants' marks) come after has been delivered here
+    // (held, or before we held): none of them can still arrive live after this.
+    let floors: Map<string, Position | undefined>;
+    do {
+      const pending = [...resuming.floors];
+      floors = new Map(await Promise.all(pending.map(async ([g, p]) => [g, await p] as const)));
+      await this.#history.settled().catch(this.#onError);
+    } while (floors.size < resuming.floors.size);
     if (this.#resuming.get(connectionId) !== resuming) return;
     this.cancel(connectionId);
+    const after = (message: HistoryMessage, position: Position | undefined) =>
+      position === "" ||
+      (position !== undefined && this.#history.compare(message.position, position) > 0);
     const messages: Array<{ message: HistoryMessage; replayed: boolean }> = [];
-    const upTo = new Map<string, Position>();
+    const upTo = new Map<string, Position | undefined>();
+    const report: GroupResume[] = [];
+    for (const [group, floor] of floors) {
+      if (!resuming.joins.has(group)) continue;
+      upTo.set(group, floor);
+      report.push({ group, recovered: false, messages: [], position: floor ?? since });
+    }
     for (const resume of groups) {
-      if (!resuming.joins.has(resume.group)) continue; // left while resuming: told already
-      if (resume.position !== "") upTo.set(resume.group, resume.position);
+      if (!resuming.joins.has(resume.group) || upTo.has(resume.group)) continue; // see above
+      upTo.set(resume.group, resume.position);
+      report.push(resume);
       for (const message of resume.messages) messages.push({ message, replayed: true });
     }
     for (const message of resuming.held) {
-      const last = upTo.get(message.group);
-      if (!resuming.joins.has(message.group)) continue;
-      if (last === undefined || this.#history.compare(message.position, last) > 0)
+      if (!resuming.joins.has(message.group)) continue; // left while resuming: told already
+      if (!upTo.has(message.group) || after(message, upTo.get(message.group)))
         messages.push({ message, replayed: false });
     }
-    const removed = [...resuming.positions.keys()].filter((group) => !resuming.joins.has(group));
+    const presented = request?.positions.keys() ?? [];
+    const removed = [...presented].filter((group) => !resuming.joins.has(group));
     apply({
-      groups: groups.filter((resume) => resuming.joins.has(resume.group)),
+      resumed: request !== undefined,
+      since,
+      groups: report,
       removed,
       joins: [...resuming.joins],
       messages,
@@ -121,6 +238,12 @@ export class Resumes {
     if (resuming === undefined) return;
     this.#resuming.delete(connectionId);
     for (const group of resuming.joins.keys()) this.#unwait(resuming, group);
+  }
+
+  #wait(resuming: Resuming, group: string): void {
+    const waiting = this.#byGroup.get(group) ?? new Set();
+    if (waiting.size === 0) this.#byGroup.set(group, waiting);
+    waiting.add(resuming);
   }
 
   #unwait(resuming: Resuming, group: string): void {

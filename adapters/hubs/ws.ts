@@ -2,7 +2,12 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
-import type { GroupResume, HistoryMessage, MessageHistory, Position } from "../history/history.js";
+import type {
+  GroupResume,
+  HistoryMessage,
+  MessageHistory,
+  ResumeRequest,
+} from "../history/history.js";
 import { type ResumeOutcome, Resumes } from "../history/resumes.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
 import { refuseUpgrade, requestTarget } from "./http.js";
@@ -81,7 +86,9 @@ export type WsPrincipal =
 export interface ResumeReport {
   /** Whether the client presented positions (`resumeOf`); `false` on a fresh connect. */
   readonly resumed: boolean;
-  /** Each group the connection is in, with its position; replayed messages follow. */
+  /** The client's position in every group it gets no message of, from now on. */
+  readonly since: string;
+  /** On a resume, each group the connection is in, with its position; replayed messages follow. */
   readonly groups: readonly GroupResume[];
   /** Groups the client presented a position for but is no longer a member of. */
   readonly removed: readonly string[];
@@ -188,7 +195,7 @@ export interface WsBindingOptions<S extends BoundSocket> {
    * The positions a reconnecting client presents (group to position), read from its upgrade
    * request (a query parameter, say: see `parsePositions`); `undefined` for a fresh connect.
    */
-  resumeOf?: (request: IncomingMessage) => ReadonlyMap<string, Position> | undefined;
+  resumeOf?: (request: IncomingMessage) => ResumeRequest | undefined;
   /**
    * With a history, on every connect once the groups are read and what the client missed is
    * known: called just before the replayed messages are sent (and before any live one), to tell
@@ -267,12 +274,22 @@ export class WsHub<S extends BoundSocket> {
           ? this.#groups
           : {
               join: (id, group, reason) => {
-                if (!resumes.join(id, group, reason)) this.#groups.join(id, group, reason);
+                const connection = of(id);
+                if (connection === undefined) return;
+                const held = resumes.join(id, connection.userId, group, reason, (messages) => {
+                  this.#groups.join(id, group, reason);
+                  this.#groups.sendAll(
+                    id,
+                    messages.map((m) => this.#render(m, false)),
+                  );
+                });
+                if (!held) this.#groups.join(id, group, reason);
               },
               leave: (id, group, reason) => {
-                if (!resumes.leave(id, group)) return this.#groups.leave(id, group, reason);
+                const held = resumes.leave(id, group);
+                if (held === false) return this.#groups.leave(id, group, reason);
                 const connection = of(id);
-                if (connection) options.onLeave?.(connection, group, reason);
+                if (held === "resuming" && connection) options.onLeave?.(connection, group, reason);
               },
             },
       onError: this.#onError,
@@ -407,11 +424,12 @@ export class WsHub<S extends BoundSocket> {
   }
 
   /** Joins a resumed connection to its groups and sends its replay, then the held messages. */
-  #resumed(connection: WsConnection<S>, resumed: boolean, outcome: ResumeOutcome): void {
+  #resumed(connection: WsConnection<S>, outcome: ResumeOutcome): void {
     const { id } = connection;
     try {
       this.#options.onResume?.(connection, {
-        resumed,
+        resumed: outcome.resumed,
+        since: outcome.since,
         groups: outcome.groups,
         removed: outcome.removed,
       });
@@ -542,14 +560,12 @@ export class WsHub<S extends BoundSocket> {
     };
     const positions = this.#resumes && this.#options.resumeOf?.(request);
     const resumes = this.#resumes;
-    resumes?.begin(id, userId, positions ?? new Map());
+    resumes?.begin(id, userId, positions);
     const connect = () =>
       this.#sync
         .connect(id, userId, ready)
         .then(async (groups) => {
-          await resumes?.finish(id, (outcome) =>
-            this.#resumed(connection, positions !== undefined, outcome),
-          );
+          await resumes?.finish(id, (outcome) => this.#resumed(connection, outcome));
           return groups;
         })
         .catch((error: unknown) => {

@@ -2,3 +2,4 @@ export type { BroadcastTarget, ServerBus } from "../hubs/ws.js";
 export { RedisBroadcast, type RedisBroadcastOptions } from "./broadcast.js";
 export { RedisChangeFeed, type RedisChangeFeedOptions } from "./change-feed.js";
 export type { RedisClientLike, RedisTarget } from "./client.js";
+export { RedisHistory, type RedisHistoryOptions } from "./history.js";

@@ -235,7 +235,8 @@ export class MembershipSync {
     assertName("group", group);
     // Marked first: a message published once the revoke returns is after the mark, whichever
     // process publishes it, so no replay can hand it to the user.
-    await this.#history?.mark(group, "removed", userId);
+    // A mark that failed leaves the history owing a reset: no replay trusts it meanwhile.
+    await this.#history?.mark(group, "removed", userId).catch(() => undefined);
     // The reason travels with the change, to every process watching the store.
     const removed = await this.#store.removeFromGroup(userId, group, { reason });
     await this.#settle(removedChange(userId, group, reason));

@@ -9,7 +9,7 @@ import { EventEmitter } from "node:events";
 import type { IncomingMessage } from "node:http";
 import fc from "fast-check";
 import { expect, vi } from "vitest";
-import type { MessageHistory } from "../../adapters/history/history.js";
+import type { MessageHistory, ResumeRequest } from "../../adapters/history/history.js";
 import { bindWs, type WsHub } from "../../adapters/hubs/ws.js";
 import { InMemoryMembershipStore } from "../../adapters/index.js";
 
@@ -96,7 +96,14 @@ const action: fc.Arbitrary<Action> = fc.oneof(
   },
 );
 
-const settle = async () => {
+interface Options {
+  runs: number;
+  seed: number;
+  /** Waits until the hubs did what a step set off. Default: a few turns of the event loop. */
+  settle?: (history: MessageHistory) => Promise<void>;
+}
+
+const immediates = async () => {
   for (let i = 0; i < 4; i++) await new Promise((resolve) => setImmediate(resolve));
 };
 /** How long an expiring grant lasts, in the fake time the run keeps (see `expire`). */
@@ -106,6 +113,8 @@ interface Client {
   readonly user: string;
   socket: FakeSocket | undefined;
   readonly positions: Map<string, string>;
+  /** Its position in every group it has none of its own for: from the last connect. */
+  since: string | undefined;
   /** Message ids received, per group, in order. */
   readonly received: Map<string, number[]>;
   /** Per group, the message count at the last `recovered: false` or `removed` notice. */
@@ -119,7 +128,7 @@ interface Client {
 /** Runs `runs` random interleavings against hubs on the history `makeHistory` gives. */
 export async function checkResumeProperty(
   makeHistory: (store: InMemoryMembershipStore) => Promise<MessageHistory>,
-  options: { runs: number; seed: number },
+  options: Options,
 ): Promise<void> {
   // Time moves only when a step says so: an expiry happens between two steps, never during one.
   vi.useFakeTimers({ toFake: ["Date", "setTimeout", "clearTimeout"] });
@@ -132,8 +141,9 @@ export async function checkResumeProperty(
 
 async function property(
   makeHistory: (store: InMemoryMembershipStore) => Promise<MessageHistory>,
-  options: { runs: number; seed: number },
+  options: Options,
 ): Promise<void> {
+  const settle = options.settle ?? immediates;
   await fc.assert(
     fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 24 }), async (actions) => {
       const store = new InMemoryMembershipStore();
@@ -161,8 +171,7 @@ async function property(
             history,
             heartbeatMs: 0,
             userIdOf: (request) => request.headers["x-user"] as string,
-            resumeOf: (request) =>
-              (request as IncomingMessage & { positions?: Map<string, string> }).positions,
+            resumeOf: (request) => (request as IncomingMessage & { resume?: ResumeRequest }).resume,
             renderMessage: (message, replayed) =>
               JSON.stringify({
                 ...JSON.parse(message.payload.toString()),
@@ -178,6 +187,7 @@ async function property(
             onResume: ({ socket }, report) => {
               const client = clients.find((c) => c.socket === socket);
               if (client === undefined) return;
+              client.since = report.since;
               for (const resume of report.groups) {
                 if (resume.position !== "") client.positions.set(resume.group, resume.position);
                 if (!resume.recovered)
@@ -208,7 +218,10 @@ async function property(
         client.away = [];
         const request = {
           headers: { "x-user": client.user },
-          positions: client.positions.size > 0 ? new Map(client.positions) : undefined,
+          resume:
+            client.since === undefined
+              ? undefined
+              : { since: client.since, positions: new Map(client.positions) },
         } as unknown as IncomingMessage;
         servers[hub]?.emit("connection", socket, request);
       };
@@ -217,6 +230,7 @@ async function property(
           user: USERS[user] as string,
           socket: undefined,
           positions: new Map(),
+          since: undefined,
           received: new Map(GROUPS.map((g) => [g, []])),
           excused: new Map(),
           owed: new Map(GROUPS.map((g) => [g, []])),
@@ -224,7 +238,7 @@ async function property(
         };
         clients.push(client);
         await connect(client, 0);
-        await settle();
+        await settle(history);
       }
       try {
         for (const step of actions) {
@@ -282,15 +296,15 @@ async function property(
           }
           // A fast step does not wait for the hubs: the next one races with it (a message sent
           // while a client resumes).
-          if (!("fast" in step && step.fast)) await settle();
+          if (!("fast" in step && step.fast)) await settle(history);
         }
-        await settle();
+        await settle(history);
         // Everyone reconnects at the end, so that what was missed is owed now.
         for (const client of clients) {
           client.socket?.close();
           await connect(client, 0);
         }
-        await settle();
+        await settle(history);
         for (const client of clients) {
           for (const group of GROUPS) {
             const got = client.received.get(group) ?? [];

@@ -1,0 +1,341 @@
+import { randomBytes } from "node:crypto";
+import { MembershipError, type MembershipStore } from "../contract.js";
+import { followMemberships } from "../history/follow.js";
+import type {
+  HistoryMark,
+  HistoryMessage,
+  HistoryRead,
+  MessageHistory,
+  Position,
+} from "../history/history.js";
+import type { HistoryLimits } from "../history/memory.js";
+import { Listeners } from "../listeners.js";
+import { assertName } from "../validate.js";
+import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
+
+export interface RedisHistorySettings extends HistoryLimits {
+  /** The store whose changes are marked (see `followMemberships`). */
+  store: MembershipStore;
+  /** Prefix of every key and of the channel. Default `hub-membership:history`. */
+  prefix?: string;
+  /** How long a command may take before it fails. Default 2 s. */
+  timeoutMs?: number;
+  /** Called once per Redis outage. Default: a process warning. */
+  onError?: (error: unknown) => void;
+}
+
+export type RedisHistoryOptions = RedisTarget & RedisHistorySettings;
+
+/** The epoch, made anew if Redis lost it (a flush, a restart without persistence). */
+const EPOCH = `local epoch = redis.call('GET', KEYS[2])
+if not epoch then epoch = ARGV[1]; redis.call('SET', KEYS[2], epoch) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+/**
+ * Appends and announces in one step: the channel's order is the stream's, so every server
+ * delivers a group's messages in position order. Trimmed by count and by age; a quiet stream
+ * expires.
+ */
+const PUBLISH = `${EPOCH}
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'm', ARGV[5])
+redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(now - tonumber(ARGV[3])))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], cjson.encode({epoch, id, ARGV[6]}) .. '\\n' .. ARGV[5])
+return {epoch, id}`;
+
+/**
+ * A mark goes only into a group that has entries: until a message comes after it, a mark changes
+ * no replay, and a user who lost a group regains it only by a grant, marked after that message.
+ */
+const MARK = `${EPOCH}
+if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, '0-0'} end
+return {epoch, redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 't', ARGV[3], 'u', ARGV[4])}`;
+
+/** Positions before now are not provably complete any more (a later reset only moves it on). */
+const RESET = `${EPOCH}
+local reset = (now + 1) .. '-0'
+redis.call('SET', KEYS[3], reset)
+return reset`;
+
+const NOW = `${EPOCH}
+return {epoch, now}`;
+
+/** The stream's state and its entries after a position, in one step. */
+const READ = `${EPOCH}
+local reset = redis.call('GET', KEYS[3]) or '0-0'
+if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, reset, now, '0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local deleted = '0-0'
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+end
+return {epoch, reset, now, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}`;
+
+type StreamId = readonly [ms: bigint, seq: bigint];
+type Entry = [id: string, fields: Array<string | Buffer>];
+type ReadReply = [epoch: string, reset: string, now: number, deleted: string, entries: Entry[]];
+
+const MAX_SEQ = 18446744073709551615n;
+const POSITION = /^([A-Za-z0-9_-]{1,32})\.(\d{1,20})-(\d{1,20})$/;
+
+/**
+ * A {@link MessageHistory} on Redis, shared by every server on it: one stream per group (entry ids
+ * from Redis's clock, one sequencer) and one pub/sub channel that every server subscribes to.
+ * A message is appended and announced in one script, so the channel delivers each group's
+ * messages in stream order; a server's own messages come back through it too.
+ *
+ * Memory: about 100 bytes per entry on top of the payload (a stream entry), and one small key
+ * (the epoch, the last reset). A server that loses its subscription misses what was announced
+ * meanwhile, as pub/sub does: reported through `onError`, and its clients recover it when they
+ * next reconnect.
+ */
+export class RedisHistory implements MessageHistory {
+  readonly inProcess = false;
+  readonly #redis: RedisConnections;
+  readonly #prefix: string;
+  readonly #channel: string;
+  readonly #epochKey: string;
+  readonly #resetKey: string;
+  readonly #maxEntries: string;
+  readonly #maxAgeMs: number;
+  readonly #timeoutMs: number;
+  readonly #onError: (error: unknown) => void;
+  readonly #listeners = new Listeners<HistoryMessage>();
+  readonly #barriers = new Map<string, () => void>();
+  readonly #unfollow: () => void;
+  /** A proposal for the epoch, used only if Redis has none. */
+  readonly #newEpoch = randomBytes(6).toString("base64url");
+  #subscribed: Promise<unknown> | undefined;
+  /** A mark or a reset did not go through: no read is complete until a reset does. */
+  #owed = false;
+  #failing = false;
+
+  constructor(options: RedisHistoryOptions) {
+    this.#prefix = options.prefix ?? "hub-membership:history";
+    this.#channel = `${this.#prefix}:messages`;
+    this.#epochKey = `${this.#prefix}:epoch`;
+    this.#resetKey = `${this.#prefix}:reset`;
+    this.#maxEntries = String(options.maxEntries ?? 2_000);
+    this.#maxAgeMs = options.maxAgeMs ?? 600_000;
+    this.#timeoutMs = options.timeoutMs ?? 2_000;
+    this.#onError =
+      options.onError ??
+      ((error) => process.emitWarning(`hub-membership: Redis history: ${String(error)}`));
+    this.#redis = new RedisConnections(options, (error) => this.#report(error));
+    this.#unfollow = followMemberships(options.store, this);
+  }
+
+  /** Subscribes; resolves once messages published from now on are delivered here. */
+  start(): Promise<unknown> {
+    this.#subscribed ??= this.#redis
+      .own()
+      .then((subscriber) =>
+        subscriber.subscribe(this.#channel, (message) => this.#receive(message), true),
+      )
+      .catch((error: unknown) => {
+        this.#subscribed = undefined;
+        throw redisUnavailable(error);
+      });
+    return this.#subscribed;
+  }
+
+  async publish(group: string, payload: Buffer): Promise<Position> {
+    assertName("group", group);
+    const [epoch, id] = (await this.#call(PUBLISH, group, [
+      this.#maxEntries,
+      String(this.#maxAgeMs),
+      this.#channel,
+      payload,
+      group,
+    ])) as [string, string];
+    return `${epoch}.${id}`;
+  }
+
+  subscribe(listener: (message: HistoryMessage) => void): () => void {
+    void this.start().catch((error: unknown) => this.#report(error));
+    return this.#listeners.add(listener);
+  }
+
+  async settled(): Promise<void> {
+    await this.start();
+    const token = randomBytes(9).toString("base64url");
+    const arrived = new Promise<void>((resolve) => this.#barriers.set(token, resolve));
+    try {
+      const client = await this.#redis.main(this.#timeoutMs);
+      const barrier = `${JSON.stringify(["", token])}\n`;
+      await within(client.sendCommand(["PUBLISH", this.#channel, barrier]), this.#timeoutMs);
+      await within(arrived, this.#timeoutMs);
+    } catch (error) {
+      this.#report(error);
+      throw redisUnavailable(error);
+    } finally {
+      this.#barriers.delete(token);
+    }
+  }
+
+  async position(): Promise<Position> {
+    const [epoch, now] = (await this.#call(NOW, undefined, [])) as [string, number];
+    // Just before now on Redis's clock: every stream's next entry comes after it.
+    return `${epoch}.${BigInt(now) - 1n}-${MAX_SEQ}`;
+  }
+
+  async mark(group: string, type: "added" | "removed", userId: string): Promise<Position> {
+    try {
+      const [epoch, id] = (await this.#call(MARK, group, [this.#maxEntries, type, userId])) as [
+        string,
+        string,
+      ];
+      return `${epoch}.${id}`;
+    } catch (error) {
+      // A mark that may be missing makes reads incomplete until a reset went through.
+      this.#owed = true;
+      throw error;
+    }
+  }
+
+  async reset(): Promise<void> {
+    try {
+      await this.#call(RESET, undefined, []);
+      this.#owed = false;
+    } catch {
+      this.#owed = true;
+    }
+  }
+
+  async read(group: string, position: Position): Promise<HistoryRead> {
+    assertName("group", group);
+    const from = parse(position);
+    if (this.#owed) {
+      await this.reset();
+      if (this.#owed) throw new MembershipError("STORE_UNAVAILABLE", "Redis is unavailable");
+    }
+    const limit = Number(this.#maxEntries) + 1;
+    const [epoch, reset, now, deleted, entries] = await this.#read(
+      group,
+      `${from.id[0]}-${from.id[1]}`,
+      limit,
+    );
+    if (from.epoch !== epoch)
+      return { entries: [], complete: false, position: await this.position() };
+    // Complete: nothing after the position was trimmed (by count, by age, or the quiet stream's
+    // expiry, which only a position older than the age limit can predate), no reset since, and
+    // not cut short here.
+    const complete =
+      entries.length < limit &&
+      compareIds(from.id, parseId(reset)) >= 0 &&
+      compareIds(from.id, parseId(deleted)) >= 0 &&
+      Number(from.id[0]) > now - this.#maxAgeMs &&
+      Number(from.id[0]) <= now;
+    const read: Array<HistoryMessage | HistoryMark> = [];
+    for (const [id, fields] of entries) {
+      const entry = toEntry(group, `${epoch}.${id}`, fields);
+      if (entry !== undefined) read.push(entry);
+    }
+    const last = entries.at(-1)?.[0];
+    return {
+      entries: read,
+      complete,
+      position: last === undefined ? position : `${epoch}.${last}`,
+    };
+  }
+
+  compare(a: Position, b: Position): number {
+    return compareIds(parse(a).id, parse(b).id);
+  }
+
+  async close(): Promise<void> {
+    this.#unfollow();
+    this.#listeners.clear();
+    await this.#redis.close();
+  }
+
+  #stream(group: string): string {
+    return `${this.#prefix}:g:${group}`;
+  }
+
+  #read(group: string, after: string, limit: number): Promise<ReadReply> {
+    return this.#call(READ, group, [after, String(limit)]) as Promise<ReadReply>;
+  }
+
+  /** Runs a script on KEYS (the group's stream, the epoch, the reset), ARGV (a new epoch, `args`). */
+  async #call(
+    script: string,
+    group: string | undefined,
+    args: Array<string | Buffer>,
+  ): Promise<unknown> {
+    try {
+      const client = await this.#redis.main(this.#timeoutMs);
+      const stream = group === undefined ? this.#resetKey : this.#stream(group);
+      const keys = [stream, this.#epochKey, this.#resetKey];
+      // Sent as bytes: a payload is not turned into a string and back.
+      const command = [
+        "EVAL",
+        script,
+        "3",
+        ...keys,
+        this.#newEpoch,
+        ...args,
+      ] as unknown as string[];
+      const reply = await within(client.sendCommand(command), this.#timeoutMs);
+      this.#failing = false;
+      return reply;
+    } catch (error) {
+      this.#report(error);
+      throw redisUnavailable(error);
+    }
+  }
+
+  #receive(message: Buffer): void {
+    const end = message.indexOf(0x0a);
+    if (end < 0) return;
+    let header: unknown;
+    try {
+      header = JSON.parse(message.subarray(0, end).toString());
+    } catch {
+      return; // not one of ours: anyone with the channel's name can publish on it
+    }
+    if (!Array.isArray(header)) return;
+    const [epoch, id, group] = header as unknown[];
+    if (epoch === "" && typeof id === "string") return this.#barriers.get(id)?.();
+    if (typeof epoch !== "string" || typeof id !== "string" || typeof group !== "string") return;
+    this.#listeners.emit({ group, position: `${epoch}.${id}`, payload: message.subarray(end + 1) });
+  }
+
+  #report(error: unknown): void {
+    if (this.#failing) return;
+    this.#failing = true;
+    this.#onError(redisUnavailable(error));
+  }
+}
+
+function toEntry(
+  group: string,
+  position: Position,
+  fields: Array<string | Buffer>,
+): HistoryMessage | HistoryMark | undefined {
+  const [name, value, , user] = fields;
+  if (String(name) === "m" && value !== undefined)
+    return { group, position, payload: Buffer.from(value) };
+  const type = String(value);
+  if (String(name) === "t" && (type === "added" || type === "removed") && user !== undefined)
+    return { type, userId: String(user) };
+  return undefined;
+}
+
+function parse(position: Position): { epoch: string; id: StreamId } {
+  const match = typeof position === "string" ? POSITION.exec(position) : null;
+  const id = match && ([BigInt(match[2] as string), BigInt(match[3] as string)] as const);
+  if (match === null || id === null || id[0] > MAX_SEQ || id[1] > MAX_SEQ)
+    throw new MembershipError("INVALID_ARGUMENT", "not a position of a message history");
+  return { epoch: match[1] as string, id };
+}
+
+function parseId(id: string): StreamId {
+  const [ms = "0", seq = "0"] = id.split("-");
+  return [BigInt(ms), BigInt(seq)];
+}
+
+function compareIds(a: StreamId, b: StreamId): number {
+  return a[0] !== b[0] ? (a[0] < b[0] ? -1 : 1) : a[1] === b[1] ? 0 : a[1] < b[1] ? -1 : 1;
+}
