@@ -1,6 +1,9 @@
-import type { BroadcastTarget } from "../adapters/hubs/ws.js";
-import { isValidName } from "../adapters/index.js";
-import { RedisBroadcast } from "../adapters/redis/index.js";
+import type { MessageHistory, ResumeRequest } from "../adapters/history/history.js";
+import { MemoryHistory } from "../adapters/history/memory.js";
+import { parseResume } from "../adapters/history/resume.js";
+import type { BroadcastTarget, ResumeReport } from "../adapters/hubs/ws.js";
+import { isValidName, type MembershipStore } from "../adapters/index.js";
+import { RedisBroadcast, RedisHistory } from "../adapters/redis/index.js";
 import type { SampleConfig } from "./config.js";
 import type { Log } from "./observability.js";
 
@@ -14,38 +17,48 @@ export interface ChatMessage {
 }
 
 /**
- * The sample's messages between servers, whatever their hub: one Redis channel of plain chat
- * messages that each server renders for its own endpoints (ws frames, SignalR invocations,
- * Socket.IO events), so a ws, a SignalR and a Socket.IO server on one Redis talk to each other.
- * Without Redis, messages stay on this server.
+ * The sample's messages between servers, whatever their hub: plain chat messages that each
+ * server renders for its own endpoints (ws frames, SignalR invocations, Socket.IO events), so a
+ * ws, a SignalR and a Socket.IO server on one Redis talk to each other.
  *
- * A message is published first and delivered here only once Redis took it: it reaches every
- * server, or `send` rejects (`STORE_UNAVAILABLE`) having delivered it nowhere, so a retry
- * never duplicates it.
+ * Group messages go through the message history (on Redis Streams with Redis, in the process
+ * without), which keeps them for clients that reconnect and delivers them to every server, this
+ * one included; whispers go on one Redis channel. A message reaches every server, or `send`
+ * rejects (`STORE_UNAVAILABLE`) having delivered it nowhere, so a retry never duplicates it.
  */
 export class ChatBus {
+  readonly history: MessageHistory;
+  readonly #redisHistory: RedisHistory | undefined;
   readonly #bus: RedisBroadcast | undefined;
   readonly #deliver: (target: BroadcastTarget, message: ChatMessage) => void;
 
+  /** `deliver`: a message for this server's endpoints that do not follow the history themselves. */
   constructor(
     config: SampleConfig,
     log: Log,
+    store: MembershipStore,
     deliver: (target: BroadcastTarget, message: ChatMessage) => void,
   ) {
     this.#deliver = deliver;
+    const down = (client: string) => (err: unknown) =>
+      log.error({ event: "redis.down", client, err }, "Redis is unavailable");
+    const { redisUrl: url } = config;
+    this.#redisHistory =
+      url === undefined ? undefined : new RedisHistory({ url, store, onError: down("history") });
+    this.history = this.#redisHistory ?? new MemoryHistory({ store });
     this.#bus =
-      config.redisUrl === undefined
+      url === undefined
         ? undefined
-        : new RedisBroadcast({
-            url: config.redisUrl,
-            channel: "hub-membership:chat",
-            onError: (err) =>
-              log.error({ event: "redis.down", client: "chat", err }, "Redis is unavailable"),
-          });
+        : new RedisBroadcast({ url, channel: "hub-membership:chat", onError: down("chat") });
   }
 
   /** Resolves once other servers' messages arrive. */
   async start(): Promise<void> {
+    this.history.subscribe(({ group, payload }) => {
+      const message = parseMessage(payload);
+      if (message !== undefined) this.#deliver({ group }, message);
+    });
+    await this.#redisHistory?.start();
     await this.#bus?.start((target, frame) => {
       const message = parseMessage(frame);
       if (message !== undefined) this.#deliver(target, message);
@@ -53,17 +66,19 @@ export class ChatBus {
   }
 
   async send(target: BroadcastTarget, message: ChatMessage): Promise<void> {
-    await this.#bus?.publish(target, Buffer.from(JSON.stringify(message)));
+    const frame = Buffer.from(JSON.stringify(message));
+    if ("group" in target) return void (await this.history.publish(target.group, frame));
+    await this.#bus?.publish(target, frame);
     this.#deliver(target, message);
   }
 
-  close(): Promise<void> {
-    return this.#bus?.close() ?? Promise.resolve();
+  async close(): Promise<void> {
+    await Promise.all([this.history.close(), this.#bus?.close()]);
   }
 }
 
-/** What another server published, if it is a chat message. */
-function parseMessage(frame: Buffer): ChatMessage | undefined {
+/** A chat message from the history or another server, if it is one. */
+export function parseMessage(frame: Buffer): ChatMessage | undefined {
   let value: unknown;
   try {
     value = JSON.parse(frame.toString());
@@ -80,5 +95,31 @@ function parseMessage(frame: Buffer): ChatMessage | undefined {
     from,
     text,
     at,
+  };
+}
+
+/**
+ * What a reconnecting client presents, from its URL: `resume`, the JSON of
+ * `{ "since": …, "positions": { group: position } }` (see the README). Anything else, or none:
+ * a fresh connect.
+ */
+export function resumeOf(url: URL | undefined): ResumeRequest | undefined {
+  const raw = url?.searchParams.get("resume");
+  if (raw === null || raw === undefined) return undefined;
+  try {
+    return parseResume(JSON.parse(raw));
+  } catch {
+    return undefined; // not JSON: a fresh connect, said as `resumed: false`
+  }
+}
+
+/** The `resumed` message: where the client is now, and what it may have missed. */
+export function resumedMessage(report: ResumeReport) {
+  return {
+    type: "resumed",
+    resumed: report.resumed,
+    since: report.since,
+    groups: report.groups.map(({ group, position, recovered }) => ({ group, position, recovered })),
+    removed: report.removed,
   };
 }

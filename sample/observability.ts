@@ -31,6 +31,9 @@ export class Observability {
   readonly #refused: Counter<"endpoint" | "reason">;
   readonly #rateLimited: Counter<"endpoint">;
   readonly #opened: Counter<"endpoint">;
+  readonly #replays: Counter<"endpoint">;
+  readonly #replayed: Counter<"endpoint">;
+  readonly #unrecovered: Counter<"endpoint">;
   readonly #unsubscribe: Array<() => void> = [];
 
   /**
@@ -127,6 +130,24 @@ export class Observability {
       labelNames: ["endpoint"],
       registers: [registry],
     });
+    this.#replays = new Counter({
+      name: "hub_membership_replays_total",
+      help: "Reconnects that presented a position (a resume)",
+      labelNames: ["endpoint"],
+      registers: [this.registry],
+    });
+    this.#replayed = new Counter({
+      name: "hub_membership_replayed_messages_total",
+      help: "Messages replayed to clients that resumed",
+      labelNames: ["endpoint"],
+      registers: [this.registry],
+    });
+    this.#unrecovered = new Counter({
+      name: "hub_membership_unrecovered_groups_total",
+      help: "Groups a resuming client was told recovered: false (it may have missed messages)",
+      labelNames: ["endpoint"],
+      registers: [this.registry],
+    });
     this.#rateLimited = new Counter({
       name: "hub_membership_rate_limited_total",
       help: "Client messages refused by a rate limit",
@@ -217,6 +238,26 @@ export class Observability {
       },
       "connection opened",
     );
+  }
+
+  /** A connection resumed (or, `resumed` false, connected afresh): what it was replayed. */
+  resumed(
+    endpoint: string,
+    report: {
+      resumed: boolean;
+      groups: ReadonlyArray<{ recovered: boolean; messages: readonly unknown[] }>;
+    },
+  ): void {
+    if (!report.resumed) return;
+    this.#replays.inc({ endpoint });
+    let replayed = 0;
+    let unrecovered = 0;
+    for (const group of report.groups) {
+      replayed += group.messages.length;
+      if (!group.recovered) unrecovered++;
+    }
+    this.#replayed.inc({ endpoint }, replayed);
+    this.#unrecovered.inc({ endpoint }, unrecovered);
   }
 
   /** A connection ended, whoever ended it (the client, a heartbeat without answer, a limit). */

@@ -12,7 +12,7 @@ import {
 } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { authenticate, configurePassport } from "./auth.js";
-import { ChatBus } from "./chat-bus.js";
+import { ChatBus, parseMessage, resumedMessage, resumeOf } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -215,11 +215,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     obs.clientError(endpoint, connection, error);
   // With Redis, messages reach every other server, whatever its hub (see ChatBus); each server
   // enforces membership for its own connections.
-  const chat = new ChatBus(config, log, (target, message) => {
-    if ("group" in target) {
-      void hub.broadcast(target.group, encode({ type: "message", ...message }));
-      void signalr.sendToGroup(target.group, "message", message);
-    } else {
+  // The ws hub follows the history itself (it replays to clients that resume); SignalR's
+  // connections get group messages from here.
+  const chat = new ChatBus(config, log, store, (target, message) => {
+    if ("group" in target) void signalr.sendToGroup(target.group, "message", message);
+    else {
       void hub.sendToUser(target.userId, encode({ type: "message", ...message }));
       void signalr.sendToUser(target.userId, "message", message);
     }
@@ -243,6 +243,19 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     onLeave: ({ id }, group, reason) =>
       hub.send(id, encode({ type: "removed", group, reason: reason ?? "revoked" })),
     onSlowConsumer,
+    // Group messages are kept: a client that reconnects with `?resume=` gets what it missed.
+    history: chat.history,
+    resumeOf: (request) => resumeOf(requestTarget(request)),
+    renderMessage: (message, replayed) => {
+      const chatMessage = parseMessage(message.payload);
+      if (chatMessage === undefined) return undefined;
+      const { position } = message;
+      return encode({ type: "message", ...chatMessage, position, ...(replayed && { replayed }) });
+    },
+    onResume: (connection, report) => {
+      hub.send(connection.id, encode(resumedMessage(report)));
+      obs.resumed("ws", report);
+    },
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
     onClose: (connection) => obs.closed("ws", connection),
     onError: onError("ws"),

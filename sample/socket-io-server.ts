@@ -115,7 +115,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   const guard = await floodGuardOf(config, log).catch(fail);
   let rateLimited = 0;
   // Rooms are this server's: a message from elsewhere comes through the chat bus.
-  const chat = new ChatBus(config, log, (target, message) => {
+  const chat = new ChatBus(config, log, store, (target, message) => {
     const { from, text, at } = message;
     if ("group" in target)
       io.to(target.group).emit("message", { group: target.group, from, text, at });

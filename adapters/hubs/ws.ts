@@ -189,8 +189,9 @@ export interface WsBindingOptions<S extends BoundSocket> {
   /**
    * A group message as the client gets it, live (`replayed` false) or replayed; it should carry
    * `message.position`, which the client presents when it reconnects. Default: the payload.
+   * `undefined`: not delivered (a payload the protocol does not accept).
    */
-  renderMessage?: (message: HistoryMessage, replayed: boolean) => Buffer | string;
+  renderMessage?: (message: HistoryMessage, replayed: boolean) => Buffer | string | undefined;
   /**
    * The positions a reconnecting client presents (group to position), read from its upgrade
    * request (a query parameter, say: see `parsePositions`); `undefined` for a fresh connect.
@@ -276,14 +277,12 @@ export class WsHub<S extends BoundSocket> {
               join: (id, group, reason) => {
                 const connection = of(id);
                 if (connection === undefined) return;
-                const held = resumes.join(id, connection.userId, group, reason, (messages) => {
+                const late = resumes.join(id, connection.userId, group, reason, (messages) => {
                   this.#groups.join(id, group, reason);
-                  this.#groups.sendAll(
-                    id,
-                    messages.map((m) => this.#render(m, false)),
-                  );
+                  const held = messages.map((message) => ({ message, replayed: false }));
+                  this.#groups.sendAll(id, this.#frames(held));
                 });
-                if (!held) this.#groups.join(id, group, reason);
+                if (!late) this.#groups.join(id, group, reason);
               },
               leave: (id, group, reason) => {
                 const held = resumes.leave(id, group);
@@ -416,11 +415,25 @@ export class WsHub<S extends BoundSocket> {
   #deliverMessage(message: HistoryMessage): void {
     this.#resumes?.hold(message);
     if (this.#groups.size(message.group) === 0) return;
-    this.#groups.broadcast(message.group, this.#render(message, false));
+    const frame = this.#render(message, false);
+    if (frame !== undefined) this.#groups.broadcast(message.group, frame);
   }
 
-  #render(message: HistoryMessage, replayed: boolean): Buffer | string {
-    return this.#options.renderMessage?.(message, replayed) ?? message.payload;
+  #render(message: HistoryMessage, replayed: boolean): Buffer | string | undefined {
+    const { renderMessage } = this.#options;
+    return renderMessage ? renderMessage(message, replayed) : message.payload;
+  }
+
+  /** The frames of `messages`, as `renderMessage` renders them. */
+  #frames(
+    messages: ReadonlyArray<{ message: HistoryMessage; replayed: boolean }>,
+  ): Array<Buffer | string> {
+    const frames: Array<Buffer | string> = [];
+    for (const { message, replayed } of messages) {
+      const frame = this.#render(message, replayed);
+      if (frame !== undefined) frames.push(frame);
+    }
+    return frames;
   }
 
   /** Joins a resumed connection to its groups and sends its replay, then the held messages. */
@@ -437,8 +450,7 @@ export class WsHub<S extends BoundSocket> {
       this.#onError(error);
     }
     for (const [group, reason] of outcome.joins) this.#groups.join(id, group, reason);
-    const frames = outcome.messages.map(({ message, replayed }) => this.#render(message, replayed));
-    this.#groups.sendAll(id, frames);
+    this.#groups.sendAll(id, this.#frames(outcome.messages));
   }
 
   #deliverHere(target: BroadcastTarget, frame: Buffer): void {
