@@ -77,16 +77,23 @@ export class Client extends Recorder {
     return this.ws.readyState === WebSocket.CLOSED;
   }
 
-  /** Connects with the token in the Authorization header (or the query string) and waits for `welcome`. */
+  /**
+   * Connects with the token in the Authorization header (or the query string) and waits for
+   * `welcome`. `resume`: what to present as `?resume=` (see {@link resumeFrom}).
+   */
   static async connect(
     wsUrl: string,
     bearer: string,
     via: "header" | "query" = "header",
+    resume?: string,
   ): Promise<Client> {
+    const url = new URL(wsUrl);
+    if (via === "query") url.searchParams.set("access_token", bearer);
+    if (resume !== undefined) url.searchParams.set("resume", resume);
     const ws =
       via === "header"
-        ? new WebSocket(wsUrl, { headers: { authorization: `Bearer ${bearer}` } })
-        : new WebSocket(`${wsUrl}?access_token=${encodeURIComponent(bearer)}`);
+        ? new WebSocket(url, { headers: { authorization: `Bearer ${bearer}` } })
+        : new WebSocket(url);
     const client = new Client(ws);
     await client.next((m) => m.type === "welcome");
     return client;
@@ -99,6 +106,23 @@ export class Client extends Recorder {
   close(): void {
     this.ws.close();
   }
+}
+
+/**
+ * What a client of the sample's ws protocol presents when it reconnects, from what it received:
+ * `since` from its last `resumed`, and its position in each group (see the README).
+ */
+export function resumeFrom(client: Recorder): string {
+  let since: unknown;
+  const positions: Record<string, unknown> = {};
+  for (const m of client.messages) {
+    if (m.type === "resumed") {
+      since = m.since;
+      for (const g of m.groups as Array<{ group: string; position: string }>)
+        positions[g.group] = g.position;
+    } else if (m.type === "message" && typeof m.group === "string") positions[m.group] = m.position;
+  }
+  return JSON.stringify({ since, positions });
 }
 
 /** The HTTP status a WebSocket upgrade is refused with, or "open" if it is accepted. */

@@ -1,0 +1,161 @@
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import {
+  admin,
+  type Client,
+  grant,
+  isRemoved,
+  type RunningSample,
+  resumeFrom,
+  type SampleEnv,
+  type ServerMessage,
+  sampleEnv,
+  sleep,
+  startSample,
+  token,
+  useClients,
+} from "../support/sample.js";
+
+const connect = useClients();
+
+/** The texts of `group`'s messages a client got after `after`, in order. */
+const texts = (client: Client, group: string) =>
+  client.messages.filter((m) => m.type === "message" && m.group === group).map((m) => m.text);
+
+/** Sends `count` messages to `group`, one every `everyMs`, as `client`; resolves to their texts. */
+async function chatter(
+  client: Client,
+  group: string,
+  prefix: string,
+  count: number,
+  everyMs: number,
+) {
+  const sent: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const text = `${prefix} ${i}`;
+    client.send({ type: "send", group, text });
+    sent.push(text);
+    await sleep(everyMs);
+  }
+  await client.next((m) => m.type === "message" && m.text === sent.at(-1));
+  return sent;
+}
+
+describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_000 }, () => {
+  let env: SampleEnv;
+  let sample: RunningSample;
+  beforeAll(async () => {
+    env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      RATE_MESSAGES: "1000",
+      RATE_USER_MESSAGES: "1000",
+    };
+    sample = await startSample(env);
+  });
+  afterAll(async () => {
+    await sample?.stop();
+  });
+
+  it("a client that loses its connection for 3 s gets the 100 messages sent meanwhile, once, in order", async () => {
+    await grant(env, "ada", "Gap");
+    await grant(env, "bo", "Gap");
+    const ada = await connect(sample.wsUrl, token(env, "ada"));
+    const bo = await connect(sample.wsUrl, token(env, "bo"));
+    expect(await ada.next((m) => m.type === "resumed")).toMatchObject({ resumed: false });
+    bo.send({ type: "send", group: "Gap", text: "before" });
+    await ada.next((m) => m.text === "before");
+
+    ada.ws.terminate(); // the TCP connection is gone, as on a network drop
+    // 100 messages over about 3.5 s: the client is back after 3 s, in the middle of them.
+    const sending = chatter(bo, "Gap", "gap", 100, 35);
+    await sleep(3_000);
+    const back = await connect(sample.wsUrl, token(env, "ada"), "header", resumeFrom(ada));
+    const sent = await sending;
+    await back.next((m) => m.type === "message" && m.text === sent.at(-1));
+    expect(await back.next((m) => m.type === "resumed")).toMatchObject({
+      resumed: true,
+      groups: [{ group: "Gap", recovered: true }],
+      removed: [],
+    });
+    expect(texts(back, "Gap")).toEqual(sent);
+    expect(back.messages.filter((m) => m.replayed === true).length).toBeGreaterThan(50);
+    // The replay comes after the resumed message, and live delivery continues after it.
+    const resumedAt = back.messages.findIndex((m) => m.type === "resumed");
+    const firstMessage = back.messages.findIndex((m) => m.type === "message");
+    expect(resumedAt).toBeLessThan(firstMessage);
+    bo.send({ type: "send", group: "Gap", text: "after" });
+    expect(await back.next((m) => m.text === "after")).not.toHaveProperty("replayed");
+  });
+
+  it("revoked during the gap: nothing sent after the revoke arrives, and the client is told", async () => {
+    await grant(env, "cy", "Revoked");
+    await grant(env, "dee", "Revoked");
+    const cy = await connect(sample.wsUrl, token(env, "cy"));
+    const dee = await connect(sample.wsUrl, token(env, "dee"));
+    dee.send({ type: "send", group: "Revoked", text: "seen" });
+    await cy.next((m) => m.text === "seen");
+    cy.ws.terminate();
+    const before = await chatter(dee, "Revoked", "before", 20, 5);
+    expect((await admin(env, "revoke", "cy", "Revoked")).code).toBe(0);
+    const after = await chatter(dee, "Revoked", "after", 20, 5);
+    const back = await connect(sample.wsUrl, token(env, "cy"), "header", resumeFrom(cy));
+    expect(await back.next((m) => m.type === "resumed")).toMatchObject({
+      resumed: true,
+      groups: [],
+      removed: ["Revoked"],
+    });
+    dee.send({ type: "send", group: "Revoked", text: "later" });
+    await dee.next((m) => m.text === "later");
+    await sleep(300);
+    expect(texts(back, "Revoked")).toEqual([]);
+    expect(before.length + after.length).toBe(40);
+  });
+
+  it("revoked and granted again during the gap: only what came after the new grant, and recovered: false", async () => {
+    await grant(env, "eve", "Again");
+    await grant(env, "fay", "Again");
+    const eve = await connect(sample.wsUrl, token(env, "eve"));
+    const fay = await connect(sample.wsUrl, token(env, "fay"));
+    fay.send({ type: "send", group: "Again", text: "seen" });
+    await eve.next((m) => m.text === "seen");
+    eve.ws.terminate();
+    await chatter(fay, "Again", "member", 5, 5);
+    expect((await admin(env, "revoke", "eve", "Again")).code).toBe(0);
+    const outside = await chatter(fay, "Again", "outside", 5, 5);
+    await grant(env, "eve", "Again");
+    await sleep(200); // the server learns of the grant (the table's change log)
+    const inside = await chatter(fay, "Again", "inside", 5, 5);
+    const back = await connect(sample.wsUrl, token(env, "eve"), "header", resumeFrom(eve));
+    expect(await back.next((m) => m.type === "resumed")).toMatchObject({
+      groups: [{ group: "Again", recovered: false }],
+    });
+    await back.next((m) => m.text === inside.at(-1));
+    const got = texts(back, "Again");
+    for (const text of outside) expect(got).not.toContain(text);
+    expect(got.slice(-inside.length)).toEqual(inside);
+  });
+
+  it("a made-up resume is a fresh connect, and /metrics counts replays", async () => {
+    await grant(env, "gus", "Made-up");
+    for (const resume of [
+      "not json",
+      "[]",
+      '{"positions":{"Made-up":"forged.1"}}',
+      '{"since":1}',
+    ]) {
+      const client = await connect(sample.wsUrl, token(env, "gus"), "header", resume);
+      const resumed = (await client.next((m) => m.type === "resumed")) as ServerMessage;
+      if (resume.startsWith('{"positions"'))
+        expect(resumed).toMatchObject({
+          resumed: true,
+          groups: [{ group: "Made-up", recovered: false }],
+        });
+      else expect(resumed).toMatchObject({ resumed: false, groups: [] });
+      client.close();
+    }
+    const metrics = await (await fetch(`${sample.url}/metrics`)).text();
+    expect(metrics).toMatch(/hub_membership_replays_total\{endpoint="ws"\} [1-9]/);
+    expect(metrics).toMatch(/hub_membership_replayed_messages_total\{endpoint="ws"\} [1-9]/);
+    expect(metrics).toMatch(/hub_membership_unrecovered_groups_total\{endpoint="ws"\} [1-9]/);
+    expect(isRemoved("x")({ type: "removed", group: "x" })).toBe(true);
+  });
+});
