@@ -126,12 +126,62 @@ describe("bindSocketIo", () => {
     await until(() => sync.connectionsOf("cy").length === 0);
   });
 
-  it("refuses connection state recovery, which restores rooms without the store", async () => {
+  it("refuses connection state recovery that skips middlewares: recovered sockets would bypass the store", async () => {
+    // Socket.IO's default is to skip them.
     const { io } = await server({ connectionStateRecovery: {} });
     const store = new InMemoryMembershipStore();
     expect(() => bindSocketIo(io, { store, userIdOf: userOf })).toThrow(MembershipError);
-    expect(() => bindSocketIo(io.of("/x"), { store, userIdOf: userOf })).toThrow(
-      /connectionStateRecovery/,
-    );
+    expect(() => bindSocketIo(io.of("/x"), { store, userIdOf: userOf })).toThrow(/skipMiddlewares/);
+  });
+
+  it("connection state recovery gives back only what the store still grants (socket.io#5491)", async () => {
+    const { io, url } = await server({ connectionStateRecovery: { skipMiddlewares: false } });
+    const store = new InMemoryMembershipStore();
+    for (const group of ["again", "kept", "revoked"]) await store.addToGroup("ann", group);
+    const reports: unknown[] = [];
+    const sync = bindSocketIo(io, {
+      store,
+      userIdOf: userOf,
+      onRecovered: (_socket, report) => reports.push(report),
+    });
+    const ann = ioClient(url, {
+      transports: ["websocket"],
+      forceNew: true,
+      auth: { user: "ann" },
+      reconnectionDelay: 50,
+      reconnectionDelayMax: 50,
+    });
+    cleanups.push(() => ann.disconnect());
+    const got: string[] = [];
+    ann.on("m", (text: string) => got.push(text));
+    await connected(ann);
+    io.to("kept").emit("m", "kept 1");
+    io.to("revoked").emit("m", "revoked 1");
+    await until(() => got.length === 2);
+
+    // The network drops; while the socket is away, one group is revoked, one revoked and granted
+    // again, and messages go to all three.
+    const back = new Promise((resolve) => ann.io.once("reconnect", resolve));
+    ann.io.engine.close();
+    await until(() => sync.connectionsOf("ann").length === 0);
+    io.to("kept").emit("m", "kept 2");
+    io.to("again").emit("m", "again 1");
+    await sync.revoke("ann", "revoked");
+    await sync.revoke("ann", "again");
+    io.to("revoked").emit("m", "revoked 2");
+    io.to("again").emit("m", "again 2");
+    await sync.grant("ann", "again");
+    io.to("again").emit("m", "again 3");
+    await back;
+    await until(() => got.includes("kept 2"));
+    expect(ann.recovered).toBe(true);
+    expect(reports).toEqual([{ recovered: ["kept"], lost: ["again", "revoked"] }]);
+    io.to("revoked").emit("m", "revoked 3");
+    io.to("again").emit("m", "again 4");
+    io.to("kept").emit("m", "kept 3");
+    await until(() => got.includes("kept 3"));
+    // Nothing of the revoked group, nothing of the other from while its membership changed.
+    expect(got).toEqual(["kept 1", "revoked 1", "kept 2", "again 4", "kept 3"]);
+    expect(sync.groupsOfConnection(ann.id as string)).toEqual(["again", "kept"]);
   });
 });

@@ -1,4 +1,4 @@
-import { MembershipError, type MembershipStore } from "../contract.js";
+import { type MembershipChange, MembershipError, type MembershipStore } from "../contract.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
 
 /** What the binding uses of a Socket.IO `Socket` (a `socket.io` 4 socket has it). */
@@ -14,11 +14,44 @@ export interface SocketIoSocket {
   };
 }
 
+/** Socket.IO's connection state recovery settings, as the binding reads them. */
+interface Recovery {
+  readonly maxDisconnectionDuration?: number;
+  readonly skipMiddlewares?: boolean;
+}
+
+/** A session as Socket.IO's adapter keeps it for a socket that may recover. */
+interface Session {
+  rooms: string[];
+}
+
+/** What the binding uses of a namespace's adapter, with connection state recovery on. */
+interface RecoveryAdapter {
+  restoreSession(pid: string, offset: string): Promise<Session | null> | Session | null;
+  /** The in-memory adapter's sessions, by private id: filtered before a restore. */
+  readonly sessions?: Map<string, Session>;
+}
+
 /** What the binding uses of a Socket.IO `Server` or `Namespace`. */
 export interface SocketIoNamespace<S extends SocketIoSocket> {
   use(middleware: (socket: S, next: (error?: Error) => void) => void): unknown;
-  readonly _opts?: { connectionStateRecovery?: unknown };
-  readonly server?: { readonly _opts?: { connectionStateRecovery?: unknown } };
+  readonly _opts?: { connectionStateRecovery?: Recovery };
+  readonly server?: { readonly _opts?: { connectionStateRecovery?: Recovery } };
+  /** A namespace's adapter; on a `Server`, a method (the binding then uses `of("/")`). */
+  readonly adapter?: unknown;
+  of?(name: "/"): { readonly adapter: unknown };
+}
+
+/** What {@link SocketIoBindingOptions.onRecovered} is told. */
+export interface RecoveryReport {
+  /** Groups it was in when it disconnected, is in now, and whose missed messages it got. */
+  readonly recovered: readonly string[];
+  /**
+   * Groups it was in when it disconnected whose membership changed meanwhile (revoked, expired,
+   * granted again): it got none of their missed messages, and is in them only if it is a member
+   * now. The client should re-fetch those it is still in.
+   */
+  readonly lost: readonly string[];
 }
 
 export interface SocketIoBindingOptions<S extends SocketIoSocket> {
@@ -36,6 +69,23 @@ export interface SocketIoBindingOptions<S extends SocketIoSocket> {
   onLeave?: (socket: S, group: string, reason: LeaveReason | undefined) => void;
   /** See {@link MembershipSyncOptions.onError}. */
   onError?: (error: unknown) => void;
+  /**
+   * With Socket.IO's `connectionStateRecovery`: a socket was recovered, checked against the
+   * store. Called before the connection completes (what it emits reaches the client after
+   * `connect`).
+   */
+  onRecovered?: (socket: S, report: RecoveryReport) => void;
+}
+
+/** A socket that disconnected and may recover, while it may. */
+interface Away {
+  readonly pid: string;
+  readonly userId: string;
+  /** Its groups when it disconnected. */
+  readonly groups: readonly string[];
+  /** Groups whose membership changed since; `all` after a `resync` (changes may be missed). */
+  changed: Set<string> | "all";
+  readonly timer: NodeJS.Timeout;
 }
 
 /**
@@ -48,26 +98,35 @@ export interface SocketIoBindingOptions<S extends SocketIoSocket> {
  * never the adapter-wide `io.in(...).socketsLeave`): with several servers behind an adapter,
  * every socket is moved exactly once, by the server that holds it.
  *
+ * With `connectionStateRecovery`, a recovered socket is checked against the store before
+ * Socket.IO restores it (socket.io#5491): it gets back only the rooms of groups it is still a
+ * member of and whose membership did not change while it was away, and only their missed
+ * packets; see {@link SocketIoBindingOptions.onRecovered}.
+ *
  * @returns the {@link MembershipSync} (`grant`, `revoke`, `isInGroup(socket.id, group)`, `close`).
- * @throws MembershipError `INVALID_ARGUMENT` when connection state recovery is on: it restores a
- * socket's rooms without asking the store, which would bring revoked groups back.
+ * @throws MembershipError `INVALID_ARGUMENT` with connection state recovery unless
+ * `skipMiddlewares` is `false` (Socket.IO's default is `true`): a socket recovered without the
+ * middleware would never be checked nor follow the store.
  */
 export function bindSocketIo<S extends SocketIoSocket>(
   io: SocketIoNamespace<S>,
   options: SocketIoBindingOptions<S>,
 ): MembershipSync {
-  if ((io._opts ?? io.server?._opts)?.connectionStateRecovery) {
+  const recovery = (io._opts ?? io.server?._opts)?.connectionStateRecovery;
+  if (recovery?.skipMiddlewares) {
     throw new MembershipError(
       "INVALID_ARGUMENT",
-      "bindSocketIo cannot be used with connectionStateRecovery: recovered rooms bypass the store",
+      "bindSocketIo needs connectionStateRecovery: { skipMiddlewares: false }: Socket.IO's default recovers sockets without any middleware, which would bypass the store",
     );
   }
   const room = options.room ?? ((group: string) => group);
   // Sockets by id from the middleware on: they are not in the namespace until it completes.
   const sockets = new Map<string, S>();
+  const away = recovery === undefined ? undefined : new Recoveries(recovery, room, options);
   const sync = new MembershipSync({
     store: options.store,
     ...(options.onError && { onError: options.onError }),
+    ...(away && { onChange: (change: MembershipChange) => away.changed(change) }),
     hub: {
       async join(id, group, reason) {
         const socket = sockets.get(id);
@@ -83,21 +142,28 @@ export function bindSocketIo<S extends SocketIoSocket>(
       },
     },
   });
+  away?.guard(typeof io.adapter === "function" ? io.of?.("/").adapter : io.adapter);
 
   io.use((socket, next) => {
+    const pid = (socket as { pid?: unknown }).pid;
+    let userId: string | undefined;
     const forget = () => {
+      if (userId !== undefined && typeof pid === "string" && sockets.get(socket.id) === socket)
+        away?.left(pid, userId, sync.groupsOfConnection(socket.id));
       sockets.delete(socket.id);
       socket.conn.off("close", forget);
       sync.disconnect(socket.id);
     };
     (async () => {
-      const userId = await options.userIdOf(socket);
+      userId = await options.userIdOf(socket);
       if (socket.conn.readyState !== "open") throw new Error("the connection closed");
       sockets.set(socket.id, socket);
       // A socket refused by a later middleware gets no "disconnect"; its transport's close ends it.
       socket.once("disconnect", forget);
       socket.conn.once("close", forget);
       await sync.connect(socket.id, userId);
+      const report = typeof pid === "string" ? away?.recovered(pid) : undefined;
+      if (report) options.onRecovered?.(socket, report);
     })().then(
       () => next(),
       (error: unknown) => {
@@ -107,4 +173,115 @@ export function bindSocketIo<S extends SocketIoSocket>(
     );
   });
   return sync;
+}
+
+/**
+ * The sockets that may recover, and the store check of each that does. Socket.IO restores a
+ * socket's rooms and replays its missed packets before any middleware runs, so the check is made
+ * in the adapter's `restoreSession`: the rooms of groups the user lost, or whose membership
+ * changed (a revoke and a grant while away), are taken out of the session first, and with them
+ * their missed packets.
+ */
+class Recoveries {
+  readonly #away = new Map<string, Away>();
+  readonly #byUser = new Map<string, Set<Away>>();
+  readonly #reports = new Map<string, RecoveryReport>();
+  readonly #maxMs: number;
+
+  constructor(
+    recovery: Recovery,
+    readonly room: (group: string) => string,
+    readonly options: Pick<SocketIoBindingOptions<SocketIoSocket>, "store" | "onError">,
+  ) {
+    this.#maxMs = recovery.maxDisconnectionDuration ?? 120_000;
+  }
+
+  /** Wraps the adapter's `restoreSession` with the store check. */
+  guard(adapter: unknown): void {
+    const target = adapter as RecoveryAdapter | undefined;
+    if (typeof target?.restoreSession !== "function")
+      throw new MembershipError(
+        "INVALID_ARGUMENT",
+        "connectionStateRecovery needs an adapter with restoreSession",
+      );
+    const restore = target.restoreSession.bind(target);
+    target.restoreSession = async (pid, offset) => {
+      const lost = await this.#check(pid);
+      if (lost === undefined) return null; // not ours, or not provably safe: a fresh connection
+      if (lost.length > 0) {
+        // Only an adapter whose sessions are at hand can be filtered; any other starts afresh.
+        const session = target.sessions?.get(pid);
+        if (session === undefined) return null;
+        const rooms = new Set(lost.map(this.room));
+        session.rooms = session.rooms.filter((r) => !rooms.has(r));
+      }
+      const session = await restore(pid, offset);
+      if (session === null) this.#reports.delete(pid);
+      return session;
+    };
+  }
+
+  /** A socket disconnected: it may come back within the recovery window. */
+  left(pid: string, userId: string, groups: string[]): void {
+    this.#drop(pid);
+    const timer = setTimeout(() => this.#drop(pid), this.#maxMs + 1_000);
+    timer.unref();
+    const entry: Away = { pid, userId, groups, changed: new Set(), timer };
+    this.#away.set(pid, entry);
+    const ofUser = this.#byUser.get(userId) ?? new Set();
+    if (ofUser.size === 0) this.#byUser.set(userId, ofUser);
+    ofUser.add(entry);
+  }
+
+  /** A change from the store: the group's missed packets are not the user's to recover. */
+  changed(change: MembershipChange): void {
+    if (change.type === "resync") {
+      for (const entry of this.#away.values()) entry.changed = "all";
+      return;
+    }
+    for (const entry of this.#byUser.get(change.userId) ?? [])
+      if (entry.changed !== "all") entry.changed.add(change.group);
+  }
+
+  /** What the socket of `pid` recovered, once (after its restore). */
+  recovered(pid: string): RecoveryReport | undefined {
+    const report = this.#reports.get(pid);
+    this.#reports.delete(pid);
+    return report;
+  }
+
+  /** The groups `pid` lost while away; `undefined` when it may not recover at all. */
+  async #check(pid: string): Promise<string[] | undefined> {
+    const entry = this.#away.get(pid);
+    if (entry === undefined || entry.changed === "all") {
+      this.#drop(pid);
+      return undefined;
+    }
+    let now: Set<string>;
+    try {
+      // Changes that arrive during the read are still recorded: the entry is dropped after it.
+      now = new Set((await this.options.store.groupsOf(entry.userId)).map((m) => m.group));
+    } catch (error) {
+      this.options.onError?.(error);
+      return undefined;
+    } finally {
+      this.#drop(pid);
+    }
+    const changed = entry.changed as Set<string> | "all";
+    if (changed === "all") return undefined; // a resync during the read
+    const lost = entry.groups.filter((g) => !now.has(g) || changed.has(g));
+    const recovered = entry.groups.filter((g) => now.has(g) && !changed.has(g));
+    this.#reports.set(pid, { recovered, lost });
+    return lost;
+  }
+
+  #drop(pid: string): void {
+    const entry = this.#away.get(pid);
+    if (entry === undefined) return;
+    clearTimeout(entry.timer);
+    this.#away.delete(pid);
+    const ofUser = this.#byUser.get(entry.userId);
+    ofUser?.delete(entry);
+    if (ofUser?.size === 0) this.#byUser.delete(entry.userId);
+  }
 }

@@ -48,6 +48,8 @@ export interface MembershipSyncOptions {
    * a revoke through this instance is marked before it is stored.
    */
   history?: Pick<MessageHistory, "mark">;
+  /** Every change the store announces, of any user, before it is applied here. */
+  onChange?: (change: MembershipChange) => void;
 }
 
 /** Per connection: its user, and whether it is in the user's groups yet (the hub was told). */
@@ -127,7 +129,11 @@ export class MembershipSync {
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
-    this.#unwatch = this.#store.watch((change) => this.#hint(change));
+    const { onChange } = options;
+    this.#unwatch = this.#store.watch((change) => {
+      onChange?.(change);
+      return this.#hint(change);
+    });
   }
 
   /**
