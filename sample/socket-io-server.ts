@@ -37,6 +37,7 @@ interface ServerEvents {
   joined(message: { group: string }): void;
   removed(message: { group: string; reason: string }): void;
   message(message: { group: string; from: string; text: string; at: string }): void;
+  recovered(message: { recovered: readonly string[]; lost: readonly string[] }): void;
 }
 type Reply = { ok: true } | { error: string; group?: string; retryAfterMs?: number };
 type SocketData = { principal: Principal };
@@ -111,6 +112,9 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     transports: ["websocket"],
     maxHttpBufferSize: 64 * 1024,
     serveClient: false,
+    // A client back within 2 minutes on this server gets the events it missed: only of the
+    // groups the store still grants it, checked by bindSocketIo (which needs the middlewares).
+    connectionStateRecovery: { maxDisconnectionDuration: 120_000, skipMiddlewares: false },
   });
   const guard = await floodGuardOf(config, log).catch(fail);
   let rateLimited = 0;
@@ -156,6 +160,20 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     },
     onError: (error) =>
       log.error({ event: "hub.error", endpoint: "socket.io", err: error }, "hub binding failed"),
+    onRecovered: (socket, { recovered, lost }) => {
+      socket.emit("recovered", { recovered, lost });
+      // A group it lost and is no longer in: it is told, as a connected socket would have been.
+      const now = new Set(sync.groupsOfConnection(socket.id));
+      for (const group of lost)
+        if (!now.has(group)) socket.emit("removed", { group, reason: "revoked" });
+      obs.resumed("socket.io", {
+        resumed: true,
+        groups: [...recovered, ...lost].map((group) => ({
+          recovered: !lost.includes(group),
+          messages: [],
+        })),
+      });
+    },
   });
 
   io.on("connection", (socket) => {

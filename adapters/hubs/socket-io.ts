@@ -40,6 +40,7 @@ export interface SocketIoNamespace<S extends SocketIoSocket> {
   /** A namespace's adapter; on a `Server`, a method (the binding then uses `of("/")`). */
   readonly adapter?: unknown;
   of?(name: "/"): { readonly adapter: unknown };
+  on?(event: "connection", listener: (socket: S) => void): unknown;
 }
 
 /** What {@link SocketIoBindingOptions.onRecovered} is told. */
@@ -71,8 +72,8 @@ export interface SocketIoBindingOptions<S extends SocketIoSocket> {
   onError?: (error: unknown) => void;
   /**
    * With Socket.IO's `connectionStateRecovery`: a socket was recovered, checked against the
-   * store. Called before the connection completes (what it emits reaches the client after
-   * `connect`).
+   * store. Called when it connects, before the `connection` listeners registered after
+   * `bindSocketIo`.
    */
   onRecovered?: (socket: S, report: RecoveryReport) => void;
 }
@@ -143,6 +144,12 @@ export function bindSocketIo<S extends SocketIoSocket>(
     },
   });
   away?.guard(typeof io.adapter === "function" ? io.of?.("/").adapter : io.adapter);
+  const reports = new WeakMap<S, RecoveryReport>();
+  io.on?.("connection", (socket) => {
+    const report = reports.get(socket);
+    reports.delete(socket);
+    if (report) options.onRecovered?.(socket, report);
+  });
 
   io.use((socket, next) => {
     const pid = (socket as { pid?: unknown }).pid;
@@ -163,7 +170,8 @@ export function bindSocketIo<S extends SocketIoSocket>(
       socket.conn.once("close", forget);
       await sync.connect(socket.id, userId);
       const report = typeof pid === "string" ? away?.recovered(pid) : undefined;
-      if (report) options.onRecovered?.(socket, report);
+      // Told once connected: Socket.IO delivers nothing to a socket still in its middlewares.
+      if (report) reports.set(socket, report);
     })().then(
       () => next(),
       (error: unknown) => {

@@ -14,11 +14,12 @@ import {
   token,
   useClients,
 } from "../support/sample.js";
+import { type IoClient, useIoClients } from "../support/socket-io.js";
 
 const connect = useClients();
 
 /** The texts of `group`'s messages a client got after `after`, in order. */
-const texts = (client: Client, group: string) =>
+const texts = (client: Pick<Client, "messages">, group: string) =>
   client.messages.filter((m) => m.type === "message" && m.group === group).map((m) => m.text);
 
 /** Sends `count` messages to `group`, one every `everyMs`, as `client`; resolves to their texts. */
@@ -157,5 +158,76 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
     expect(metrics).toMatch(/hub_membership_replayed_messages_total\{endpoint="ws"\} [1-9]/);
     expect(metrics).toMatch(/hub_membership_unrecovered_groups_total\{endpoint="ws"\} [1-9]/);
     expect(isRemoved("x")({ type: "removed", group: "x" })).toBe(true);
+  });
+});
+
+describe("Socket.IO's connection state recovery, checked against the store", {
+  timeout: 60_000,
+}, () => {
+  let env: SampleEnv;
+  let sample: RunningSample;
+  const connectIo = useIoClients();
+  beforeAll(async () => {
+    env = {
+      ...sampleEnv(inject("azuriteConnectionString")),
+      HUB: "socket.io",
+      RATE_MESSAGES: "1000",
+      RATE_USER_MESSAGES: "1000",
+    };
+    sample = await startSample(env);
+  });
+  afterAll(async () => {
+    await sample?.stop();
+  });
+
+  /** Sends `count` messages as `client`, one every `everyMs`; resolves to their texts. */
+  async function chatterIo(
+    client: IoClient,
+    group: string,
+    prefix: string,
+    count: number,
+    everyMs: number,
+  ) {
+    const sent: string[] = [];
+    for (let i = 0; i < count; i++) {
+      sent.push(`${prefix} ${i}`);
+      expect(await client.request("send", { group, text: `${prefix} ${i}` })).toEqual({ ok: true });
+      await sleep(everyMs);
+    }
+    return sent;
+  }
+
+  it("socket.io-client drops for 3 s: the 100 messages arrive once, in order; a revoked group's do not", async () => {
+    for (const user of ["hal", "ivy"]) await grant(env, user, "Io");
+    await grant(env, "hal", "IoRevoked");
+    await grant(env, "ivy", "IoRevoked");
+    const hal = await connectIo(sample.url, token(env, "hal"));
+    const ivy = await connectIo(sample.url, token(env, "ivy"));
+    await chatterIo(ivy, "Io", "before", 1, 0);
+    await hal.next((m) => m.text === "before 0");
+
+    hal.socket.io.engine.close(); // the transport is gone, as on a network drop
+    await sleep(100);
+    const sending = chatterIo(ivy, "Io", "gap", 100, 20);
+    const revokedBefore = await chatterIo(ivy, "IoRevoked", "still a member", 3, 0);
+    expect((await admin(env, "revoke", "hal", "IoRevoked")).code).toBe(0);
+    await sleep(200);
+    await chatterIo(ivy, "IoRevoked", "after the revoke", 3, 0);
+    const sent = await sending;
+    await sleep(3_000 - 100 - 20 * 100);
+    hal.socket.connect(); // with its session id and last offset: a recovery
+    expect(await hal.next((m) => m.type === "recovered")).toEqual({
+      type: "recovered",
+      recovered: ["Io"],
+      lost: ["IoRevoked"],
+    });
+    await hal.next((m) => m.text === sent.at(-1));
+    expect(hal.socket.recovered).toBe(true);
+    expect(texts(hal, "Io")).toEqual(["before 0", ...sent]);
+    expect(await hal.next(isRemoved("IoRevoked"))).toMatchObject({ reason: "revoked" });
+    await chatterIo(ivy, "IoRevoked", "later", 1, 0);
+    await sleep(300);
+    expect(texts(hal, "IoRevoked")).toEqual([]);
+    expect(revokedBefore).toHaveLength(3);
   });
 });

@@ -2,7 +2,7 @@ import { io, type Socket } from "socket.io-client";
 import { afterEach } from "vitest";
 import { Recorder, type ServerMessage } from "./sample.js";
 
-const EVENTS = ["welcome", "joined", "removed", "message"];
+const EVENTS = ["welcome", "joined", "removed", "message", "recovered"];
 
 /** A real socket.io-client (websocket transport) recording the sample's events as `{ type, ...payload }`. */
 export class IoClient extends Recorder {
