@@ -1,4 +1,4 @@
-import type { MessageHistory, ResumeRequest } from "../adapters/history/history.js";
+import type { HistoryMessage, MessageHistory, ResumeRequest } from "../adapters/history/history.js";
 import { MemoryHistory } from "../adapters/history/memory.js";
 import { parseResume } from "../adapters/history/resume.js";
 import type { BroadcastTarget, ResumeReport } from "../adapters/hubs/ws.js";
@@ -111,6 +111,13 @@ export function resumeOf(url: URL | undefined): ResumeRequest | undefined {
   } catch {
     return undefined; // not JSON: a fresh connect, said as `resumed: false`
   }
+}
+
+/** A message of the history as every endpoint renders it: the chat message, with its position. */
+export function renderChat(message: HistoryMessage, replayed: boolean) {
+  const chat = parseMessage(message.payload);
+  if (chat === undefined) return undefined;
+  return { ...chat, position: message.position, ...(replayed && { replayed }) };
 }
 
 /** The `resumed` message: where the client is now, and what it may have missed. */

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
-import { bindSignalR, HubError, type SignalRHub } from "../adapters/hubs/signalr.js";
+import { bindSignalR, HubError, invocation, type SignalRHub } from "../adapters/hubs/signalr.js";
 import {
   bindWs,
   refuseUpgrade,
@@ -12,7 +12,7 @@ import {
 } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { authenticate, configurePassport } from "./auth.js";
-import { ChatBus, parseMessage, resumedMessage, resumeOf } from "./chat-bus.js";
+import { ChatBus, renderChat, resumedMessage, resumeOf } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -215,11 +215,10 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     obs.clientError(endpoint, connection, error);
   // With Redis, messages reach every other server, whatever its hub (see ChatBus); each server
   // enforces membership for its own connections.
-  // The ws hub follows the history itself (it replays to clients that resume); SignalR's
-  // connections get group messages from here.
+  // Both hubs follow the history themselves (they replay to clients that resume): only
+  // whispers come from here.
   const chat = new ChatBus(config, log, store, (target, message) => {
-    if ("group" in target) void signalr.sendToGroup(target.group, "message", message);
-    else {
+    if (!("group" in target)) {
       void hub.sendToUser(target.userId, encode({ type: "message", ...message }));
       void signalr.sendToUser(target.userId, "message", message);
     }
@@ -247,10 +246,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     history: chat.history,
     resumeOf: (request) => resumeOf(requestTarget(request)),
     renderMessage: (message, replayed) => {
-      const chatMessage = parseMessage(message.payload);
-      if (chatMessage === undefined) return undefined;
-      const { position } = message;
-      return encode({ type: "message", ...chatMessage, position, ...(replayed && { replayed }) });
+      const rendered = renderChat(message, replayed);
+      return rendered && encode({ type: "message", ...rendered });
     },
     onResume: (connection, report) => {
       hub.send(connection.id, encode(resumedMessage(report)));
@@ -281,6 +278,17 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       signalr.send(id, "removed", { group, reason: reason ?? "revoked" }),
     onSlowConsumer,
     // Every message, of any type (pings and ignored ones too), spends the client's budget.
+    // As the ws endpoint's, in invocations: `message` and `resumed`.
+    history: chat.history,
+    resumeOf: (request) => resumeOf(requestTarget(request)),
+    renderMessage: (message, replayed) => {
+      const rendered = renderChat(message, replayed);
+      return rendered && invocation("message", [rendered]);
+    },
+    onResume: (connection, report) => {
+      signalr.send(connection.id, "resumed", resumedMessage(report));
+      obs.resumed("signalr", report);
+    },
     admit: async (connection, bytes) => {
       const verdict = await admit("signalr", connection, bytes, () => closeSignalR(connection));
       if (!verdict.ok) throw new HubError("rate_limited");

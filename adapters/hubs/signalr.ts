@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
+import type { MessageHistory } from "../history/history.js";
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
 import { requestTarget, respond } from "./http.js";
 import {
@@ -10,6 +11,7 @@ import {
   bindWs,
   HANDSHAKE_TIMED_OUT,
   type ServerBus,
+  type WsBindingOptions,
   type WsConnection,
   type WsHub,
   type WsPrincipal,
@@ -144,6 +146,16 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   maxQueuedMessages?: number;
   /** Messages to and from other servers' SignalR connections (its own channel). */
   bus?: ServerBus;
+  /**
+   * Group messages kept in a history, and replayed to a client that reconnects with the
+   * positions of `resumeOf` (from the negotiate and WebSocket URLs: a client sets them on its
+   * URL before it reconnects): as {@link WsBindingOptions.history}. `renderMessage` makes each
+   * message an invocation (see `invocation`); `onResume` is where to tell the client.
+   */
+  history?: MessageHistory;
+  renderMessage?: WsBindingOptions<S>["renderMessage"];
+  resumeOf?: WsBindingOptions<S>["resumeOf"];
+  onResume?: WsBindingOptions<S>["onResume"];
   /** Failures of the server (a hub method's error, `userIdOf` failing). Default: a warning. */
   onError?: (error: unknown) => void;
   /**
@@ -227,6 +239,10 @@ export class SignalRHub<S extends BoundSocket> {
         maxQueuedMessages: options.maxQueuedMessages,
       }),
       ...(options.bus && { bus: options.bus }),
+      ...(options.history && { history: options.history }),
+      ...(options.renderMessage && { renderMessage: options.renderMessage }),
+      ...(options.resumeOf && { resumeOf: options.resumeOf }),
+      ...(options.onResume && { onResume: options.onResume }),
       ...(options.onClientError && { onClientError: options.onClientError }),
       onError: this.#onError,
     });
@@ -356,7 +372,10 @@ export class SignalRHub<S extends BoundSocket> {
     return this.#hub.send(connectionId, invocation(target, args));
   }
 
-  /** Invokes `target` on every connection in `group`, here and through the bus (framed once). */
+  /**
+   * Invokes `target` on every connection in `group`, here and through the bus (framed once);
+   * with a `history`, publishes the invocation there (see `WsHub.broadcast`).
+   */
   sendToGroup(group: string, target: string, ...args: unknown[]): Promise<void> {
     return this.#hub.broadcast(group, invocation(target, args));
   }

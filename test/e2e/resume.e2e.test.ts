@@ -13,10 +13,12 @@ import {
   startSample,
   token,
   useClients,
+  useSignalRClients,
 } from "../support/sample.js";
 import { type IoClient, useIoClients } from "../support/socket-io.js";
 
 const connect = useClients();
+const connectSignalR = useSignalRClients();
 
 /** The texts of `group`'s messages a client got after `after`, in order. */
 const texts = (client: Pick<Client, "messages">, group: string) =>
@@ -85,6 +87,27 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
     expect(resumedAt).toBeLessThan(firstMessage);
     bo.send({ type: "send", group: "Gap", text: "after" });
     expect(await back.next((m) => m.text === "after")).not.toHaveProperty("replayed");
+  });
+
+  it("@microsoft/signalr drops for 3 s: its automatic reconnect presents its position and gets the 100 messages", async () => {
+    await grant(env, "al", "Sig");
+    await grant(env, "bea", "Sig");
+    const al = await connectSignalR(sample.url, token(env, "al"), {
+      reconnectDelays: [3_000],
+      resume: true,
+    });
+    const bea = await connect(sample.wsUrl, token(env, "bea"));
+    bea.send({ type: "send", group: "Sig", text: "before" });
+    await al.next((m) => m.text === "before");
+
+    al.drop();
+    const sent = await chatter(bea, "Sig", "gap", 100, 35);
+    await al.next((m) => m.type === "message" && m.text === sent.at(-1), 15_000);
+    expect(al.messages.filter((m) => m.type === "resumed")).toMatchObject([
+      { resumed: false },
+      { resumed: true, groups: [{ group: "Sig", recovered: true }] },
+    ]);
+    expect(texts(al, "Sig")).toEqual(["before", ...sent]);
   });
 
   it("revoked during the gap: nothing sent after the revoke arrives, and the client is told", async () => {

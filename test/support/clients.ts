@@ -163,7 +163,7 @@ export class SignalRClient extends Recorder {
     super();
     this.connection = connection;
     this.closed = new Promise((resolve) => connection.onclose(resolve));
-    for (const type of ["welcome", "message", "joined", "removed"])
+    for (const type of ["welcome", "message", "joined", "removed", "resumed"])
       connection.on(type, (payload: object) => this.record({ type, ...payload }));
   }
 
@@ -173,12 +173,13 @@ export class SignalRClient extends Recorder {
 
   /**
    * Connects to `<url>/signalr` with the token from `accessTokenFactory` and waits for `welcome`.
-   * `reconnectDelays` turns on `withAutomaticReconnect` with them.
+   * `reconnectDelays` turns on `withAutomaticReconnect` with them; with `resume`, each reconnect
+   * presents what the client received (see {@link resumeFrom}), as the sample's page does.
    */
   static async connect(
     url: string,
     bearer: string | (() => string),
-    options: { reconnectDelays?: number[]; skipNegotiation?: boolean } = {},
+    options: { reconnectDelays?: number[]; skipNegotiation?: boolean; resume?: boolean } = {},
   ): Promise<SignalRClient> {
     let builder = new HubConnectionBuilder()
       .withUrl(`${url}/signalr`, {
@@ -191,6 +192,12 @@ export class SignalRClient extends Recorder {
       .configureLogging(LogLevel.None);
     if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
     const client = new SignalRClient(builder.build());
+    if (options.resume)
+      client.connection.onreconnecting(() => {
+        const resumed = new URL(`${url}/signalr`);
+        resumed.searchParams.set("resume", resumeFrom(client));
+        client.connection.baseUrl = resumed.href;
+      });
     await client.connection.start();
     await client.next((m) => m.type === "welcome");
     return client;
@@ -201,6 +208,14 @@ export class SignalRClient extends Recorder {
     return this.connection
       .invoke(method, ...args)
       .catch((error: unknown) => ({ error: error instanceof Error ? error.message : error }));
+  }
+
+  /** Cuts its WebSocket without a close handshake, as a network drop does. */
+  drop(): void {
+    const http = (this.connection as unknown as { connection: { transport?: unknown } }).connection;
+    const transport = http.transport as { _webSocket?: { terminate(): void } } | undefined;
+    if (transport?._webSocket === undefined) throw new Error("no WebSocket to drop");
+    transport._webSocket.terminate();
   }
 
   close(): void {
