@@ -220,7 +220,7 @@ describe("every frame counts, of every type, on every endpoint", { timeout: 60_0
       socket.on("message", (data) => records.push(String(data)));
       await once(socket, "open");
       socket.send('{"protocol":"json","version":1}\u001e');
-      await expect.poll(() => records.length).toBe(2); // the handshake answer, the welcome
+      await expect.poll(() => records.length).toBe(3); // the handshake answer, welcome, resumed
       const frame = `${JSON.stringify(message)}\u001e`;
       for (let i = 0; i < 40 && socket.readyState === WebSocket.OPEN; i++) socket.send(frame);
       const [code] = (await once(socket, "close")) as [number];
@@ -246,7 +246,7 @@ describe("every frame counts, of every type, on every endpoint", { timeout: 60_0
       await once(socket, "open");
       if (handshake) {
         socket.send('{"protocol":"json","version":1}\u001e');
-        await expect.poll(() => records.length).toBe(2);
+        await expect.poll(() => records.length).toBe(3);
       }
       for (let i = 0; i < 2_000 && socket.readyState === WebSocket.OPEN; i++) socket.send(" ");
       const [code] = (await once(socket, "close")) as [number];

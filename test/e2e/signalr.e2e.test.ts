@@ -137,7 +137,7 @@ describe("sample SignalR endpoint, end to end", { timeout: 60_000 }, () => {
     raw.on("message", (data) => received.push(data.toString()));
     await new Promise((resolve) => raw.once("open", resolve));
     raw.send('{"protocol":"json","version":1}\u001e');
-    await expect.poll(() => received.length).toBe(2); // the handshake answer and the welcome
+    await expect.poll(() => received.length).toBe(3); // the handshake answer, welcome, resumed
     raw.send("{not json\u001e");
     const [code] = await new Promise<[number]>((resolve) => raw.once("close", (c) => resolve([c])));
     expect(code).toBe(1000);
