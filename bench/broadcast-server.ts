@@ -3,7 +3,10 @@
  * It holds the same clients twice, on a bare `ws` server and on a bare Socket.IO 4.8 server
  * (websocket transport, in-memory adapter), and broadcasts `messages` to all of them, `perTurn`
  * per turn of the event loop, in one of these ways:
- *   wsgroups   WsGroups.broadcast
+ *   wsgroups   WsGroups.broadcast (what bindWs's broadcast is without a history)
+ *   history    the same with the in-process message history on: published to a MemoryHistory,
+ *              delivered from its subscription as bindWs delivers it (Resumes.hold, then
+ *              WsGroups.broadcast)
  *   socket.io  io.to(room).emit
  *   naive      ws.send to every socket
  *   d1         the frame built once, one write per client (lower bound at 1 per turn)
@@ -18,9 +21,12 @@ import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
 import { Server } from "socket.io";
 import { type WebSocket, WebSocketServer } from "ws";
+import { MemoryHistory } from "../adapters/history/memory.js";
+import { Resumes } from "../adapters/history/resumes.js";
 import { textFrame, WsGroups } from "../adapters/hubs/ws-groups.js";
+import { InMemoryMembershipStore } from "../adapters/index.js";
 
-export type Mode = "wsgroups" | "socket.io" | "naive" | "d1" | "d2";
+export type Mode = "wsgroups" | "history" | "socket.io" | "naive" | "d1" | "d2";
 export interface Run {
   run: Mode;
   perTurn: number;
@@ -46,6 +52,15 @@ wss.on("connection", (ws) => {
   groups.add(id, ws);
   groups.join(id, GROUP);
 });
+// As bindWs wires a history: its subscription delivers every message, through the resumes.
+const history = new MemoryHistory({ store: new InMemoryMembershipStore() });
+const resumes = new Resumes(history, (error) => {
+  throw error;
+});
+history.subscribe((m) => {
+  resumes.hold(m);
+  if (groups.size(m.group) > 0) groups.broadcast(m.group, m.payload);
+});
 const ioHttp = createServer();
 const io = new Server(ioHttp, { transports: ["websocket"] });
 io.on("connection", (socket) => socket.join(GROUP));
@@ -66,6 +81,9 @@ function turn(mode: Mode, from: number, to: number): void {
   switch (mode) {
     case "wsgroups":
       for (let seq = from; seq < to; seq++) groups.broadcast(GROUP, message(seq));
+      return;
+    case "history":
+      for (let seq = from; seq < to; seq++) void history.publish(GROUP, Buffer.from(message(seq)));
       return;
     case "socket.io":
       for (let seq = from; seq < to; seq++)

@@ -18,6 +18,7 @@ const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CONNECTIONS = 1_000;
 const LABEL: Record<Mode, string> = {
   wsgroups: "WsGroups.broadcast",
+  history: "with the message history on (in-process)",
   "socket.io": "Socket.IO 4.8 io.to(room).emit",
   naive: "naive ws.send loop",
   d1: "lower bound d1: frame once, one write per client",
@@ -103,9 +104,9 @@ const broadcast: Benchmark = async (ctx) => {
     };
 
     const cases: [number, Mode[]][] = [
-      [1, ["wsgroups", "socket.io", "naive", "d1"]],
-      [20, ["wsgroups", "socket.io", "naive", "d1", "d2"]],
-      [200, ["wsgroups", "socket.io", "naive", "d1", "d2"]],
+      [1, ["wsgroups", "history", "socket.io", "naive", "d1"]],
+      [20, ["wsgroups", "history", "socket.io", "naive", "d1", "d2"]],
+      [200, ["wsgroups", "history", "socket.io", "naive", "d1", "d2"]],
     ];
     const samples = new Map<string, { micros: number; kernel: number }[]>();
     for (let r = 0; r < rounds; r++) {
@@ -146,6 +147,14 @@ const broadcast: Benchmark = async (ctx) => {
             ratio: round(lower / micros),
             target: `≤ ${factor}× ${bound}`,
             met: ctx.quick ? undefined : micros <= factor * lower,
+          });
+        } else if (mode === "history") {
+          // The cost of keeping every message for replays, against the same broadcast without.
+          Object.assign(row, {
+            baseline: { label: "history off", value: round(ours.micros, 3) },
+            ratio: round(ours.micros / micros),
+            target: "≤ 1.1× history off",
+            met: ctx.quick ? undefined : micros <= 1.1 * ours.micros,
           });
         } else if (mode === "socket.io" || mode === "naive") {
           Object.assign(row, {

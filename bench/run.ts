@@ -18,6 +18,7 @@ import importBenchmark from "./import.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
 import manyGroups from "./many-groups.js";
 import rehydrate from "./rehydrate.js";
+import replay from "./replay.js";
 import revoke from "./revoke.js";
 import scaleOut from "./scale-out.js";
 
@@ -33,6 +34,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   "many-groups": manyGroups,
   "scale-out": scaleOut,
   flood,
+  replay,
 };
 
 function table(rows: readonly Row[]): string {
