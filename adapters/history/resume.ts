@@ -11,7 +11,10 @@ import type {
   ResumeRequest,
 } from "./history.js";
 
-/** Clients may present at most this many positions; the rest are ignored. */
+/**
+ * Clients may present at most this many positions (the rest are ignored), and a resume reads at
+ * most this many groups (the others are `recovered: false`).
+ */
 export const MAX_POSITIONS = 1_000;
 
 const isMark = (entry: HistoryMessage | HistoryMark): entry is HistoryMark => "type" in entry;
@@ -65,27 +68,32 @@ export async function resumeGroups(
   onError: (error: unknown) => void,
 ): Promise<GroupResume[]> {
   const limit = pLimit(16);
+  // One read of the current position, for every group that starts over.
+  let now: Promise<Position> | undefined;
+  const lost = (group: string, position?: Position): Promise<GroupResume> =>
+    (position === undefined ? (now ??= history.position()) : Promise.resolve(position)).then(
+      (at) => ({ group, recovered: false, messages: [], position: at }),
+      () => ({ group, recovered: false, messages: [], position: "" }),
+    );
+  // The groups it presented a position for first: past MAX_POSITIONS reads, the rest start over.
+  const ordered = [...groups].sort(
+    (a, b) => Number(request.positions.has(b)) - Number(request.positions.has(a)),
+  );
   return Promise.all(
-    groups.map((group) =>
+    ordered.map((group, i) =>
       limit(async (): Promise<GroupResume> => {
         // A group without a position of its own ("" or none) is read from `since`.
         const from = request.positions.get(group) || request.since;
-        const lost = async () => ({
-          group,
-          recovered: false,
-          messages: [],
-          position: await history.position(),
-        });
+        if (from === undefined || i >= MAX_POSITIONS) return lost(group);
         try {
-          if (from === undefined) return await lost();
           const read = await history.read(group, from);
           return { group, ...replayable(read, userId), position: read.position };
         } catch (error) {
           // A position this history never gave (a client's own) is the client's fault: start over.
           if (error instanceof MembershipError && error.code === "INVALID_ARGUMENT")
-            return lost().catch(() => ({ group, recovered: false, messages: [], position: "" }));
+            return lost(group);
           onError(error);
-          return { group, recovered: false, messages: [], position: from ?? "" };
+          return lost(group, from);
         }
       }),
     ),
