@@ -278,6 +278,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       signalr.send(id, "removed", { group, reason: reason ?? "revoked" }),
     onSlowConsumer,
     // Every message, of any type (pings and ignored ones too), spends the client's budget.
+    // withStatefulReconnect(): a dropped WebSocket's connection waits 15 s for the client's next.
+    statefulReconnect: true,
     // As the ws endpoint's, in invocations: `message` and `resumed`.
     history: chat.history,
     resumeOf: (request) => resumeOf(requestTarget(request)),

@@ -10,6 +10,7 @@ const DOCS = [
   "sample/README.md",
   "docs/azure-store.md",
   "docs/bindings.md",
+  "docs/history.md",
   "docs/reliability.md",
   "docs/performance.md",
   "docs/operations.md",

@@ -5,6 +5,7 @@ import { type AddToGroupOptions, MembershipError, type MembershipStore } from ".
 import type { MessageHistory } from "../history/history.js";
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
 import { requestTarget, respond } from "./http.js";
+import { ReplayableConnection } from "./signalr-reconnect.js";
 import {
   type BoundServer,
   type BoundSocket,
@@ -26,6 +27,8 @@ const COMPLETION = 3;
 const STREAM_INVOCATION = 4;
 const PING = 6;
 const CLOSE = 7;
+const ACK = 8;
+const SEQUENCE = 9;
 const NEGOTIATED_TTL_MS = 30_000;
 /** Negotiate carries no body; anything past this is refused unread (413). */
 const MAX_NEGOTIATE_BODY_BYTES = 4096;
@@ -144,6 +147,16 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   /** See {@link WsBindingOptions}. */
   maxBufferedBytes?: number;
   maxQueuedMessages?: number;
+  /**
+   * Stateful reconnect (the official clients' `withStatefulReconnect()`): negotiate offers it to
+   * clients that ask, the handshake takes JSON protocol version 2, and a connection whose
+   * WebSocket drops without a close stays (in its groups, keeping what it is sent) for
+   * `windowMs` (default 15 s), so the client's new WebSocket carries on with no message lost or
+   * repeated (`Ack` and `Sequence`), up to `bufferBytes` (default 100,000, ASP.NET Core's) not yet
+   * acked; past that, or after the window, the client starts a new connection. Off by default,
+   * as in ASP.NET Core (`AllowStatefulReconnects`).
+   */
+  statefulReconnect?: boolean | { windowMs?: number; bufferBytes?: number };
   /** Messages to and from other servers' SignalR connections (its own channel). */
   bus?: ServerBus;
   /**
@@ -189,7 +202,19 @@ export class SignalRHub<S extends BoundSocket> {
   readonly #options: SignalRBindingOptions<S>;
   readonly #hub: WsHub<S>;
   readonly #methods: Map<string, HubMethod<S>>;
-  readonly #negotiated = new Map<string, { connectionId: string; userId: string; used: boolean }>();
+  readonly #negotiated = new Map<
+    string,
+    { connectionId: string; userId: string; used: boolean; stateful: boolean }
+  >();
+  /** Stateful connections by id, and their connection token's connection id. */
+  readonly #replays = new Map<string, ReplayableConnection<S>>();
+  readonly #tokens = new Map<string, { connectionId: string; userId: string }>();
+  /** Upgrades that start a stateful connection, or take one over. */
+  readonly #upgrades = new WeakMap<
+    IncomingMessage,
+    { token: string } | { replay: ReplayableConnection<S> }
+  >();
+  readonly #stateful: { windowMs: number; bufferBytes: number } | undefined;
   /** Negotiations whose socket has not come yet, by user: each holds memory for 30 s. */
   readonly #pending = new Map<string, number>();
   #pendingTotal = 0;
@@ -207,8 +232,15 @@ export class SignalRHub<S extends BoundSocket> {
       Object.entries(options.methods).map(([name, method]) => [name.toLowerCase(), method]),
     );
     this.#maxMessageBytes = options.maxMessageBytes ?? 32 * 1024;
+    const stateful = options.statefulReconnect;
+    this.#stateful = stateful
+      ? {
+          windowMs: (stateful === true ? undefined : stateful.windowMs) ?? 15_000,
+          bufferBytes: (stateful === true ? undefined : stateful.bufferBytes) ?? 100_000,
+        }
+      : undefined;
     const { onJoin, onLeave, onSlowConsumer } = options;
-    this.#hub = bindWs(wss, {
+    this.#hub = bindWs(this.#server(wss), {
       store: options.store,
       userIdOf: (request) => this.#authenticate(request),
       maxMessageBytes: this.#maxMessageBytes + 1,
@@ -254,6 +286,14 @@ export class SignalRHub<S extends BoundSocket> {
         const now = Date.now();
         for (const state of this.#states.values()) {
           if (!state.handshaken) continue;
+          const replay = this.#replays.get(state.connection.id);
+          if (replay !== undefined) {
+            if (!replay.attached) continue; // its window decides
+            if (replay.received > replay.acked) {
+              replay.acked = replay.received;
+              this.#hub.send(state.connection.id, record({ type: ACK, sequenceId: replay.acked }));
+            }
+          }
           if (now - state.lastReceived > timeout) {
             this.#end(
               state.connection,
@@ -266,7 +306,7 @@ export class SignalRHub<S extends BoundSocket> {
           }
         }
       },
-      Math.max(10, Math.min(keepAlive, timeout) / 4),
+      Math.max(10, Math.min(keepAlive, timeout, 4_000) / 4),
     );
     this.#sweep.unref();
   }
@@ -328,7 +368,11 @@ export class SignalRHub<S extends BoundSocket> {
       return respond(response, 503, { error: "Too many pending negotiations." }, retry);
     this.#pending.set(userId, pending + 1);
     this.#pendingTotal++;
-    const entry = { connectionId, userId, used: false };
+    const stateful =
+      this.#stateful !== undefined &&
+      version === 1 &&
+      url.searchParams.get("useStatefulReconnect") === "true";
+    const entry = { connectionId, userId, used: false, stateful };
     this.#negotiated.set(token, entry);
     setTimeout(() => {
       this.#negotiated.delete(token);
@@ -338,6 +382,7 @@ export class SignalRHub<S extends BoundSocket> {
       connectionId,
       ...(version === 1 && { connectionToken: token }),
       negotiateVersion: version,
+      ...(stateful && { useStatefulReconnect: true }),
       availableTransports: [{ transport: "WebSockets", transferFormats: ["Text"] }],
     });
   }
@@ -429,6 +474,17 @@ export class SignalRHub<S extends BoundSocket> {
     const id = requestTarget(request)?.searchParams.get("id") ?? null;
     if (id === null) return principal; // the client skipped negotiation
     const userId = typeof principal === "string" ? principal : principal.userId;
+    const withId = (connectionId: string): WsPrincipal =>
+      typeof principal === "string" ? { userId, connectionId } : { ...principal, connectionId };
+    // A stateful connection's token, again: its new WebSocket takes the connection over.
+    const resumed = this.#tokens.get(id);
+    if (resumed !== undefined && resumed.userId === userId) {
+      const replay = this.#replays.get(resumed.connectionId);
+      if (replay?.resumable) {
+        this.#upgrades.set(request, { replay });
+        return withId(resumed.connectionId);
+      }
+    }
     const negotiated = this.#negotiated.get(id);
     // Another user's token is as unknown as a made-up one.
     if (negotiated === undefined || negotiated.userId !== userId)
@@ -437,9 +493,53 @@ export class SignalRHub<S extends BoundSocket> {
     negotiated.used = true;
     this.#settle(userId);
     const { connectionId } = negotiated;
-    return typeof principal === "string"
-      ? { userId, connectionId }
-      : { ...principal, connectionId };
+    if (negotiated.stateful) this.#upgrades.set(request, { token: id });
+    return withId(connectionId);
+  }
+
+  /**
+   * The `WebSocketServer` as the hub sees it: a stateful connection's socket is one that outlives
+   * its WebSockets, and an upgrade that takes one over is attached to it instead of connecting.
+   */
+  #server(wss: BoundServer<S>): BoundServer<S> {
+    return {
+      get options() {
+        return wss.options;
+      },
+      handleUpgrade: (request, socket, head, callback) =>
+        wss.handleUpgrade(request, socket, head, callback),
+      on: (event, listener) => wss.on(event, listener),
+      emit: (event, socket, request) => {
+        const upgrade = this.#upgrades.get(request);
+        if (upgrade === undefined || this.#stateful === undefined)
+          return wss.emit(event, socket, request);
+        if ("replay" in upgrade) {
+          // It may have ended since the upgrade was authenticated: then this socket has nothing.
+          if (!upgrade.replay.resumable) socket.close(1000);
+          else upgrade.replay.reattach(socket, (id) => record({ type: SEQUENCE, sequenceId: id }));
+          return true;
+        }
+        const { connectionId, userId } = this.#principalOf(request, upgrade.token);
+        const replay = new ReplayableConnection(socket, {
+          windowMs: this.#stateful.windowMs,
+          maxBytes: this.#stateful.bufferBytes,
+          onEnd: () => {
+            this.#replays.delete(connectionId);
+            this.#tokens.delete(upgrade.token);
+          },
+        });
+        this.#replays.set(connectionId, replay);
+        this.#tokens.set(upgrade.token, { connectionId, userId });
+        return wss.emit(event, replay.socket, request);
+      },
+    };
+  }
+
+  /** The connection a negotiated token was given to. */
+  #principalOf(request: IncomingMessage, token: string): { connectionId: string; userId: string } {
+    const negotiated = this.#negotiated.get(token);
+    if (negotiated === undefined) throw new Error(`no negotiation for ${request.url}`);
+    return negotiated;
   }
 
   /** A pending negotiation of the user's was used or expired. */
@@ -492,7 +592,8 @@ export class SignalRHub<S extends BoundSocket> {
       );
     if (protocol !== "json")
       throw new HubProtocolError(`The protocol '${protocol}' is not supported.`);
-    if (version !== 1)
+    // Version 2 is version 1 with Ack and Sequence, which clients send for stateful reconnect.
+    if (version !== 1 && version !== 2)
       throw new HubProtocolError(
         `The server does not support version ${version} of the 'json' protocol.`,
       );
@@ -548,6 +649,25 @@ export class SignalRHub<S extends BoundSocket> {
     if (type === CLOSE) {
       connection.socket.close(1000);
       return false;
+    }
+    const replay = this.#replays.get(connection.id);
+    if (replay !== undefined) {
+      const { sequenceId } = message;
+      if (type === ACK && Number.isSafeInteger(sequenceId)) replay.ack(sequenceId as number);
+      if (type === SEQUENCE) {
+        // The client's next trackable message carries this id; it resends what we did not ack.
+        if (!Number.isSafeInteger(sequenceId) || (sequenceId as number) > replay.received + 1)
+          return this.#protocolError(
+            connection,
+            "Sequence ID greater than amount of messages we've received.",
+          );
+        replay.nextIncoming = sequenceId as number;
+      }
+      if (type >= INVOCATION && type <= 5) {
+        const id = replay.nextIncoming++;
+        if (id <= replay.received) return true; // sent again after a reconnect: handled already
+        replay.received = id;
+      }
     }
     // Other types are ignored, as ASP.NET Core ignores types it does not know.
     if (type !== INVOCATION && type !== STREAM_INVOCATION) return true;

@@ -16,6 +16,7 @@ import {
   useSignalRClients,
 } from "../support/sample.js";
 import { type IoClient, useIoClients } from "../support/socket-io.js";
+import { tcpProxy } from "../support/tcp-proxy.js";
 
 const connect = useClients();
 const connectSignalR = useSignalRClients();
@@ -108,6 +109,41 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
       { resumed: true, groups: [{ group: "Sig", recovered: true }] },
     ]);
     expect(texts(al, "Sig")).toEqual(["before", ...sent]);
+  });
+
+  it("withStatefulReconnect(): the network down for 3 s, the same connection carries on with the 100 messages", async () => {
+    await grant(env, "cal", "Stateful");
+    await grant(env, "cal", "Stateful-revoked");
+    await grant(env, "dot", "Stateful");
+    await grant(env, "dot", "Stateful-revoked");
+    const proxy = await tcpProxy(Number(new URL(sample.url).port));
+    try {
+      const cal = await connectSignalR(`http://127.0.0.1:${proxy.port}`, token(env, "cal"), {
+        stateful: true,
+      });
+      const dot = await connect(sample.wsUrl, token(env, "dot"));
+      dot.send({ type: "send", group: "Stateful", text: "before" });
+      await cal.next((m) => m.text === "before");
+      const id = cal.connection.connectionId;
+
+      proxy.hold(3_000); // its WebSocket goes, and its next one waits 3 s
+      proxy.cut();
+      const sent = await chatter(dot, "Stateful", "gap", 50, 20);
+      expect((await admin(env, "revoke", "cal", "Stateful-revoked")).code).toBe(0);
+      await sleep(200);
+      dot.send({ type: "send", group: "Stateful-revoked", text: "after the revoke" });
+      sent.push(...(await chatter(dot, "Stateful", "gap 2", 50, 10)));
+      await cal.next((m) => m.text === sent.at(-1), 15_000);
+      expect(cal.connection.connectionId).toBe(id); // the same connection: no new welcome
+      expect(cal.messages.filter((m) => m.type === "welcome")).toHaveLength(1);
+      expect(texts(cal, "Stateful")).toEqual(["before", ...sent]);
+      expect(await cal.next(isRemoved("Stateful-revoked"))).toMatchObject({ reason: "revoked" });
+      expect(texts(cal, "Stateful-revoked")).toEqual([]);
+      expect(await cal.invoke("Send", "Stateful", "back")).toBeNull();
+      await dot.next((m) => m.text === "back");
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("revoked during the gap: nothing sent after the revoke arrives, and the client is told", async () => {

@@ -179,7 +179,12 @@ export class SignalRClient extends Recorder {
   static async connect(
     url: string,
     bearer: string | (() => string),
-    options: { reconnectDelays?: number[]; skipNegotiation?: boolean; resume?: boolean } = {},
+    options: {
+      reconnectDelays?: number[];
+      skipNegotiation?: boolean;
+      resume?: boolean;
+      stateful?: boolean;
+    } = {},
   ): Promise<SignalRClient> {
     let builder = new HubConnectionBuilder()
       .withUrl(`${url}/signalr`, {
@@ -191,6 +196,7 @@ export class SignalRClient extends Recorder {
       })
       .configureLogging(LogLevel.None);
     if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
+    if (options.stateful) builder = builder.withStatefulReconnect();
     const client = new SignalRClient(builder.build());
     if (options.resume)
       client.connection.onreconnecting(() => {
