@@ -37,6 +37,12 @@ export interface HistoryRead {
    * same, nothing after it was trimmed, and no `reset` came since.
    */
   readonly complete: boolean;
+  /**
+   * `true` when every membership change since the position is marked, in `entries` or before
+   * them (trimmed, with the messages before them): the same epoch and no `reset` since. Without
+   * it, no message of the read may be replayed.
+   */
+  readonly marked: boolean;
   /** The group's position after the last entry (the position read from if there are none). */
   readonly position: Position;
 }

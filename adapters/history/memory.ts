@@ -97,7 +97,7 @@ export class MemoryHistory implements MessageHistory {
     assertName("group", group);
     const after = this.#parse(position);
     if (after === undefined)
-      return { entries: [], complete: false, position: this.#position(this.#seq) };
+      return { entries: [], complete: false, marked: false, position: this.#position(this.#seq) };
     const log = this.#logs.get(group);
     if (log !== undefined) this.#trim(log, Date.now());
     const entries: Array<HistoryMessage | HistoryMark> = [];
@@ -105,12 +105,20 @@ export class MemoryHistory implements MessageHistory {
       const entry = log.entries[i] as Entry;
       if (entry.seq > after) entries.push(entry.value);
     }
-    const complete = after >= this.#floor && after >= (log?.trimmed ?? 0) && after <= this.#seq;
-    return { entries, complete, position: this.#position(Math.max(after, this.#seq)) };
+    const marked = after >= this.#floor && after <= this.#seq;
+    const complete = marked && after >= (log?.trimmed ?? 0);
+    return { entries, complete, marked, position: this.#position(Math.max(after, this.#seq)) };
   }
 
   compare(a: Position, b: Position): number {
-    return (this.#parse(a) ?? -1) - (this.#parse(b) ?? -1);
+    const order = (p: Position) => {
+      try {
+        return this.#parse(p) ?? -1;
+      } catch {
+        return -2; // not a position: before any
+      }
+    };
+    return order(a) - order(b);
   }
 
   async close(): Promise<void> {

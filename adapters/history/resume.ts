@@ -24,19 +24,23 @@ const isMark = (entry: HistoryMessage | HistoryMark): entry is HistoryMark => "t
  * all it missed.
  *
  * No mark of the user since its position: it was a member all along (it is one now, and every
- * change would have left a mark), so every message is replayed. Any mark: only the messages after
- * the last mark, if that mark is an `added`, and `recovered: false`. Marks of one change may be
- * written by several servers, each when it learned of it, so a stale `added` can follow a later
- * `removed`: nothing before the last mark is trusted. The position a client presents is not
- * trusted either: one from before its grant meets the grant's mark.
+ * change left a mark), so every message is replayed. Any mark: only the messages after the last
+ * mark, if that mark is an `added`, and `recovered: false`. Marks of one change may be written by
+ * several servers, each when it learned of it, so a stale `added` can follow a later `removed`:
+ * nothing before the last mark is trusted.
+ *
+ * `granted`: the client did not have the group at its position (it presented none for it), so
+ * it gets only what follows a mark of its grant. Without `read.marked` (a reset since: changes
+ * may be unmarked) nothing is replayed.
  */
 export function replayable(
   read: HistoryRead,
   userId: string,
+  granted = false,
 ): { messages: HistoryMessage[]; recovered: boolean } {
   let start = 0;
   let marked = false;
-  let member = true;
+  let member = !granted;
   read.entries.forEach((entry, i) => {
     if (!isMark(entry) || entry.userId !== userId) return;
     marked = true;
@@ -44,19 +48,20 @@ export function replayable(
     start = i + 1;
   });
   const messages: HistoryMessage[] = [];
-  if (member)
+  if (member && read.marked)
     for (let i = start; i < read.entries.length; i++) {
       const entry = read.entries[i] as HistoryMessage | HistoryMark;
       if (!isMark(entry)) messages.push(entry);
     }
-  return { messages, recovered: read.complete && !marked };
+  return { messages, recovered: read.complete && read.marked && !marked && !granted };
 }
 
 /**
  * What a reconnecting user is owed in each group it is a member of now (`groups`, from the
  * store), given what its client presents: the messages sent while it was a member, in order, or
  * `recovered: false`. Each group is read from its own position, or from `since`; without either
- * it gets `recovered: false`. Positions of groups it is no longer a member of are ignored (the
+ * it gets `recovered: false`. A group it did not present (granted while it was away) is replayed
+ * only after a mark of the grant. Positions of groups it is no longer a member of are ignored (the
  * binding tells it it was removed). A group whose history cannot be read gets
  * `recovered: false` and keeps the presented position.
  */
@@ -70,8 +75,12 @@ export async function resumeGroups(
   const limit = pLimit(16);
   // One read of the current position, for every group that starts over.
   let now: Promise<Position> | undefined;
+  const current = () => {
+    now ??= history.position();
+    return now;
+  };
   const lost = (group: string, position?: Position): Promise<GroupResume> =>
-    (position === undefined ? (now ??= history.position()) : Promise.resolve(position)).then(
+    (position === undefined ? current() : Promise.resolve(position)).then(
       (at) => ({ group, recovered: false, messages: [], position: at }),
       () => ({ group, recovered: false, messages: [], position: "" }),
     );
@@ -82,12 +91,14 @@ export async function resumeGroups(
   return Promise.all(
     ordered.map((group, i) =>
       limit(async (): Promise<GroupResume> => {
-        // A group without a position of its own ("" or none) is read from `since`.
+        // A group without a position of its own ("" or none) is read from `since`; one it did
+        // not present at all it did not have: only what follows its grant's mark is its own.
         const from = request.positions.get(group) || request.since;
         if (from === undefined || i >= MAX_POSITIONS) return lost(group);
         try {
           const read = await history.read(group, from);
-          return { group, ...replayable(read, userId), position: read.position };
+          const granted = !request.positions.has(group);
+          return { group, ...replayable(read, userId, granted), position: read.position };
         } catch (error) {
           // A position this history never gave (a client's own) is the client's fault: start over.
           if (error instanceof MembershipError && error.code === "INVALID_ARGUMENT")

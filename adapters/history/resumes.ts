@@ -6,7 +6,7 @@ import type {
   Position,
   ResumeRequest,
 } from "./history.js";
-import { resumeGroups } from "./resume.js";
+import { MAX_POSITIONS, resumeGroups } from "./resume.js";
 
 /** What a resumed connection is sent, in this order, in one turn: see {@link Resumes.finish}. */
 export interface ResumeOutcome {
@@ -178,9 +178,13 @@ export class Resumes {
       this.#onError(error);
       return request?.since ?? "";
     });
+    // A fresh connect is told its position in each of its groups (the first MAX_POSITIONS):
+    // the groups it presents when it resumes are the ones it had.
     const groups =
       request === undefined
-        ? []
+        ? [...resuming.joins.keys()]
+            .slice(0, MAX_POSITIONS)
+            .map((group) => ({ group, recovered: true, messages: [], position: since }))
         : await resumeGroups(
             this.#history,
             resuming.userId,

@@ -165,7 +165,10 @@ export class ReplayableConnection<S extends BoundSocket> {
           this.#resumable = false;
           this.#buffer = [];
           this.#bufferedBytes = 0;
-          if (this.#current === undefined) return this.#end();
+          if (this.#current === undefined) {
+            this.#end();
+            return;
+          }
         }
       }
     }

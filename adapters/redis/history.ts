@@ -10,7 +10,7 @@ import type {
 } from "../history/history.js";
 import type { HistoryLimits } from "../history/memory.js";
 import { Listeners } from "../listeners.js";
-import { assertName } from "../validate.js";
+import { assertName, isValidName } from "../validate.js";
 import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
 
 export interface RedisHistorySettings extends HistoryLimits {
@@ -61,20 +61,48 @@ return reset`;
 const NOW = `${EPOCH}
 return {epoch, now}`;
 
-/** The stream's state and its entries after a position, in one step. */
+/**
+ * The stream's state and its entries after a position, in one step. Past the count, the newest
+ * entries (a replay's tail: its marks are what decide). Trimming shows as `entries-added` past
+ * `length`; what was trimmed came before the first entry kept (max-deleted-entry-id is not kept
+ * up by MAXLEN trimming in Redis 7.0).
+ */
 const READ = `${EPOCH}
 local reset = redis.call('GET', KEYS[3]) or '0-0'
-if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, reset, now, '0-0', {}} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {epoch, reset, now, '', '0-0', 0, 0, {}} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local deleted = '0-0'
+local first, last, added, length = '', '0-0', 0, 0
 for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+  local key, value = info[i], info[i + 1]
+  if key == 'first-entry' and value then first = value[1] end
+  if key == 'last-generated-id' then last = value end
+  if key == 'entries-added' then added = value end
+  if key == 'length' then length = value end
 end
-return {epoch, reset, now, deleted, redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])}`;
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+local cut = 0
+if #entries >= tonumber(ARGV[3]) then
+  cut = 1
+  local tail = redis.call('XREVRANGE', KEYS[1], '+', '(' .. ARGV[2], 'COUNT', ARGV[3])
+  entries = {}
+  for i = #tail, 1, -1 do entries[#entries + 1] = tail[i] end
+end
+local trimmed = 0
+if added > length then trimmed = 1 end
+return {epoch, reset, now, first, last, trimmed, cut, entries}`;
 
 type StreamId = readonly [ms: bigint, seq: bigint];
 type Entry = [id: string, fields: Array<string | Buffer>];
-type ReadReply = [epoch: string, reset: string, now: number, deleted: string, entries: Entry[]];
+type ReadReply = [
+  epoch: string,
+  reset: string,
+  now: number,
+  first: string,
+  last: string,
+  trimmed: number,
+  cut: number,
+  entries: Entry[],
+];
 
 const MAX_SEQ = 18446744073709551615n;
 const POSITION = /^([A-Za-z0-9_-]{1,32})\.(\d{1,20})-(\d{1,20})$/;
@@ -107,6 +135,8 @@ export class RedisHistory implements MessageHistory {
   /** A proposal for the epoch, used only if Redis has none. */
   readonly #newEpoch = randomBytes(6).toString("base64url");
   #subscribed: Promise<unknown> | undefined;
+  /** The epoch Redis last said: positions of any other come first. */
+  #epoch = "";
   /** A mark or a reset did not go through: no read is complete until a reset does. */
   #owed = false;
   #failing = false;
@@ -149,6 +179,7 @@ export class RedisHistory implements MessageHistory {
       payload,
       group,
     ])) as [string, string];
+    this.#epoch = epoch;
     return `${epoch}.${id}`;
   }
 
@@ -176,6 +207,7 @@ export class RedisHistory implements MessageHistory {
 
   async position(): Promise<Position> {
     const [epoch, now] = (await this.#call(NOW, undefined, [])) as [string, number];
+    this.#epoch = epoch;
     // Just before now on Redis's clock: every stream's next entry comes after it.
     return `${epoch}.${BigInt(now) - 1n}-${MAX_SEQ}`;
   }
@@ -211,20 +243,27 @@ export class RedisHistory implements MessageHistory {
       if (this.#owed) throw new MembershipError("STORE_UNAVAILABLE", "Redis is unavailable");
     }
     const limit = Number(this.#maxEntries) + 1;
-    const [epoch, reset, now, deleted, entries] = await this.#read(
+    const [epoch, reset, now, first, last, trimmed, cut, entries] = await this.#read(
       group,
       `${from.id[0]}-${from.id[1]}`,
       limit,
     );
+    this.#epoch = epoch;
     if (from.epoch !== epoch)
-      return { entries: [], complete: false, position: await this.position() };
-    // Complete: nothing after the position was trimmed (by count, by age, or the quiet stream's
-    // expiry, which only a position older than the age limit can predate), no reset since, and
-    // not cut short here.
+      return { entries: [], complete: false, marked: false, position: await this.position() };
+    const marked = compareIds(from.id, parseId(reset)) >= 0;
+    // Complete: nothing after the position was trimmed (trimming takes the oldest first, so a
+    // position at or after the first entry kept, or after the last ever made, lost nothing; a
+    // quiet stream's expiry only a position older than the age limit can predate), no reset
+    // since, and not cut short here.
+    const kept =
+      trimmed === 0 ||
+      compareIds(from.id, parseId(last)) >= 0 ||
+      (first !== "" && compareIds(from.id, parseId(first)) >= 0);
     const complete =
-      entries.length < limit &&
-      compareIds(from.id, parseId(reset)) >= 0 &&
-      compareIds(from.id, parseId(deleted)) >= 0 &&
+      marked &&
+      kept &&
+      cut === 0 &&
       Number(from.id[0]) > now - this.#maxAgeMs &&
       Number(from.id[0]) <= now;
     const read: Array<HistoryMessage | HistoryMark> = [];
@@ -232,16 +271,27 @@ export class RedisHistory implements MessageHistory {
       const entry = toEntry(group, `${epoch}.${id}`, fields);
       if (entry !== undefined) read.push(entry);
     }
-    const last = entries.at(-1)?.[0];
+    const end = entries.at(-1)?.[0];
     return {
       entries: read,
       complete,
-      position: last === undefined ? position : `${epoch}.${last}`,
+      marked,
+      position: end === undefined ? position : `${epoch}.${end}`,
     };
   }
 
   compare(a: Position, b: Position): number {
-    return compareIds(parse(a).id, parse(b).id);
+    const order = (p: Position) => {
+      try {
+        const { epoch, id } = parse(p);
+        return { rank: epoch === this.#epoch ? 2 : 1, id };
+      } catch {
+        return { rank: 0, id: [0n, 0n] as const }; // not a position: before any
+      }
+    };
+    const x = order(a);
+    const y = order(b);
+    return x.rank !== y.rank ? x.rank - y.rank : compareIds(x.id, y.id);
   }
 
   async close(): Promise<void> {
@@ -297,9 +347,14 @@ export class RedisHistory implements MessageHistory {
     }
     if (!Array.isArray(header)) return;
     const [epoch, id, group] = header as unknown[];
-    if (epoch === "" && typeof id === "string") return this.#barriers.get(id)?.();
-    if (typeof epoch !== "string" || typeof id !== "string" || typeof group !== "string") return;
-    this.#listeners.emit({ group, position: `${epoch}.${id}`, payload: message.subarray(end + 1) });
+    if (epoch === "" && typeof id === "string") {
+      this.#barriers.get(id)?.();
+      return;
+    }
+    const position = `${epoch}.${id}`;
+    // Anyone who can reach Redis can publish here: only what this history would have sent.
+    if (!isValidName(group) || !POSITION.test(position)) return;
+    this.#listeners.emit({ group, position, payload: message.subarray(end + 1) });
   }
 
   #report(error: unknown): void {
@@ -326,7 +381,8 @@ function toEntry(
 function parse(position: Position): { epoch: string; id: StreamId } {
   const match = typeof position === "string" ? POSITION.exec(position) : null;
   const id = match && ([BigInt(match[2] as string), BigInt(match[3] as string)] as const);
-  if (match === null || id === null || id[0] > MAX_SEQ || id[1] > MAX_SEQ)
+  // The largest id is refused: nothing can come after it (XRANGE's exclusive start fails on it).
+  if (match === null || id === null || id[0] >= MAX_SEQ || id[1] > MAX_SEQ)
     throw new MembershipError("INVALID_ARGUMENT", "not a position of a message history");
   return { epoch: match[1] as string, id };
 }

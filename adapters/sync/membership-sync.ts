@@ -223,6 +223,9 @@ export class MembershipSync {
   async grant(userId: string, group: string, options?: AddToGroupOptions): Promise<void> {
     this.#open();
     await this.#store.addToGroup(userId, group, options);
+    // Marked before the grant returns: a client resuming after it finds the mark, whichever
+    // server it resumes on and however late the others learn of the grant.
+    await this.#history?.mark(group, "added", userId).catch(() => undefined);
     await this.#settle({ type: "added", userId, group });
   }
 

@@ -11,7 +11,7 @@ import fc from "fast-check";
 import { expect, vi } from "vitest";
 import type { MessageHistory, ResumeRequest } from "../../adapters/history/history.js";
 import { bindWs, type WsHub } from "../../adapters/hubs/ws.js";
-import { InMemoryMembershipStore } from "../../adapters/index.js";
+import { InMemoryMembershipStore, type MembershipChange } from "../../adapters/index.js";
 
 class FakeSocket extends EventEmitter {
   readyState = 1;
@@ -33,6 +33,33 @@ class FakeSocket extends EventEmitter {
   ping(): void {}
 }
 
+/** A store whose watchers can miss changes, as a feed's subscribers can, and then hear `resync`. */
+class LossyStore extends InMemoryMembershipStore {
+  #muted = false;
+  readonly #listeners = new Set<(change: MembershipChange) => void>();
+  override watch(listener: (change: MembershipChange) => void): () => void {
+    this.#listeners.add(listener);
+    const stop = super.watch((change) => {
+      if (!this.#muted) listener(change);
+    });
+    return () => {
+      this.#listeners.delete(listener);
+      stop();
+    };
+  }
+  async behindTheirBack(write: () => Promise<unknown>): Promise<void> {
+    this.#muted = true;
+    try {
+      await write();
+    } finally {
+      this.#muted = false;
+    }
+  }
+  resync(): void {
+    for (const listener of this.#listeners) listener({ type: "resync" });
+  }
+}
+
 class FakeServer extends EventEmitter {
   readonly options: { maxPayload?: number } = {};
   handleUpgrade(): void {}
@@ -43,6 +70,7 @@ type Action =
   | { type: "grant"; hub: number; user: number; group: number; expires: boolean }
   | { type: "revoke"; hub: number; user: number; group: number }
   | { type: "expire" }
+  | { type: "missed"; user: number; group: number }
   | { type: "disconnect"; client: number }
   | { type: "reconnect"; client: number; hub: number; fast: boolean };
 
@@ -81,6 +109,14 @@ const action: fc.Arbitrary<Action> = fc.oneof(
     }),
   },
   { weight: 1, arbitrary: fc.record({ type: fc.constant("expire" as const) }) },
+  {
+    weight: 1,
+    arbitrary: fc.record({
+      type: fc.constant("missed" as const),
+      user: fc.nat(1),
+      group: fc.nat(1),
+    }),
+  },
   {
     weight: 2,
     arbitrary: fc.record({ type: fc.constant("disconnect" as const), client: fc.nat(2) }),
@@ -146,7 +182,7 @@ async function property(
   const settle = options.settle ?? immediates;
   await fc.assert(
     fc.asyncProperty(fc.array(action, { minLength: 1, maxLength: 24 }), async (actions) => {
-      const store = new InMemoryMembershipStore();
+      const store = new LossyStore();
       const history = await makeHistory(store);
       /** Per group: each message's id is its index; who was a member when it was sent. */
       const sent = new Map<string, Array<Set<string>>>(GROUPS.map((g) => [g, []]));
@@ -183,6 +219,11 @@ async function property(
               const client = clients.find((c) => c.socket === socket);
               if (client !== undefined && !client.positions.has(group))
                 client.positions.set(group, "");
+            },
+            // Told it left: nothing more of the group is owed to it.
+            onLeave: ({ socket }, group) => {
+              const client = clients.find((c) => c.socket === socket);
+              client?.excused.set(group, sent.get(group)?.length ?? 0);
             },
             onResume: ({ socket }, report) => {
               const client = clients.find((c) => c.socket === socket);
@@ -272,6 +313,16 @@ async function property(
               members.get(user)?.delete(group);
               changed(user, group);
               await hub.revoke(user, group);
+              break;
+            }
+            case "missed": {
+              // A grant the hubs' feed lost: they only hear `resync` (changes may be missed).
+              const user = USERS[step.user] as string;
+              const group = GROUPS[step.group] as string;
+              await store.behindTheirBack(() => store.addToGroup(user, group));
+              members.get(user)?.set(group, Infinity);
+              changed(user, group);
+              store.resync();
               break;
             }
             case "expire":
