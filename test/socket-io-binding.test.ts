@@ -183,5 +183,15 @@ describe("bindSocketIo", () => {
     // Nothing of the revoked group, nothing of the other from while its membership changed.
     expect(got).toEqual(["kept 1", "revoked 1", "kept 2", "again 4", "kept 3"]);
     expect(sync.groupsOfConnection(ann.id as string)).toEqual(["again", "kept"]);
+
+    // Another user presenting ann's session is refused (and not kept in her rooms).
+    const session = ann as unknown as { _pid: string; _lastOffset: string };
+    const { _pid: pid, _lastOffset: offset } = session;
+    ann.io.engine.close();
+    await until(() => sync.connectionsOf("ann").length === 0);
+    const bob = client(url, "bob");
+    bob.auth = { user: "bob", pid, offset };
+    await expect(connected(bob)).rejects.toThrow(/another user/);
+    expect(sync.connectionsOf("bob")).toEqual([]);
   });
 });

@@ -161,17 +161,31 @@ export function bindSocketIo<S extends SocketIoSocket>(
       socket.conn.off("close", forget);
       sync.disconnect(socket.id);
     };
+    // What its restore found, taken now whatever happens next.
+    const restored = typeof pid === "string" ? away?.recovered(pid) : undefined;
     (async () => {
       userId = await options.userIdOf(socket);
+      if (restored !== undefined && restored.userId !== userId)
+        throw new Error("the recovered session belongs to another user");
       if (socket.conn.readyState !== "open") throw new Error("the connection closed");
       sockets.set(socket.id, socket);
       // A socket refused by a later middleware gets no "disconnect"; its transport's close ends it.
       socket.once("disconnect", forget);
       socket.conn.once("close", forget);
       await sync.connect(socket.id, userId);
-      const report = typeof pid === "string" ? away?.recovered(pid) : undefined;
+      if (restored === undefined) return;
+      // A group revoked between the restore's check and now: Socket.IO put it back, take it out.
+      const recovered: string[] = [];
+      const lost = [...restored.lost];
+      for (const group of restored.recovered) {
+        if (sync.isInGroup(socket.id, group)) recovered.push(group);
+        else {
+          lost.push(group);
+          await socket.leave(room(group));
+        }
+      }
       // Told once connected: Socket.IO delivers nothing to a socket still in its middlewares.
-      if (report) reports.set(socket, report);
+      reports.set(socket, { recovered, lost: lost.sort() });
     })().then(
       () => next(),
       (error: unknown) => {
@@ -193,7 +207,7 @@ export function bindSocketIo<S extends SocketIoSocket>(
 class Recoveries {
   readonly #away = new Map<string, Away>();
   readonly #byUser = new Map<string, Set<Away>>();
-  readonly #reports = new Map<string, RecoveryReport>();
+  readonly #reports = new Map<string, RecoveryReport & { userId: string }>();
   readonly #maxMs: number;
 
   constructor(
@@ -252,7 +266,7 @@ class Recoveries {
   }
 
   /** What the socket of `pid` recovered, once (after its restore). */
-  recovered(pid: string): RecoveryReport | undefined {
+  recovered(pid: string): (RecoveryReport & { userId: string }) | undefined {
     const report = this.#reports.get(pid);
     this.#reports.delete(pid);
     return report;
@@ -279,7 +293,7 @@ class Recoveries {
     if (changed === "all") return undefined; // a resync during the read
     const lost = entry.groups.filter((g) => !now.has(g) || changed.has(g));
     const recovered = entry.groups.filter((g) => now.has(g) && !changed.has(g));
-    this.#reports.set(pid, { recovered, lost });
+    this.#reports.set(pid, { recovered, lost, userId: entry.userId });
     return lost;
   }
 
