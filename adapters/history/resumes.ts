@@ -55,9 +55,12 @@ export class Resumes {
   /** Grants' joins held until the messages sent before them arrived, by connection and group. */
   readonly #late = new Map<string, Resuming>();
 
-  constructor(history: MessageHistory, onError: (error: unknown) => void) {
+  readonly #retryMs: number;
+
+  constructor(history: MessageHistory, onError: (error: unknown) => void, retryMs = 1_000) {
     this.#history = history;
     this.#onError = onError;
+    this.#retryMs = retryMs;
   }
 
   /**
@@ -112,33 +115,42 @@ export class Resumes {
       floors: new Map(),
     };
     const key = `${connectionId}\n${group}`;
-    this.#late.get(key)?.joins.clear(); // a join held already is superseded by this one
+    // A join held already is superseded by this one.
+    const previous = this.#late.get(key);
+    if (previous !== undefined) {
+      previous.joins.clear();
+      this.#unwait(previous, group);
+    }
     this.#late.set(key, late);
     this.#wait(late, group);
-    void (async () => {
-      // Marked once holding began: what comes after the mark is held or still to come, what
-      // came before it was sent before the grant was known here.
-      const position = await this.#history.mark(group, "added", userId);
-      await this.#history.settled();
-      return position;
-    })().then(
-      (position) => {
-        if (this.#late.get(key) !== late) return;
-        this.#late.delete(key);
-        this.#unwait(late, group);
-        if (!late.joins.has(group)) return;
-        apply(late.held.filter((m) => this.#history.compare(m.position, position) > 0));
-      },
-      (error: unknown) => {
-        // The history is down (so are its messages): join, without what was held, which cannot
-        // be told from what was sent before the grant.
-        this.#onError(error);
-        if (this.#late.get(key) !== late) return;
-        this.#late.delete(key);
-        this.#unwait(late, group);
-        if (late.joins.has(group)) apply([]);
-      },
-    );
+    let reported = false;
+    const attempt = () =>
+      (async () => {
+        // Marked once holding began: what comes after the mark is held or still to come, what
+        // came before it was sent before the grant was known here.
+        const position = await this.#history.mark(group, "added", userId);
+        await this.#history.settled();
+        return position;
+      })().then(
+        (position) => {
+          if (this.#late.get(key) !== late) return;
+          this.#late.delete(key);
+          this.#unwait(late, group);
+          if (!late.joins.has(group)) return;
+          apply(late.held.filter((m) => this.#history.compare(m.position, position) > 0));
+        },
+        (error: unknown) => {
+          // The history is down (and its messages with it): no message can be told from one
+          // sent before the grant, so the join waits and is tried again.
+          if (!reported) this.#onError(error);
+          reported = true;
+          if (this.#late.get(key) !== late) return;
+          if (late.joins.has(group)) return void setTimeout(attempt, this.#retryMs).unref();
+          this.#late.delete(key);
+          this.#unwait(late, group);
+        },
+      );
+    void attempt();
     return true;
   }
 
@@ -238,6 +250,13 @@ export class Resumes {
 
   /** Stops holding for `connectionId` (it closed, or its resume is done). */
   cancel(connectionId: string): void {
+    const prefix = `${connectionId}\n`;
+    for (const [key, late] of this.#late)
+      if (key.startsWith(prefix)) {
+        late.joins.clear();
+        this.#late.delete(key);
+        this.#unwait(late, key.slice(prefix.length));
+      }
     const resuming = this.#resuming.get(connectionId);
     if (resuming === undefined) return;
     this.#resuming.delete(connectionId);
