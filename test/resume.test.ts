@@ -3,6 +3,7 @@ import { describe, expect, it } from "vitest";
 import type { MessageHistory } from "../adapters/history/history.js";
 import { MemoryHistory } from "../adapters/history/memory.js";
 import { MAX_POSITIONS, parseResume, resumeGroups } from "../adapters/history/resume.js";
+import { type ResumeOutcome, Resumes } from "../adapters/history/resumes.js";
 import { InMemoryMembershipStore, MembershipError } from "../adapters/index.js";
 
 const history = (options: { maxEntries?: number; maxAgeMs?: number } = {}) =>
@@ -105,6 +106,30 @@ describe("resumeGroups", () => {
     expect(result.find((r) => r.group === "g2999")?.recovered).toBe(true);
     // The others it did not present: granted while it was away, as far as it knows.
     expect(result.filter((r) => !r.recovered)).toHaveLength(2_999);
+    await h.close();
+  });
+});
+
+describe("Resumes", () => {
+  it("replays at most its limits, keeping each group's newest messages, and says what it lost", async () => {
+    const h = history();
+    const resumes = new Resumes(
+      h,
+      (error) => {
+        throw error;
+      },
+      { maxMessages: 3 },
+    );
+    const since = await h.position();
+    for (const n of ["1", "2", "3", "4", "5"]) await h.publish("g", text(n));
+    resumes.begin("c", "u", { since, positions: new Map([["g", since]]) });
+    expect(resumes.join("c", "u", "g", "connect", () => undefined)).toBe(true);
+    let outcome: ResumeOutcome | undefined;
+    await resumes.finish("c", (o) => {
+      outcome = o;
+    });
+    expect(outcome?.messages.map((m) => m.message.payload.toString())).toEqual(["3", "4", "5"]);
+    expect(outcome?.groups).toMatchObject([{ group: "g", recovered: false }]);
     await h.close();
   });
 });

@@ -56,11 +56,25 @@ export class Resumes {
   readonly #late = new Map<string, Resuming>();
 
   readonly #retryMs: number;
+  readonly #limits: { maxMessages: number; maxBytes: number };
 
-  constructor(history: MessageHistory, onError: (error: unknown) => void, retryMs = 1_000) {
+  /**
+   * `limits`: what one resume replays at most, in messages and payload bytes (default 10,000
+   * and 4 MiB, a slow consumer's limit): a client cannot make the server render and write
+   * without bound by presenting old positions in many groups.
+   */
+  constructor(
+    history: MessageHistory,
+    onError: (error: unknown) => void,
+    limits: { maxMessages?: number; maxBytes?: number; retryMs?: number } = {},
+  ) {
     this.#history = history;
     this.#onError = onError;
-    this.#retryMs = retryMs;
+    this.#retryMs = limits.retryMs ?? 1_000;
+    this.#limits = {
+      maxMessages: limits.maxMessages ?? 10_000,
+      maxBytes: limits.maxBytes ?? 4 * 1024 * 1024,
+    };
   }
 
   /**
@@ -225,11 +239,24 @@ export class Resumes {
       upTo.set(group, floor);
       report.push({ group, recovered: false, messages: [], position: floor ?? since });
     }
+    // One resume replays at most `maxMessages` and `maxBytes`: past them, a group keeps its
+    // newest messages, and says it lost the rest.
+    let count = this.#limits.maxMessages;
+    let bytes = this.#limits.maxBytes;
     for (const resume of groups) {
       if (!resuming.joins.has(resume.group) || upTo.has(resume.group)) continue; // see above
       upTo.set(resume.group, resume.position);
-      report.push(resume);
-      for (const message of resume.messages) messages.push({ message, replayed: true });
+      let from = resume.messages.length;
+      while (from > 0 && count > 0) {
+        const size = (resume.messages[from - 1] as HistoryMessage).payload.length;
+        if (size > bytes) break;
+        bytes -= size;
+        count--;
+        from--;
+      }
+      report.push(from === 0 ? resume : { ...resume, recovered: false });
+      for (let i = from; i < resume.messages.length; i++)
+        messages.push({ message: resume.messages[i] as HistoryMessage, replayed: true });
     }
     for (const message of resuming.held) {
       if (!resuming.joins.has(message.group)) continue; // left while resuming: told already
