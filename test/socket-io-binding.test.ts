@@ -126,6 +126,34 @@ describe("bindSocketIo", () => {
     await until(() => sync.connectionsOf("cy").length === 0);
   });
 
+  it("a recovered socket refused by a middleware gets nothing it missed, not even on the wire", async () => {
+    const { io, url } = await server({ connectionStateRecovery: { skipMiddlewares: false } });
+    const banned = new Set<string>();
+    io.use((socket, next) => next(banned.has(userOf(socket)) ? new Error("banned") : undefined));
+    const store = new InMemoryMembershipStore();
+    await store.addToGroup("ann", "g");
+    bindSocketIo(io, { store, userIdOf: userOf });
+    const ann = ioClient(url, { transports: ["websocket"], forceNew: true, auth: { user: "ann" } });
+    cleanups.push(() => ann.disconnect());
+    const wire: unknown[] = [];
+    ann.io.on("packet", (packet: { type: number; data?: unknown }) => {
+      if (packet.type === 2) wire.push(packet.data);
+    });
+    await connected(ann);
+    io.to("g").emit("m", "seen");
+    await until(() => wire.length === 1);
+    const gone = new Promise((resolve) => ann.once("disconnect", resolve));
+    ann.io.engine.close();
+    await gone;
+    io.to("g").emit("m", "missed while away");
+    banned.add("ann");
+    const refused = new Promise((resolve) => ann.once("connect_error", resolve));
+    ann.connect();
+    expect(String(await refused)).toMatch(/banned/);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(wire).toEqual([["m", "seen", expect.any(String)]]);
+  });
+
   it("refuses connection state recovery that skips middlewares: recovered sockets would bypass the store", async () => {
     // Socket.IO's default is to skip them.
     const { io } = await server({ connectionStateRecovery: {} });

@@ -14,6 +14,9 @@ export interface SocketIoSocket {
   };
 }
 
+/** socket.io-parser's EVENT packet type. */
+const EVENT = 2;
+
 /** Socket.IO's connection state recovery settings, as the binding reads them. */
 interface Recovery {
   readonly maxDisconnectionDuration?: number;
@@ -27,9 +30,28 @@ interface Session {
 
 /** What the binding uses of a namespace's adapter, with connection state recovery on. */
 interface RecoveryAdapter {
-  restoreSession(pid: string, offset: string): Promise<Session | null> | Session | null;
+  restoreSession(
+    pid: string,
+    offset: string,
+  ): Promise<(Session & { missedPackets: unknown[] }) | null> | null;
   /** The in-memory adapter's sessions, by private id: filtered before a restore. */
   readonly sessions?: Map<string, Session>;
+  /** The in-memory adapter's packets kept for recovery, oldest first. */
+  readonly packets?: ReadonlyArray<{
+    id: string;
+    opts: { rooms: Set<string>; except?: Set<string> };
+    data: unknown[];
+  }>;
+}
+
+/** A recovered socket, as the binding sends it what it missed once it is connected. */
+interface Missed {
+  readonly adapter: RecoveryAdapter;
+  readonly offset: string;
+  /** The rooms it was given back (a room granted while it was away is not one). */
+  readonly rooms: readonly string[];
+  /** When it was restored: a connection refused by an earlier middleware never comes to say. */
+  readonly at: number;
 }
 
 /** What the binding uses of a Socket.IO `Server` or `Namespace`. */
@@ -148,7 +170,15 @@ export function bindSocketIo<S extends SocketIoSocket>(
   io.on?.("connection", (socket) => {
     const report = reports.get(socket);
     reports.delete(socket);
-    if (report) options.onRecovered?.(socket, report);
+    if (report === undefined) return;
+    options.onRecovered?.(socket, report);
+    // In the turn it connected: before any packet broadcast from now on.
+    const pid = (socket as { pid?: unknown }).pid;
+    const rooms = (socket as { rooms?: Set<string> }).rooms ?? new Set<string>();
+    const send = (socket as { packet?: (packet: { type: number; data: unknown[] }) => void })
+      .packet;
+    for (const data of (typeof pid === "string" && away?.missed(pid, rooms)) || [])
+      send?.call(socket, { type: EVENT, data });
   });
 
   io.use((socket, next) => {
@@ -190,6 +220,7 @@ export function bindSocketIo<S extends SocketIoSocket>(
       () => next(),
       (error: unknown) => {
         forget();
+        if (typeof pid === "string") away?.forget(pid);
         next(error instanceof Error ? error : new Error(String(error)));
       },
     );
@@ -208,6 +239,7 @@ class Recoveries {
   readonly #away = new Map<string, Away>();
   readonly #byUser = new Map<string, Set<Away>>();
   readonly #reports = new Map<string, RecoveryReport & { userId: string }>();
+  readonly #missed = new Map<string, Missed>();
   readonly #maxMs: number;
 
   constructor(
@@ -228,6 +260,8 @@ class Recoveries {
       );
     const restore = target.restoreSession.bind(target);
     target.restoreSession = async (pid, offset) => {
+      for (const [old, missed] of this.#missed)
+        if (missed.at < Date.now() - 60_000) this.forget(old);
       const lost = await this.#check(pid);
       if (lost === undefined) return null; // not ours, or not provably safe: a fresh connection
       if (lost.length > 0) {
@@ -238,9 +272,39 @@ class Recoveries {
         session.rooms = session.rooms.filter((r) => !rooms.has(r));
       }
       const session = await restore(pid, offset);
-      if (session === null) this.#reports.delete(pid);
-      return session;
+      if (session === null) {
+        this.#reports.delete(pid);
+        return null;
+      }
+      // Socket.IO would write the missed packets now, before any middleware has authenticated
+      // the client. The in-memory adapter's are sent once it is connected instead (see missed).
+      if (target.packets === undefined) return session;
+      this.#missed.set(pid, { adapter: target, offset, rooms: session.rooms, at: Date.now() });
+      return { ...session, missedPackets: [] };
     };
+  }
+
+  /**
+   * The packets a recovered socket missed, computed when it connects (its middlewares passed,
+   * its rooms checked): those of the rooms it was given back and is still in (`current`) after
+   * its offset, including what was broadcast while its middlewares ran (Socket.IO's own restore
+   * would have lost those). `undefined` when Socket.IO sent them itself.
+   */
+  missed(pid: string, current: ReadonlySet<string>): unknown[][] | undefined {
+    const missed = this.#missed.get(pid);
+    this.#missed.delete(pid);
+    const packets = missed?.adapter.packets;
+    if (missed === undefined || packets === undefined) return undefined;
+    const rooms = missed.rooms.filter((room) => current.has(room));
+    const start = packets.findIndex((packet) => packet.id === missed.offset);
+    const out: unknown[][] = [];
+    for (let i = start + 1; start >= 0 && i < packets.length; i++) {
+      const { opts, data } = packets[i] as (typeof packets)[number];
+      const included = opts.rooms.size === 0 || rooms.some((room) => opts.rooms.has(room));
+      const excluded = rooms.some((room) => opts.except?.has(room));
+      if (included && !excluded) out.push(data);
+    }
+    return out;
   }
 
   /** A socket disconnected: it may come back within the recovery window. */
@@ -263,6 +327,12 @@ class Recoveries {
     }
     for (const entry of this.#byUser.get(change.userId) ?? [])
       if (entry.changed !== "all") entry.changed.add(change.group);
+  }
+
+  /** Forgets what the restore of `pid` kept (its connection was refused). */
+  forget(pid: string): void {
+    this.#missed.delete(pid);
+    this.#reports.delete(pid);
   }
 
   /** What the socket of `pid` recovered, once (after its restore). */
