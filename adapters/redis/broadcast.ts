@@ -1,6 +1,12 @@
 import { randomBytes } from "node:crypto";
 import type { BroadcastTarget, ServerBus } from "../hubs/ws.js";
-import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
+import {
+  RedisConnections,
+  type RedisTarget,
+  readMessage,
+  redisUnavailable,
+  within,
+} from "./client.js";
 
 export interface RedisBroadcastSettings {
   /** The pub/sub channel every server shares. Default `hub-membership:messages`. */
@@ -82,21 +88,15 @@ export class RedisBroadcast implements ServerBus {
   }
 
   #receive(message: Buffer): void {
-    const end = message.indexOf(0x0a);
-    if (end < 0) return;
-    let header: unknown;
-    try {
-      header = JSON.parse(message.subarray(0, end).toString());
-    } catch {
-      return; // not one of ours: anyone with the channel's name can publish on it
-    }
-    const [from, target] = Array.isArray(header) ? header : [];
-    const valid =
-      typeof target === "object" &&
-      target !== null &&
-      (typeof target.group === "string" || typeof target.userId === "string");
-    if (!valid || from === this.#id) return;
-    this.#deliver?.(target as BroadcastTarget, message.subarray(end + 1));
+    const read = readMessage(message);
+    const [from, target] = read?.header ?? [];
+    const { group, userId } = ((typeof target === "object" && target) || {}) as Record<
+      string,
+      unknown
+    >;
+    const valid = typeof group === "string" || typeof userId === "string";
+    if (read === undefined || !valid || from === this.#id) return;
+    this.#deliver?.(target as BroadcastTarget, read.body);
   }
 
   #report(error: unknown): void {

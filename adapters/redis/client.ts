@@ -117,3 +117,19 @@ export const redisUnavailable = (error: unknown) =>
         `Redis is unavailable: ${error instanceof Error ? error.message : String(error)}`,
         { cause: error },
       );
+
+/**
+ * A message of one of this package's channels: a JSON array on the first line, then the body.
+ * `undefined` for anything else: anyone who can reach Redis can publish on a channel.
+ */
+export function readMessage(message: Buffer): { header: unknown[]; body: Buffer } | undefined {
+  const end = message.indexOf(0x0a);
+  if (end < 0) return undefined;
+  let header: unknown;
+  try {
+    header = JSON.parse(message.subarray(0, end).toString());
+  } catch {
+    return undefined;
+  }
+  return Array.isArray(header) ? { header, body: message.subarray(end + 1) } : undefined;
+}

@@ -11,7 +11,13 @@ import type {
 import type { HistoryLimits } from "../history/memory.js";
 import { Listeners } from "../listeners.js";
 import { assertName, isValidName } from "../validate.js";
-import { RedisConnections, type RedisTarget, redisUnavailable, within } from "./client.js";
+import {
+  RedisConnections,
+  type RedisTarget,
+  readMessage,
+  redisUnavailable,
+  within,
+} from "./client.js";
 
 export interface RedisHistorySettings extends HistoryLimits {
   /** The store whose changes are marked (see `followMemberships`). */
@@ -337,16 +343,9 @@ export class RedisHistory implements MessageHistory {
   }
 
   #receive(message: Buffer): void {
-    const end = message.indexOf(0x0a);
-    if (end < 0) return;
-    let header: unknown;
-    try {
-      header = JSON.parse(message.subarray(0, end).toString());
-    } catch {
-      return; // not one of ours: anyone with the channel's name can publish on it
-    }
-    if (!Array.isArray(header)) return;
-    const [epoch, id, group] = header as unknown[];
+    const read = readMessage(message);
+    if (read === undefined) return;
+    const [epoch, id, group] = read.header;
     if (epoch === "" && typeof id === "string") {
       this.#barriers.get(id)?.();
       return;
@@ -354,7 +353,7 @@ export class RedisHistory implements MessageHistory {
     const position = `${epoch}.${id}`;
     // Anyone who can reach Redis can publish here: only what this history would have sent.
     if (!isValidName(group) || !POSITION.test(position)) return;
-    this.#listeners.emit({ group, position, payload: message.subarray(end + 1) });
+    this.#listeners.emit({ group, position, payload: read.body });
   }
 
   #report(error: unknown): void {

@@ -59,6 +59,16 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
     await sample?.stop();
   });
 
+  /** Two users granted `group`, connected, the first having got a message of the second's. */
+  async function membersOf(group: string, first: string, second: string) {
+    for (const user of [first, second]) await grant(env, user, group);
+    const a = await connect(sample.wsUrl, token(env, first));
+    const b = await connect(sample.wsUrl, token(env, second));
+    b.send({ type: "send", group, text: "seen" });
+    await a.next((m) => m.text === "seen");
+    return [a, b] as const;
+  }
+
   it("a client that loses its connection for 3 s gets the 100 messages sent meanwhile, once, in order", async () => {
     await grant(env, "ada", "Gap");
     await grant(env, "bo", "Gap");
@@ -147,12 +157,7 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
   });
 
   it("revoked during the gap: nothing sent after the revoke arrives, and the client is told", async () => {
-    await grant(env, "cy", "Revoked");
-    await grant(env, "dee", "Revoked");
-    const cy = await connect(sample.wsUrl, token(env, "cy"));
-    const dee = await connect(sample.wsUrl, token(env, "dee"));
-    dee.send({ type: "send", group: "Revoked", text: "seen" });
-    await cy.next((m) => m.text === "seen");
+    const [cy, dee] = await membersOf("Revoked", "cy", "dee");
     cy.ws.terminate();
     const before = await chatter(dee, "Revoked", "before", 20, 5);
     expect((await admin(env, "revoke", "cy", "Revoked")).code).toBe(0);
@@ -171,12 +176,7 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
   });
 
   it("revoked and granted again during the gap: only what came after the new grant, and recovered: false", async () => {
-    await grant(env, "eve", "Again");
-    await grant(env, "fay", "Again");
-    const eve = await connect(sample.wsUrl, token(env, "eve"));
-    const fay = await connect(sample.wsUrl, token(env, "fay"));
-    fay.send({ type: "send", group: "Again", text: "seen" });
-    await eve.next((m) => m.text === "seen");
+    const [eve, fay] = await membersOf("Again", "eve", "fay");
     eve.ws.terminate();
     await chatter(fay, "Again", "member", 5, 5);
     expect((await admin(env, "revoke", "eve", "Again")).code).toBe(0);

@@ -173,7 +173,9 @@ export function signalrExpectation(
   // A handshake too large is refused before its end arrives ("Handshake was canceled.").
   if (byteLength(handshake) > options.maxMessageBytes) return result(undefined, "error");
   const request = read.includes(RS) ? parseObject(handshake) : undefined;
-  if (request?.protocol !== "json" || request.version !== 1) return result(undefined, "error");
+  // Version 2 is version 1 with Ack and Sequence (stateful reconnect): ASP.NET Core takes both.
+  if (request?.protocol !== "json" || (request.version !== 1 && request.version !== 2))
+    return result(undefined, "error");
   // The last piece is what follows the last separator: a message not complete yet.
   for (const piece of pieces.slice(0, -1)) {
     if (byteLength(piece) > options.maxMessageBytes) return result("close message");
