@@ -245,15 +245,17 @@ export class Observability {
     endpoint: string,
     report: {
       resumed: boolean;
-      groups: ReadonlyArray<{ recovered: boolean; messages: readonly unknown[] }>;
+      groups: ReadonlyArray<{ recovered: boolean; messages?: readonly unknown[] }>;
+      /** Messages replayed, when the groups do not list them. */
+      replayed?: number;
     },
   ): void {
     if (!report.resumed) return;
     this.#replays.inc({ endpoint });
-    let replayed = 0;
+    let replayed = report.replayed ?? 0;
     let unrecovered = 0;
     for (const group of report.groups) {
-      replayed += group.messages.length;
+      replayed += group.messages?.length ?? 0;
       if (!group.recovered) unrecovered++;
     }
     this.#replayed.inc({ endpoint }, replayed);

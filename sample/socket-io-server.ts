@@ -160,7 +160,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     },
     onError: (error) =>
       log.error({ event: "hub.error", endpoint: "socket.io", err: error }, "hub binding failed"),
-    onRecovered: (socket, { recovered, lost }) => {
+    onRecovered: (socket, { recovered, lost, replayed = 0 }) => {
       socket.emit("recovered", { recovered, lost });
       // A group it lost and is no longer in: it is told, as a connected socket would have been.
       const now = new Set(sync.groupsOfConnection(socket.id));
@@ -168,10 +168,8 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
         if (!now.has(group)) socket.emit("removed", { group, reason: "revoked" });
       obs.resumed("socket.io", {
         resumed: true,
-        groups: [...recovered, ...lost].map((group) => ({
-          recovered: !lost.includes(group),
-          messages: [],
-        })),
+        groups: [...recovered, ...lost].map((group) => ({ recovered: !lost.includes(group) })),
+        replayed,
       });
     },
   });

@@ -75,6 +75,8 @@ export interface RecoveryReport {
    * now. The client should re-fetch those it is still in.
    */
   readonly lost: readonly string[];
+  /** How many missed packets it is sent next (absent when Socket.IO sent them itself). */
+  readonly replayed?: number;
 }
 
 export interface SocketIoBindingOptions<S extends SocketIoSocket> {
@@ -171,14 +173,14 @@ export function bindSocketIo<S extends SocketIoSocket>(
     const report = reports.get(socket);
     reports.delete(socket);
     if (report === undefined) return;
-    options.onRecovered?.(socket, report);
     // In the turn it connected: before any packet broadcast from now on.
     const pid = (socket as { pid?: unknown }).pid;
     const rooms = (socket as { rooms?: Set<string> }).rooms ?? new Set<string>();
+    const missed = (typeof pid === "string" && away?.missed(pid, rooms)) || undefined;
+    options.onRecovered?.(socket, { ...report, ...(missed && { replayed: missed.length }) });
     const send = (socket as { packet?: (packet: { type: number; data: unknown[] }) => void })
       .packet;
-    for (const data of (typeof pid === "string" && away?.missed(pid, rooms)) || [])
-      send?.call(socket, { type: EVENT, data });
+    for (const data of missed ?? []) send?.call(socket, { type: EVENT, data });
   });
 
   io.use((socket, next) => {

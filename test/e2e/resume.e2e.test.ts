@@ -292,5 +292,11 @@ describe("Socket.IO's connection state recovery, checked against the store", {
     await sleep(300);
     expect(texts(hal, "IoRevoked")).toEqual([]);
     expect(revokedBefore).toHaveLength(3);
+    const metrics = await (await fetch(`${sample.url}/metrics`)).text();
+    expect(metrics).toMatch(/hub_membership_replays_total\{endpoint="socket.io"\} 1\n/);
+    expect(metrics).toMatch(
+      /hub_membership_replayed_messages_total\{endpoint="socket.io"\} 10\d\n/,
+    );
+    expect(metrics).toMatch(/hub_membership_unrecovered_groups_total\{endpoint="socket.io"\} 1\n/);
   });
 });
