@@ -18,6 +18,17 @@ export {
   type SlowConsumerEvent,
   type StorageRequestEvent,
 } from "./diagnostics.js";
+export type {
+  GroupResume,
+  HistoryMark,
+  HistoryMessage,
+  HistoryRead,
+  MessageHistory,
+  Position,
+  ResumeRequest,
+} from "./history/history.js";
+export { type HistoryLimits, MemoryHistory, type MemoryHistoryOptions } from "./history/memory.js";
+export { MAX_POSITIONS, parseResume, replayable, resumeGroups } from "./history/resume.js";
 export { type Grant, isLive, MembershipStoreBase } from "./store-base.js";
 export {
   AzureTableMembershipStore,
