@@ -177,12 +177,14 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
 
   it("revoked and granted again during the gap: only what came after the new grant, and recovered: false", async () => {
     const [eve, fay] = await membersOf("Again", "eve", "fay");
+    // Another connection of eve's says when the server has learned of the new grant.
+    const watcher = await connect(sample.wsUrl, token(env, "eve"));
     eve.ws.terminate();
     await chatter(fay, "Again", "member", 5, 5);
     expect((await admin(env, "revoke", "eve", "Again")).code).toBe(0);
     const outside = await chatter(fay, "Again", "outside", 5, 5);
     await grant(env, "eve", "Again");
-    await sleep(200); // the server learns of the grant (the table's change log)
+    await watcher.next((m) => m.type === "joined" && m.group === "Again"); // learned: marked
     const inside = await chatter(fay, "Again", "inside", 5, 5);
     const back = await connect(sample.wsUrl, token(env, "eve"), "header", resumeFrom(eve));
     expect(await back.next((m) => m.type === "resumed")).toMatchObject({
