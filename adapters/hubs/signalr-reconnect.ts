@@ -46,6 +46,12 @@ export class ReplayableConnection<S extends BoundSocket> {
   #resumable = true;
   #closing = false;
   #ended = false;
+  /**
+   * Whether the client counts what it gets: the official clients count only once their start
+   * has finished, after the handshake, and say so with their first message (a ping). Trackable
+   * messages wait until then, numbered and buffered, so that both sides count the same ones.
+   */
+  #counting = false;
   #window: NodeJS.Timeout | undefined;
   /** Trackable messages received: the last id processed and the next one expected. */
   received = 0;
@@ -96,6 +102,15 @@ export class ReplayableConnection<S extends BoundSocket> {
       },
     });
     this.#attach(first);
+  }
+
+  /** The client sent its first message after the handshake: what waited for it is sent. */
+  counting(): void {
+    if (this.#counting) return;
+    this.#counting = true;
+    const current = this.#current;
+    if (current?.readyState === OPEN)
+      for (const { frame } of this.#buffer) current.send(frame, { binary: false });
   }
 
   /** Whether a WebSocket carries it right now. */
@@ -154,7 +169,8 @@ export class ReplayableConnection<S extends BoundSocket> {
 
   #send(data: Buffer | string, options: { binary: boolean }): void {
     if (this.#ended) return;
-    if (isTrackable(data)) {
+    const trackable = isTrackable(data);
+    if (trackable) {
       const id = ++this.#sent;
       const bytes = typeof data === "string" ? Buffer.byteLength(data) : data.length;
       if (this.#resumable) {
@@ -173,6 +189,8 @@ export class ReplayableConnection<S extends BoundSocket> {
       }
     }
     const current = this.#current;
+    // Before the client counts, a trackable message waits in the buffer (see #counting).
+    if (trackable && !this.#counting && this.#resumable) return;
     if (current?.readyState === OPEN) current.send(data, options);
   }
 

@@ -652,6 +652,7 @@ export class SignalRHub<S extends BoundSocket> {
     }
     const replay = this.#replays.get(connection.id);
     if (replay !== undefined) {
+      replay.counting();
       const { sequenceId } = message;
       if (type === ACK && Number.isSafeInteger(sequenceId)) replay.ack(sequenceId as number);
       if (type === SEQUENCE) {
