@@ -91,11 +91,23 @@ async function main() {
       const benchmark = BENCHMARKS[name] as Benchmark;
       const t = performance.now();
       process.stderr.write(`${name}${quick ? " (quick)" : ""} … `);
-      const measured = await benchmark({
-        quick,
-        connectionString: azurite.connectionString,
-        table: () => `bench${Date.now().toString(36)}x${tables++}`,
-      });
+      // A benchmark that stalls fails the run within minutes instead of holding CI to its limit
+      // (a replay that never completed once did).
+      let timer: NodeJS.Timeout | undefined;
+      const limit = quick ? 5 * 60_000 : 30 * 60_000;
+      const measured = await Promise.race([
+        benchmark({
+          quick,
+          connectionString: azurite.connectionString,
+          table: () => `bench${Date.now().toString(36)}x${tables++}`,
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new Error(`${name} did not finish within ${limit / 60_000} min`)),
+            limit,
+          );
+        }),
+      ]).finally(() => clearTimeout(timer));
       rows.push(...measured.map((row) => ({ id: name, ...row })));
       process.stderr.write(`${((performance.now() - t) / 1_000).toFixed(1)} s\n`);
     }
