@@ -29,6 +29,17 @@ export type {
 } from "./history/history.js";
 export { type HistoryLimits, MemoryHistory, type MemoryHistoryOptions } from "./history/memory.js";
 export { MAX_POSITIONS, parseResume, replayable, resumeGroups } from "./history/resume.js";
+export { MemoryPresence } from "./presence/memory.js";
+export {
+  MAX_ONLINE_PAGE,
+  type OnlinePage,
+  type OnlineQuery,
+  type Presence,
+  type PresenceCount,
+  type PresenceEvent,
+  type PresenceSource,
+  type PresenceView,
+} from "./presence/presence.js";
 export { type Grant, isLive, MembershipStoreBase } from "./store-base.js";
 export {
   AzureTableMembershipStore,

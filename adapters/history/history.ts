@@ -1,7 +1,8 @@
 /**
  * The message-history contract: what lets a client that reconnects get the group messages it
- * missed, and only those it may see. Every history implements {@link MessageHistory}; the suite
- * `historyConformance` in `hub-membership/testing` checks every rule written here.
+ * missed, and only those it may see. Every history implements {@link MessageHistory}; the
+ * property tests in `test/history.test.ts` and `test/history.redis.ts` check the rules written
+ * here against a model.
  *
  * A history keeps, per group, the messages sent to it and a mark of every membership change of
  * the group, in one order: offsets that only grow, given by one sequencer (this process, or

@@ -9,6 +9,7 @@ import type {
 import { MembershipError } from "../contract.js";
 import { diagnostics, writtenAt } from "../diagnostics.js";
 import type { MessageHistory } from "../history/history.js";
+import type { Presence, PresenceSource, PresenceView } from "../presence/presence.js";
 import { assertName, removedChange } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
@@ -50,6 +51,11 @@ export interface MembershipSyncOptions {
   history?: Pick<MessageHistory, "mark">;
   /** Every change the store announces, of any user, before it is applied here. */
   onChange?: (change: MembershipChange) => void;
+  /**
+   * Where this instance reports who is connected in which group (see {@link Presence}): share one
+   * between the bindings of a process, or use `RedisPresence` for every server.
+   */
+  presence?: Presence;
 }
 
 /** Per connection: its user, and whether it is in the user's groups yet (the hub was told). */
@@ -117,6 +123,10 @@ export class MembershipSync {
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
   readonly #unwatch: () => void;
+  readonly #presence: Presence | undefined;
+  readonly #reporter: PresenceSource | undefined;
+  /** Users whose presence changed this turn: reported together, once each, in a microtask. */
+  readonly #present = new Set<string>();
   #closed = false;
 
   constructor(options: MembershipSyncOptions) {
@@ -126,6 +136,8 @@ export class MembershipSync {
     this.#resyncLimit = pLimit(options.resyncConcurrency ?? 16);
     this.#pendingRevokeMs = options.pendingRevokeMs ?? 5_000;
     this.#history = options.history;
+    this.#presence = options.presence;
+    this.#reporter = options.presence?.source();
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
@@ -180,6 +192,7 @@ export class MembershipSync {
     for (const [group, expiresAt] of user.groups ?? [])
       if (expiresAt !== undefined && expiresAt <= now) this.#expire(user, group, expiresAt);
     connection.ready = true;
+    this.#changed(userId);
     const groups = this.#sorted(user);
     ready?.(groups.slice());
     const joins: Promise<void>[] = [];
@@ -210,6 +223,7 @@ export class MembershipSync {
     const connection = this.#connections.get(connectionId);
     if (connection === undefined) return;
     this.#connections.delete(connectionId);
+    if (connection.ready) this.#changed(connection.userId);
     const user = this.#users.get(connection.userId);
     user?.connections.delete(connectionId);
     if (user && user.connections.size === 0) this.#dropUser(connection.userId);
@@ -264,6 +278,14 @@ export class MembershipSync {
     return user === undefined ? [] : this.#sorted(user).slice();
   }
 
+  /**
+   * Who is connected in a group now, on every server sharing the `presence` option; `undefined`
+   * without one.
+   */
+  get presence(): PresenceView | undefined {
+    return this.#presence;
+  }
+
   /** Whether a connection is in `group` right now: the check to make before delivering to it. */
   isInGroup(connectionId: string, group: string): boolean {
     const connection = this.#connections.get(connectionId);
@@ -278,6 +300,7 @@ export class MembershipSync {
     this.#unwatch();
     for (const userId of [...this.#users.keys()]) this.#dropUser(userId);
     this.#connections.clear();
+    this.#reporter?.close();
   }
 
   /**
@@ -416,6 +439,7 @@ export class MembershipSync {
       known.set(group, expiresAt);
       if (joined) continue;
       user.sorted = undefined;
+      this.#changed(user.userId);
       for (const id of user.connections)
         if (this.#connections.get(id)?.ready) void this.#join(id, group, "granted");
     }
@@ -429,6 +453,7 @@ export class MembershipSync {
   #remove(user: User, group: string, reason: LeaveReason): number {
     if (!user.groups?.delete(group)) return 0;
     user.sorted = undefined;
+    this.#changed(user.userId);
     let moved = 0;
     for (const id of user.connections) {
       if (!this.#connections.get(id)?.ready) continue;
@@ -465,6 +490,26 @@ export class MembershipSync {
   #clearTimer(user: User, group: string): void {
     clearTimeout(user.timers?.get(group));
     user.timers?.delete(group);
+  }
+
+  /**
+   * The user's presence changed (a connection ready or gone, a group gained or lost): reported
+   * once for every change of this turn, as the whole truth (ready connections, their groups).
+   */
+  #changed(userId: string): void {
+    if (this.#reporter === undefined || this.#closed) return;
+    if (this.#present.size === 0) queueMicrotask(() => this.#report());
+    this.#present.add(userId);
+  }
+
+  #report(): void {
+    for (const userId of this.#present) {
+      const user = this.#users.get(userId);
+      let ready = 0;
+      for (const id of user?.connections ?? []) if (this.#connections.get(id)?.ready) ready++;
+      this.#reporter?.set(userId, ready, user && ready > 0 ? this.#sorted(user) : []);
+    }
+    this.#present.clear();
   }
 
   /** Calls the hub; a promise only if the hub's join is asynchronous (20,000 joins, no promises). */

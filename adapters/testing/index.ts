@@ -8,6 +8,7 @@ export {
   type HubHarnessFactory,
   testHubBinding,
 } from "./hubs.js";
+export { type PresenceFactory, testPresence } from "./presence.js";
 export { EVERY_CODE_POINT_NAMES, HOSTILE_NAMES, INVALID_NAMES };
 
 type Awaitable<T> = T | Promise<T>;

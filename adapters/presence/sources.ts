@@ -1,0 +1,84 @@
+import { MembershipError } from "../contract.js";
+import { assertName } from "../validate.js";
+import { MAX_ONLINE_PAGE, type OnlineQuery } from "./presence.js";
+
+/** What this process's sources say of one user: its connections, and how many are in each group. */
+export interface Contribution {
+  readonly connections: number;
+  readonly groups: ReadonlyMap<string, number>;
+}
+
+const NONE: Contribution = { connections: 0, groups: new Map() };
+
+/** Every source of this process, summed per user: what the process contributes to presence. */
+export class Sources {
+  readonly #users = new Map<string, Map<number, { n: number; groups: readonly string[] }>>();
+  #next = 0;
+
+  newId(): number {
+    return this.#next++;
+  }
+
+  /** Records what `source` says of `userId`; returns the user's new contribution. */
+  set(
+    source: number,
+    userId: string,
+    connections: number,
+    groups: readonly string[],
+  ): Contribution {
+    let bySource = this.#users.get(userId);
+    if (connections > 0) {
+      if (bySource === undefined) {
+        bySource = new Map();
+        this.#users.set(userId, bySource);
+      }
+      bySource.set(source, { n: connections, groups: [...groups] });
+    } else if (bySource?.delete(source) && bySource.size === 0) this.#users.delete(userId);
+    return this.of(userId);
+  }
+
+  /** Forgets `source`; returns the users it had reported. */
+  drop(source: number): string[] {
+    const users: string[] = [];
+    for (const [userId, bySource] of this.#users) {
+      if (!bySource.delete(source)) continue;
+      users.push(userId);
+      if (bySource.size === 0) this.#users.delete(userId);
+    }
+    return users;
+  }
+
+  of(userId: string): Contribution {
+    const bySource = this.#users.get(userId);
+    if (bySource === undefined) return NONE;
+    let connections = 0;
+    const groups = new Map<string, number>();
+    for (const { n, groups: names } of bySource.values()) {
+      connections += n;
+      for (const group of names) groups.set(group, (groups.get(group) ?? 0) + n);
+    }
+    return { connections, groups };
+  }
+
+  users(): IterableIterator<string> {
+    return this.#users.keys();
+  }
+}
+
+/** A source's `set` arguments, checked: a reporter's bug must not corrupt every server's counts. */
+export function assertReport(userId: string, connections: number, groups: readonly string[]): void {
+  assertName("userId", userId);
+  if (!Number.isSafeInteger(connections) || connections < 0)
+    throw new MembershipError("INVALID_ARGUMENT", "connections must be a whole number ≥ 0");
+  for (const group of groups) assertName("group", group);
+}
+
+/** A page query, checked, with its default. */
+export function pageOf(group: string, query: OnlineQuery = {}): { after?: string; limit: number } {
+  assertName("group", group);
+  const { after, limit = 1_000 } = query;
+  if (after !== undefined) assertName("userId", after);
+  if (!Number.isSafeInteger(limit) || limit < 1 || limit > MAX_ONLINE_PAGE)
+    throw new MembershipError("INVALID_ARGUMENT", `limit must be 1 to ${MAX_ONLINE_PAGE}`);
+  return { ...(after !== undefined && { after }), limit };
+}
