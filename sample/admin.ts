@@ -8,6 +8,7 @@ import { parseArgs } from "node:util";
 import { Presets, SingleBar } from "cli-progress";
 import ms from "ms";
 import { isValidName, type Membership, MembershipError } from "../adapters/index.js";
+import { RedisPresence } from "../adapters/redis/index.js";
 import { type Azurite, startAzurite } from "../adapters/testing/azurite.js";
 import { mintToken } from "./auth.js";
 import { exportTo, importFile } from "./bulk.js";
@@ -47,6 +48,12 @@ const COMMANDS: Record<string, Command> = {
   groups: { args: ["user"], help: "List <user>'s groups, sorted." },
   members: { args: ["group"], help: "List the members of <group>." },
   count: { args: ["group"], help: "Count the members of <group>." },
+  online: {
+    args: ["group"],
+    help:
+      "List the users connected in <group> now, and count their connections: from Redis (every\n" +
+      "server) when REDIS_URL is set, else from the running server's /online (OPS_TOKEN if set).",
+  },
   "remove-user": { args: ["user"], help: "Remove every membership of <user>." },
   "delete-group": { args: ["group"], help: "Remove every membership of <group>." },
   token: { args: ["user"], options: ["ttl"], help: "Mint a token for <user> (--ttl, default 1h)." },
@@ -174,6 +181,19 @@ async function main(argv: string[]): Promise<void> {
     return print({ token, userId: first, expiresIn: ttl }, token);
   }
 
+  if (name === "online") {
+    if (!isValidName(first))
+      throw new UsageError("<group> must be 1 to 1,024 UTF-16 code units, well-formed");
+    const { users, connections } = await onlineIn(config, first);
+    return print(
+      { group: first, users, connections },
+      [
+        ...users.map(shown),
+        `${users.length} user(s), ${connections} connection(s) online in ${shown(first)}`,
+      ].join("\n"),
+    );
+  }
+
   // Without npm start, the sample's Azurite is started for this command (its data is on disk).
   const azurite = config.connectionString === undefined ? await azuriteFor(config) : undefined;
   const changeFeed = changeFeedOf(config);
@@ -296,6 +316,54 @@ async function main(argv: string[]): Promise<void> {
     await store.close();
     await azurite?.stop();
   }
+}
+
+/**
+ * Everyone online in `group`: with REDIS_URL from Redis (what every server reports), else from
+ * the one server this machine runs, over HTTP.
+ */
+async function onlineIn(config: SampleConfig, group: string) {
+  const users: string[] = [];
+  let connections = 0;
+  let after: string | undefined;
+  if (config.redisUrl !== undefined) {
+    const presence = new RedisPresence({ url: config.redisUrl, onError: () => {} });
+    try {
+      do {
+        const page = await presence.online(group, { limit: 10_000, ...(after && { after }) });
+        users.push(...page.users);
+        after = page.next;
+      } while (after !== undefined);
+      connections = (await presence.count(group)).connections;
+    } finally {
+      await presence.close();
+    }
+    return { users, connections };
+  }
+  const base =
+    config.opsPort !== undefined
+      ? `http://${config.opsHost}:${config.opsPort}`
+      : `http://127.0.0.1:${config.port}`;
+  do {
+    const url = new URL("/online", base);
+    url.searchParams.set("group", group);
+    if (after !== undefined) url.searchParams.set("after", after);
+    const response = await fetch(url, {
+      headers: config.opsToken ? { authorization: `Bearer ${config.opsToken}` } : {},
+      signal: AbortSignal.timeout(5_000),
+    }).catch((error: unknown) => {
+      throw new Error(
+        `no sample server answers at ${base} (${redactedMessage(error)}): start it with npm start, or set REDIS_URL as the servers have it`,
+      );
+    });
+    if (!response.ok)
+      throw new Error(`${url.origin}/online answered ${response.status}: ${await response.text()}`);
+    const page = (await response.json()) as { users: string[]; connections: number; next?: string };
+    users.push(...page.users);
+    connections = page.connections;
+    after = page.next;
+  } while (after !== undefined);
+  return { users, connections };
 }
 
 /** The sample's Azurite, started here if nothing listens on its port; undefined if it runs. */

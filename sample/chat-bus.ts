@@ -2,8 +2,14 @@ import type { HistoryMessage, MessageHistory, ResumeRequest } from "../adapters/
 import { MemoryHistory } from "../adapters/history/memory.js";
 import { parseResume } from "../adapters/history/resume.js";
 import type { BroadcastTarget, ResumeReport } from "../adapters/hubs/ws.js";
-import { isValidName, type MembershipStore } from "../adapters/index.js";
-import { RedisBroadcast, RedisHistory } from "../adapters/redis/index.js";
+import {
+  isValidName,
+  MembershipError,
+  type MembershipStore,
+  MemoryPresence,
+  type Presence,
+} from "../adapters/index.js";
+import { RedisBroadcast, RedisHistory, RedisPresence } from "../adapters/redis/index.js";
 import type { SampleConfig } from "./config.js";
 import type { Log } from "./observability.js";
 
@@ -28,6 +34,8 @@ export interface ChatMessage {
  */
 export class ChatBus {
   readonly history: MessageHistory;
+  /** Who is online: every hub of this server reports here; with Redis, every server does. */
+  readonly presence: Presence;
   readonly #redisHistory: RedisHistory | undefined;
   readonly #bus: RedisBroadcast | undefined;
   readonly #deliver: (target: BroadcastTarget, message: ChatMessage) => void;
@@ -46,6 +54,10 @@ export class ChatBus {
     this.#redisHistory =
       url === undefined ? undefined : new RedisHistory({ url, store, onError: down("history") });
     this.history = this.#redisHistory ?? new MemoryHistory({ store });
+    this.presence =
+      url === undefined
+        ? new MemoryPresence()
+        : new RedisPresence({ url, onError: down("presence") });
     this.#bus =
       url === undefined
         ? undefined
@@ -59,6 +71,7 @@ export class ChatBus {
       if (message !== undefined) this.#deliver({ group }, message);
     });
     await this.#redisHistory?.start();
+    await this.presence.start();
     await this.#bus?.start((target, frame) => {
       const message = parseMessage(frame);
       if (message !== undefined) this.#deliver(target, message);
@@ -73,7 +86,30 @@ export class ChatBus {
   }
 
   async close(): Promise<void> {
-    await Promise.all([this.history.close(), this.#bus?.close()]);
+    await Promise.all([this.history.close(), this.#bus?.close(), this.presence.close()]);
+  }
+}
+
+/**
+ * A page of who is online in `group` (1,000 users at most; `next` pages on) and how many
+ * connections it has, for a client or the admin script; `unavailable` when the presence cannot
+ * be read (Redis down): never a stale or empty answer.
+ */
+export async function onlineOf(presence: Presence, group: string, after?: string) {
+  try {
+    const [page, count] = await Promise.all([
+      presence.online(group, { limit: 1_000, ...(after !== undefined && { after }) }),
+      presence.count(group),
+    ]);
+    return {
+      users: page.users,
+      connections: count.connections,
+      ...(page.next !== undefined && { next: page.next }),
+    };
+  } catch (error) {
+    if (error instanceof MembershipError && error.code === "STORE_UNAVAILABLE")
+      return "unavailable" as const;
+    throw error;
   }
 }
 

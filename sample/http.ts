@@ -9,8 +9,10 @@ import {
   ChangeFeedMismatchError,
   isValidName,
   type MembershipStore,
+  type Presence,
 } from "../adapters/index.js";
 import { mintToken } from "./auth.js";
+import { onlineOf } from "./chat-bus.js";
 import {
   ConfigError,
   isLoopback,
@@ -110,7 +112,8 @@ export async function commonRoute(
 ): Promise<boolean> {
   const url = requestTarget(req);
   const path = url?.pathname;
-  if ((path === "/metrics" || path === "/stats") && !opsAllowed(req, context.config, onOpsPort)) {
+  const ops = path === "/metrics" || path === "/stats" || path === "/online";
+  if (ops && !opsAllowed(req, context.config, onOpsPort)) {
     sendJson(res, 404, { error: "not_found" });
     return true;
   }
@@ -156,6 +159,19 @@ export async function commonRoute(
     case "/metrics":
       await context.observability.metrics(res);
       return true;
+    case "/online": {
+      // For the admin script, guarded as /stats: who is online is nobody else's business.
+      const group = url?.searchParams.get("group");
+      const after = url?.searchParams.get("after") ?? undefined;
+      if (!isValidName(group) || (after !== undefined && !isValidName(after)))
+        sendJson(res, 400, { error: "bad_request" });
+      else {
+        const online = await onlineOf(context.presence, group, after);
+        if (online === "unavailable") sendJson(res, 503, { error: "unavailable" });
+        else sendJson(res, 200, { group, ...online });
+      }
+      return true;
+    }
     case "/favicon.ico":
       res.writeHead(204);
       res.end();
@@ -191,6 +207,8 @@ export function httpServer(
 export interface RouteContext {
   config: SampleConfig;
   store: MembershipStore;
+  /** Who is online: `/online?group=` answers from it, for the admin script. */
+  presence: Presence;
   stats: () => object;
   observability: Observability;
   origins: Origins;
@@ -220,7 +238,7 @@ export async function listenOps(context: RouteContext, log: Log): Promise<() => 
   if (config.opsPort === undefined) return async () => {};
   const server = httpServer(async (req, res) => {
     const path = requestTarget(req)?.pathname;
-    if (path === "/metrics" || path === "/stats" || path === "/healthz")
+    if (path === "/metrics" || path === "/stats" || path === "/online" || path === "/healthz")
       await commonRoute(req, res, context, true);
     else sendJson(res, 404, { error: "not_found" });
   }, log);

@@ -5,6 +5,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom
 import type {
   ChangeAppliedEvent,
   FeedEvent,
+  PresenceView,
   RehydrateEvent,
   SlowConsumerEvent,
   StorageRequestEvent,
@@ -333,6 +334,40 @@ export class Observability {
       },
       "connection closed: the client broke the protocol",
     );
+  }
+
+  /**
+   * Gauges of who is online (over every server sharing the presence). Absent from a scrape when
+   * the presence cannot be read: an unknown is not a zero.
+   */
+  observePresence(presence: Pick<PresenceView, "total">): void {
+    const log = this.log;
+    for (const [name, field, help] of [
+      [
+        "hub_membership_online_users",
+        "users",
+        "Users with at least one connection, on every server sharing the presence",
+      ],
+      [
+        "hub_membership_online_connections",
+        "connections",
+        "Connections, on every server sharing the presence",
+      ],
+    ] as const) {
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        async collect() {
+          try {
+            this.set((await presence.total())[field]);
+          } catch (error) {
+            this.reset();
+            log.warn({ event: "presence.unavailable", err: error }, "presence cannot be read");
+          }
+        },
+      });
+    }
   }
 
   /** Answers `GET /metrics`. */

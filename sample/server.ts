@@ -12,7 +12,7 @@ import {
 } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { authenticate, configurePassport } from "./auth.js";
-import { ChatBus, renderChat, resumedMessage, resumeOf } from "./chat-bus.js";
+import { ChatBus, onlineOf, renderChat, resumedMessage, resumeOf } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -50,7 +50,8 @@ type ClientMessage =
   | { type: "send"; group: string; text: string }
   | { type: "whisper"; to: string; text: string }
   | { type: "join"; group: string }
-  | { type: "leave"; group: string };
+  | { type: "leave"; group: string }
+  | { type: "online"; group: string; after?: string };
 
 const byteLength = (data: RawData) =>
   Array.isArray(data)
@@ -87,6 +88,10 @@ function checkClientMessage(m: Record<string, unknown>): ClientMessage | undefin
     case "join":
     case "leave":
       return isValidName(m.group) ? { type: m.type, group: m.group } : undefined;
+    case "online":
+      if (!isValidName(m.group) || (m.after !== undefined && !isValidName(m.after)))
+        return undefined;
+      return { type: "online", group: m.group, ...(m.after !== undefined && { after: m.after }) };
     default:
       return undefined;
   }
@@ -253,6 +258,9 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       hub.send(connection.id, encode(resumedMessage(report)));
       obs.resumed("ws", report);
     },
+    // Who is online, over both endpoints and, with Redis, every server.
+    presence: chat.presence,
+    renderPresence: (event) => encode({ type: "presence", ...event }),
     onMessage: (connection, data, isBinary) => handle(connection, data, isBinary),
     onClose: (connection) => obs.closed("ws", connection),
     onError: onError("ws"),
@@ -291,6 +299,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       signalr.send(connection.id, "resumed", resumedMessage(report));
       obs.resumed("signalr", report);
     },
+    presence: chat.presence,
+    presenceTarget: "presence",
     admit: async (connection, bytes) => {
       const verdict = await admit("signalr", connection, bytes, () => closeSignalR(connection));
       if (!verdict.ok) throw new HubError("rate_limited");
@@ -301,12 +311,19 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       Whisper: (connection, to, text) => invoke(connection, { type: "whisper", to, text }),
       Join: (connection, group) => invoke(connection, { type: "join", group }),
       Leave: (connection, group) => invoke(connection, { type: "leave", group }),
+      Online: async (connection, group) => {
+        if (!isValidName(group)) throw new HubError("bad_request");
+        const online = await onlineIn(connection, group, undefined, signalr);
+        if (typeof online === "string") throw new HubError(online);
+        return online;
+      },
     },
     onClose: (connection) => obs.closed("signalr", connection),
     onError: onError("signalr"),
     onClientError: onClientError("signalr"),
   });
   await chat.start();
+  obs.observePresence(chat.presence);
 
   /** A SignalR invocation: completes with null, or fails with the error's code. */
   async function invoke(connection: Connection, request: Record<string, unknown>) {
@@ -331,6 +348,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       if (!verdict.ok) return error("rate_limited", { retryAfterMs: verdict.retryAfterMs });
       const message = parseClientMessage(data, isBinary);
       if (message === undefined) return error("bad_request");
+      if (message.type === "online") {
+        const online = await onlineIn(connection, message.group, message.after, hub);
+        if (typeof online === "string") return error(online, { group: message.group });
+        return void hub.send(id, encode({ type: "online", group: message.group, ...online }));
+      }
       const refusal = await act(connection, message, hub);
       if (refusal !== undefined)
         error(
@@ -347,6 +369,20 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   }
 
   /**
+   * Who is online in a group the connection is in (a page of users, all its connections), or
+   * the refusal's code.
+   */
+  async function onlineIn(
+    { id }: Connection,
+    group: string,
+    after: string | undefined,
+    endpoint: Pick<WsHub<WebSocket>, "isInGroup">,
+  ) {
+    if (!endpoint.isInGroup(id, group)) return "not_member";
+    return onlineOf(chat.presence, group, after);
+  }
+
+  /**
    * Does what a client asked, whichever protocol it speaks; returns the refusal's code, if any.
    * A group's messages go to its members on both endpoints, each in its own framing.
    */
@@ -358,6 +394,8 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     try {
       const at = new Date().toISOString();
       switch (message.type) {
+        case "online":
+          return "bad_request"; // a query, answered by its caller with the list
         case "send": {
           const { group, text } = message;
           if (!endpoint.isInGroup(id, group)) return "not_member";
@@ -441,6 +479,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
   const routes: RouteContext = {
     config,
     store,
+    presence: chat.presence,
     observability: obs,
     origins,
     stats: () => ({

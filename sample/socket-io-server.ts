@@ -4,9 +4,9 @@ import type { Duplex } from "node:stream";
 import { Server, type Socket } from "socket.io";
 import { bindSocketIo } from "../adapters/hubs/socket-io.js";
 import { refuseUpgrade, requestTarget } from "../adapters/hubs/ws.js";
-import { isValidName, MembershipError } from "../adapters/index.js";
+import { isValidName, MembershipError, type PresenceEvent } from "../adapters/index.js";
 import { authenticate, configurePassport, type Principal } from "./auth.js";
-import { ChatBus } from "./chat-bus.js";
+import { ChatBus, onlineOf } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -24,13 +24,14 @@ import type { HubServer } from "./server.js";
 
 const MAX_TIMER = 2 ** 31 - 1;
 /** The client events this hub handles; any other spends the budget all the same. */
-const HANDLED = new Set(["send", "join", "leave"]);
+const HANDLED = new Set(["send", "join", "leave", "online"]);
 
 /** What a client may send; every event takes an acknowledgement callback. */
 interface ClientEvents {
   send(message: { group: string; text: string }, ack: (reply: Reply) => void): void;
   join(message: { group: string }, ack: (reply: Reply) => void): void;
   leave(message: { group: string }, ack: (reply: Reply) => void): void;
+  online(message: { group: string; after?: string }, ack: (reply: Reply) => void): void;
 }
 interface ServerEvents {
   welcome(message: { userId: string; groups: string[]; groupCount: number }): void;
@@ -38,8 +39,12 @@ interface ServerEvents {
   removed(message: { group: string; reason: string }): void;
   message(message: { group: string; from: string; text: string; at: string }): void;
   recovered(message: { recovered: readonly string[]; lost: readonly string[] }): void;
+  presence(message: PresenceEvent): void;
 }
-type Reply = { ok: true } | { error: string; group?: string; retryAfterMs?: number };
+type Reply =
+  | { ok: true }
+  | { group: string; users: string[]; connections: number; next?: string }
+  | { error: string; group?: string; retryAfterMs?: number };
 type SocketData = { principal: Principal };
 type HubSocket = Socket<ClientEvents, ServerEvents, Record<string, never>, SocketData>;
 
@@ -77,6 +82,9 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
   const routes: RouteContext = {
     config,
     store,
+    get presence() {
+      return chat.presence;
+    },
     observability: obs,
     origins,
     stats: () => ({
@@ -125,6 +133,7 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       io.to(target.group).emit("message", { group: target.group, from, text, at });
   });
   await chat.start().catch(fail);
+  obs.observePresence(chat.presence);
 
   // Authentication first: the membership binding below needs to know who the socket is.
   io.use((socket, next) => {
@@ -160,6 +169,9 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
     },
     onError: (error) =>
       log.error({ event: "hub.error", endpoint: "socket.io", err: error }, "hub binding failed"),
+    // Who is online, with Redis over every server of the sample, whatever its hub.
+    presence: chat.presence,
+    presenceEvent: "presence",
     onRecovered: (socket, { recovered, lost, replayed = 0 }) => {
       socket.emit("recovered", { recovered, lost });
       // A group it lost and is no longer in: it is told, as a connected socket would have been.
@@ -264,6 +276,13 @@ export async function startSocketIoServer(config: SampleConfig): Promise<HubServ
       if (!config.openGroups.includes(group)) return { error: "forbidden", group };
       await sync.grant(userId, group);
       return { ok: true };
+    });
+    on("online", async (payload, group) => {
+      const after = (payload as { after?: unknown }).after;
+      if (after !== undefined && !isValidName(after)) return { error: "bad_request" };
+      if (!sync.isInGroup(socket.id, group)) return { error: "not_member", group };
+      const online = await onlineOf(chat.presence, group, after);
+      return online === "unavailable" ? { error: "unavailable", group } : { group, ...online };
     });
     on("leave", async (_payload, group) =>
       (await sync.revoke(userId, group, "left")) ? { ok: true } : { error: "not_member", group },

@@ -3,6 +3,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Duplex } from "node:stream";
 import { type AddToGroupOptions, MembershipError, type MembershipStore } from "../contract.js";
 import type { MessageHistory } from "../history/history.js";
+import type { Presence, PresenceEvent, PresenceView } from "../presence/presence.js";
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
 import { requestTarget, respond } from "./http.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
@@ -169,6 +170,13 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   renderMessage?: WsBindingOptions<S>["renderMessage"];
   resumeOf?: WsBindingOptions<S>["resumeOf"];
   onResume?: WsBindingOptions<S>["onResume"];
+  /** Who is connected in each group: as {@link WsBindingOptions.presence}. */
+  presence?: Presence;
+  /**
+   * With `presence`: the client method invoked with `{ group, userId, online }` on a group's
+   * connections here when a user comes online in it or goes. Default: none is.
+   */
+  presenceTarget?: string;
   /** Failures of the server (a hub method's error, `userIdOf` failing). Default: a warning. */
   onError?: (error: unknown) => void;
   /**
@@ -275,6 +283,11 @@ export class SignalRHub<S extends BoundSocket> {
       ...(options.renderMessage && { renderMessage: options.renderMessage }),
       ...(options.resumeOf && { resumeOf: options.resumeOf }),
       ...(options.onResume && { onResume: options.onResume }),
+      ...(options.presence && { presence: options.presence }),
+      ...(options.presenceTarget !== undefined && {
+        renderPresence: (event: PresenceEvent) =>
+          invocation(options.presenceTarget as string, [event]),
+      }),
       ...(options.onClientError && { onClientError: options.onClientError }),
       onError: this.#onError,
     });
@@ -454,6 +467,11 @@ export class SignalRHub<S extends BoundSocket> {
 
   groupsOfConnection(connectionId: string): string[] {
     return this.#hub.groupsOfConnection(connectionId);
+  }
+
+  /** Who is connected in each group, with the `presence` option; `undefined` without. */
+  get presence(): PresenceView | undefined {
+    return this.#hub.presence;
   }
 
   /** Connections here, and groups with at least one of them: for a gauge. */

@@ -1,4 +1,5 @@
 import { type MembershipChange, MembershipError, type MembershipStore } from "../contract.js";
+import type { Presence, PresenceEvent } from "../presence/presence.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
 
 /** What the binding uses of a Socket.IO `Socket` (a `socket.io` 4 socket has it). */
@@ -63,6 +64,8 @@ export interface SocketIoNamespace<S extends SocketIoSocket> {
   readonly adapter?: unknown;
   of?(name: "/"): { readonly adapter: unknown };
   on?(event: "connection", listener: (socket: S) => void): unknown;
+  /** This server's sockets only (Socket.IO 4's `io.local`): where presence events go. */
+  readonly local?: { to(room: string): { emit(event: string, ...args: unknown[]): unknown } };
 }
 
 /** What {@link SocketIoBindingOptions.onRecovered} is told. */
@@ -100,6 +103,13 @@ export interface SocketIoBindingOptions<S extends SocketIoSocket> {
    * `bindSocketIo`.
    */
   onRecovered?: (socket: S, report: RecoveryReport) => void;
+  /** Who is connected in each group (see `Presence`); read it as `sync.presence`. */
+  presence?: Presence;
+  /**
+   * With `presence`: the event emitted with `{ group, userId, online }` to a group's sockets on
+   * this server when a user comes online in it or goes. Default: none is.
+   */
+  presenceEvent?: string;
 }
 
 /** A socket that disconnected and may recover, while it may. */
@@ -145,6 +155,7 @@ export function bindSocketIo<S extends SocketIoSocket>(
     );
   }
   const room = options.room ?? ((group: string) => group);
+  const { presenceEvent } = options;
   // Sockets by id from the middleware on: they are not in the namespace until it completes.
   const sockets = new Map<string, S>();
   const away = recovery === undefined ? undefined : new Recoveries(recovery, room, options);
@@ -152,6 +163,12 @@ export function bindSocketIo<S extends SocketIoSocket>(
     store: options.store,
     ...(options.onError && { onError: options.onError }),
     ...(away && { onChange: (change: MembershipChange) => away.changed(change) }),
+    ...(options.presence && { presence: options.presence }),
+    ...(presenceEvent !== undefined && {
+      // Each server tells its own sockets: `local`, never through the adapter to every server.
+      onPresence: (event: PresenceEvent) =>
+        io.local?.to(room(event.group)).emit(presenceEvent, event),
+    }),
     hub: {
       async join(id, group, reason) {
         const socket = sockets.get(id);

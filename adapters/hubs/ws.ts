@@ -9,6 +9,7 @@ import type {
   ResumeRequest,
 } from "../history/history.js";
 import { type ResumeOutcome, Resumes } from "../history/resumes.js";
+import type { Presence, PresenceEvent, PresenceView } from "../presence/presence.js";
 import { type JoinReason, type LeaveReason, MembershipSync } from "../sync/membership-sync.js";
 import { refuseUpgrade, requestTarget } from "./http.js";
 import { type GroupSocket, toBuffer, WsGroups } from "./ws-groups.js";
@@ -204,6 +205,16 @@ export interface WsBindingOptions<S extends BoundSocket> {
    * it should re-fetch), and which it presented but is no longer a member of (`removed`).
    */
   onResume?: (connection: WsConnection<S>, resume: ResumeReport) => void;
+  /**
+   * Who is connected in each group (see `Presence`): one `MemoryPresence` shared by the bindings
+   * of a process, or a `RedisPresence` shared by every server. Read it as `hub.presence`.
+   */
+  presence?: Presence;
+  /**
+   * With `presence`: what to send to a group's connections on this server when a user comes
+   * online in it or goes (each server sends to its own connections). `undefined`: nothing.
+   */
+  renderPresence?: (event: PresenceEvent) => Buffer | string | undefined;
 }
 
 const OPEN = 1;
@@ -264,7 +275,7 @@ export class WsHub<S extends BoundSocket> {
         if (connection) options.onSlowConsumer?.(connection);
       },
     });
-    const { history } = options;
+    const { history, renderPresence } = options;
     const resumes = history && new Resumes(history, this.#onError);
     this.#resumes = resumes;
     this.#sync = new MembershipSync({
@@ -293,6 +304,18 @@ export class WsHub<S extends BoundSocket> {
             },
       onError: this.#onError,
       ...(history && { history }),
+      ...(options.presence && { presence: options.presence }),
+      ...(renderPresence && {
+        onPresence: (event: PresenceEvent) => {
+          if (this.#groups.size(event.group) === 0) return;
+          const frame = renderPresence(event);
+          if (frame === undefined) return;
+          this.#groups.broadcast(
+            event.group,
+            typeof frame === "string" ? Buffer.from(frame) : frame,
+          );
+        },
+      }),
     });
     this.#unsubscribe = history?.subscribe((message) => this.#deliverMessage(message));
     this.#started =
@@ -367,6 +390,11 @@ export class WsHub<S extends BoundSocket> {
 
   groupsOfConnection(connectionId: string): string[] {
     return this.#sync.groupsOfConnection(connectionId);
+  }
+
+  /** Who is connected in each group, with the `presence` option; `undefined` without. */
+  get presence(): PresenceView | undefined {
+    return this.#sync.presence;
   }
 
   /** Connections here, and groups with at least one of them: for a gauge. */

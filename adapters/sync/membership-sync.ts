@@ -9,7 +9,12 @@ import type {
 import { MembershipError } from "../contract.js";
 import { diagnostics, writtenAt } from "../diagnostics.js";
 import type { MessageHistory } from "../history/history.js";
-import type { Presence, PresenceSource, PresenceView } from "../presence/presence.js";
+import type {
+  Presence,
+  PresenceEvent,
+  PresenceSource,
+  PresenceView,
+} from "../presence/presence.js";
 import { assertName, removedChange } from "../validate.js";
 
 /** Why a connection joins a group: rehydrated on connect, or granted while connected. */
@@ -56,6 +61,11 @@ export interface MembershipSyncOptions {
    * between the bindings of a process, or use `RedisPresence` for every server.
    */
   presence?: Presence;
+  /**
+   * With `presence`: every user coming online in a group or going, from every server sharing it,
+   * until `close` (tell this server's connections in the group).
+   */
+  onPresence?: (event: PresenceEvent) => void;
 }
 
 /** Per connection: its user, and whether it is in the user's groups yet (the hub was told). */
@@ -123,6 +133,7 @@ export class MembershipSync {
   readonly #connections = new Map<string, Connection>();
   readonly #users = new Map<string, User>();
   readonly #unwatch: () => void;
+  readonly #unsubscribe: (() => void) | undefined;
   readonly #presence: Presence | undefined;
   readonly #reporter: PresenceSource | undefined;
   /** Users whose presence changed this turn: reported together, once each, in a microtask. */
@@ -138,6 +149,7 @@ export class MembershipSync {
     this.#history = options.history;
     this.#presence = options.presence;
     this.#reporter = options.presence?.source();
+    this.#unsubscribe = options.onPresence && options.presence?.subscribe(options.onPresence);
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: MembershipSync: ${String(error)}`));
@@ -298,6 +310,7 @@ export class MembershipSync {
     if (this.#closed) return;
     this.#closed = true;
     this.#unwatch();
+    this.#unsubscribe?.();
     for (const userId of [...this.#users.keys()]) this.#dropUser(userId);
     this.#connections.clear();
     this.#reporter?.close();

@@ -163,7 +163,7 @@ export class SignalRClient extends Recorder {
     super();
     this.connection = connection;
     this.closed = new Promise((resolve) => connection.onclose(resolve));
-    for (const type of ["welcome", "message", "joined", "removed", "resumed"])
+    for (const type of ["welcome", "message", "joined", "removed", "resumed", "presence"])
       connection.on(type, (payload: object) => this.record({ type, ...payload }));
   }
 

@@ -2,7 +2,7 @@ import { io, type Socket } from "socket.io-client";
 import { afterEach } from "vitest";
 import { Recorder, type ServerMessage } from "./sample.js";
 
-const EVENTS = ["welcome", "joined", "removed", "message", "recovered"];
+const EVENTS = ["welcome", "joined", "removed", "message", "recovered", "presence"];
 
 /** A real socket.io-client (websocket transport) recording the sample's events as `{ type, ...payload }`. */
 export class IoClient extends Recorder {
@@ -45,7 +45,7 @@ export class IoClient extends Recorder {
   }
 
   /** Emits an event and resolves to the server's acknowledgement. */
-  request(event: "send" | "join" | "leave", payload: unknown): Promise<ServerMessage> {
+  request(event: "send" | "join" | "leave" | "online", payload: unknown): Promise<ServerMessage> {
     return this.socket.timeout(10_000).emitWithAck(event, payload);
   }
 
