@@ -17,6 +17,7 @@ import idleMemory from "./idle-memory.js";
 import importBenchmark from "./import.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
 import manyGroups from "./many-groups.js";
+import presence from "./presence.js";
 import rehydrate from "./rehydrate.js";
 import replay from "./replay.js";
 import revoke from "./revoke.js";
@@ -35,6 +36,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   "scale-out": scaleOut,
   flood,
   replay,
+  presence,
 };
 
 function table(rows: readonly Row[]): string {

@@ -87,7 +87,8 @@ describe("RedisPresence when a server or Redis fails", () => {
     expect(events).toContainEqual({ group: "room", userId: "ann", online: false });
     // The partition heals: the server finds its lease gone and sends everything again.
     proxy.heal();
-    await waitFor(async () => (await survivor.count("room")).users === 2, 5_000);
+    const healed = await waitFor(async () => (await survivor.count("room")).users === 2, 5_000);
+    console.log(`presence: a cut-off server's users gone in ${took} ms; back ${healed} ms after the heal`);
     expect(await survivor.count("room")).toEqual({ users: 2, connections: 3 });
   });
 
@@ -107,6 +108,7 @@ describe("RedisPresence when a server or Redis fails", () => {
       return room.users === 2 && room.connections === 3 && (await b.count("ops")).users === 1;
     }, 5_000);
     expect(took).toBeLessThan(5_000);
+    console.log(`presence: whole again ${took} ms after Redis restarted empty`);
     expect(await a.total()).toEqual({ users: 2, connections: 3 });
   });
 

@@ -452,9 +452,11 @@ export class MembershipSync {
       known.set(group, expiresAt);
       if (joined) continue;
       user.sorted = undefined;
-      this.#changed(user.userId);
-      for (const id of user.connections)
-        if (this.#connections.get(id)?.ready) void this.#join(id, group, "granted");
+      for (const id of user.connections) {
+        if (!this.#connections.get(id)?.ready) continue;
+        this.#changed(user.userId);
+        void this.#join(id, group, "granted");
+      }
     }
     for (const group of user.timers?.keys() ?? [])
       if (!stored.has(group)) this.#clearTimer(user, group);
@@ -466,13 +468,13 @@ export class MembershipSync {
   #remove(user: User, group: string, reason: LeaveReason): number {
     if (!user.groups?.delete(group)) return 0;
     user.sorted = undefined;
-    this.#changed(user.userId);
     let moved = 0;
     for (const id of user.connections) {
       if (!this.#connections.get(id)?.ready) continue;
       moved++;
       void this.#leave(id, group, reason);
     }
+    if (moved > 0) this.#changed(user.userId);
     return moved;
   }
 
