@@ -88,7 +88,9 @@ describe("RedisPresence when a server or Redis fails", () => {
     // The partition heals: the server finds its lease gone and sends everything again.
     proxy.heal();
     const healed = await waitFor(async () => (await survivor.count("room")).users === 2, 5_000);
-    console.log(`presence: a cut-off server's users gone in ${took} ms; back ${healed} ms after the heal`);
+    console.log(
+      `presence: a cut-off server's users gone in ${took} ms; back ${healed} ms after the heal`,
+    );
     expect(await survivor.count("room")).toEqual({ users: 2, connections: 3 });
   });
 
@@ -110,6 +112,53 @@ describe("RedisPresence when a server or Redis fails", () => {
     expect(took).toBeLessThan(5_000);
     console.log(`presence: whole again ${took} ms after Redis restarted empty`);
     expect(await a.total()).toEqual({ users: 2, connections: 3 });
+  });
+
+  it("a Redis restored from an older snapshot (or a lagging replica) is set right at the next heartbeat", async () => {
+    const prefix = `presence-${runs++}`;
+    const a = await presence(redis.url, prefix);
+    const source = a.source();
+    source.set("ann", 1, ["room"]);
+    await waitFor(async () => (await a.isOnline("ann", "room")) === true, 2_000);
+    const { createClient } = await import("redis");
+    const raw = createClient({ url: redis.url, RESP: 2 });
+    await raw.connect();
+    open.push({ close: () => raw.close() });
+    // The snapshot: every key of this presence, as DUMP keeps them.
+    const keys = await raw.keys(`${prefix}:*`);
+    const snapshot = await Promise.all(
+      keys.map(
+        async (key) =>
+          [key, await raw.sendCommand([`DUMP`, key], { typeMapping: { 36: Buffer } })] as const,
+      ),
+    );
+    source.set("ann", 0, []);
+    source.set("bob", 1, ["room"]);
+    await waitFor(async () => (await a.online("room")).users.join() === "bob", 2_000);
+    // Restored: ann online again, bob gone, as Redis was then; the lease still holds.
+    await raw.del(await raw.keys(`${prefix}:*`));
+    for (const [key, dump] of snapshot)
+      await raw.sendCommand(["RESTORE", key, "0", dump as unknown as string]);
+    expect((await a.online("room")).users).toEqual(["ann"]);
+    await waitFor(async () => (await a.online("room")).users.join() === "bob", 3_000);
+    expect(await a.count("room")).toEqual({ users: 1, connections: 1 });
+  });
+
+  it("refuses a lease it could not keep", () => {
+    for (const leaseMs of [0, 299, Number.NaN, 2_000.5])
+      expect(() => new RedisPresence({ url: redis.url, leaseMs })).toThrow(/leaseMs/);
+    expect(() => new RedisPresence({ url: redis.url, leaseMs: 1_000, timeoutMs: 1_000 })).toThrow(
+      /leaseMs/,
+    );
+  });
+
+  it("a presence nobody started starts with its first report", async () => {
+    const prefix = `presence-${runs++}`;
+    const unstarted = new RedisPresence({ url: redis.url, prefix, ...quiet });
+    open.push(unstarted);
+    const reader = await presence(redis.url, prefix);
+    unstarted.source().set("ann", 1, ["room"]);
+    await waitFor(async () => (await reader.isOnline("ann", "room")) === true, 3_000);
   });
 
   it("a server closed cleanly takes its users out at once", async () => {

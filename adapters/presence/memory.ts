@@ -18,8 +18,11 @@ import { assertReport, type Contribution, pageOf, Sources } from "./sources.js";
 export class MemoryPresence implements Presence {
   readonly #sources = new Sources();
   readonly #open = new Set<number>();
-  /** Per group: each online user's connections there, and their sum. */
-  readonly #groups = new Map<string, { users: Map<string, number>; connections: number }>();
+  /** Per group: each online user's connections there, their sum, and the users sorted once. */
+  readonly #groups = new Map<
+    string,
+    { users: Map<string, number>; connections: number; sorted: string[] | undefined }
+  >();
   readonly #users = new Map<string, number>();
   #connections = 0;
   readonly #listeners = new Listeners<PresenceEvent>();
@@ -58,11 +61,24 @@ export class MemoryPresence implements Presence {
 
   async online(group: string, query?: OnlineQuery): Promise<OnlinePage> {
     const { after, limit } = pageOf(group, query);
-    const users = [...(this.#groups.get(group)?.users.keys() ?? [])]
-      .filter((userId) => after === undefined || userId > after)
-      .sort();
-    const page = users.slice(0, limit);
-    return users.length > limit ? { users: page, next: page.at(-1) as string } : { users: page };
+    const online = this.#groups.get(group);
+    if (online === undefined) return { users: [] };
+    // Sorted once per change, not per page: a group of 200,000 is paged in slices.
+    online.sorted ??= [...online.users.keys()].sort();
+    const sorted = online.sorted;
+    let from = 0;
+    if (after !== undefined) {
+      let to = sorted.length;
+      while (from < to) {
+        const middle = (from + to) >>> 1;
+        if ((sorted[middle] as string) <= after) from = middle + 1;
+        else to = middle;
+      }
+    }
+    const page = sorted.slice(from, from + limit);
+    return from + limit < sorted.length
+      ? { users: page, next: page.at(-1) as string }
+      : { users: page };
   }
 
   async isOnline(userId: string, group?: string): Promise<boolean> {
@@ -98,16 +114,22 @@ export class MemoryPresence implements Presence {
     if (delta === 0) return;
     let online = this.#groups.get(group);
     if (online === undefined) {
-      online = { users: new Map(), connections: 0 };
+      online = { users: new Map(), connections: 0, sorted: undefined };
       this.#groups.set(group, online);
     }
     const n = (online.users.get(userId) ?? 0) + delta;
     online.connections += delta;
     if (n > 0) {
-      if (!online.users.has(userId)) events.push({ group, userId, online: true });
+      if (!online.users.has(userId)) {
+        events.push({ group, userId, online: true });
+        online.sorted = undefined;
+      }
       online.users.set(userId, n);
     } else {
-      if (online.users.delete(userId)) events.push({ group, userId, online: false });
+      if (online.users.delete(userId)) {
+        events.push({ group, userId, online: false });
+        online.sorted = undefined;
+      }
       if (online.users.size === 0) this.#groups.delete(group);
     }
   }

@@ -32,7 +32,8 @@ export class Sources {
         bySource = new Map();
         this.#users.set(userId, bySource);
       }
-      bySource.set(source, { n: connections, groups: [...groups] });
+      // A name given twice is one group: counted once.
+      bySource.set(source, { n: connections, groups: [...new Set(groups)] });
     } else if (bySource?.delete(source) && bySource.size === 0) this.#users.delete(userId);
     return this.of(userId);
   }

@@ -1,4 +1,5 @@
 import { randomBytes } from "node:crypto";
+import { MembershipError } from "../contract.js";
 import { Listeners } from "../listeners.js";
 import type {
   OnlinePage,
@@ -19,7 +20,10 @@ import {
 } from "./client.js";
 
 export type RedisPresenceOptions = RedisTarget & {
-  /** Prefix of every key and of the channel. Default `hub-membership:presence`. */
+  /**
+   * Prefix of every key and of the channel. Default `hub-membership:presence`; it must differ
+   * from a `RedisHistory`'s on the same Redis (their keys would clash).
+   */
   prefix?: string;
   /**
    * How long a server's entries outlive its last heartbeat (sent every `leaseMs / 3`). Default
@@ -78,24 +82,30 @@ local function announce()
 end
 `;
 
-// ARGV: prefix, sid, then user, contribution pairs. Applied only while sid's lease holds: a
-// server that was taken for dead must register again (and send everything) first.
+// ARGV: prefix, sid, the number of reports Redis should hold of sid, then user, contribution
+// pairs. Applied only while sid's lease holds and Redis holds every report sid made since it
+// registered: a server taken for dead, or a Redis restored from an older snapshot or failed over
+// to a lagging replica, makes the server register again and send everything.
 const SET = `${APPLY}
 ${NOW}
 local lease = redis.call('ZSCORE', p .. ':servers', ARGV[2])
 if not lease or tonumber(lease) < now then return 1 end
-for i = 3, #ARGV, 2 do apply(ARGV[2], ARGV[i], ARGV[i + 1]) end
+if redis.call('HGET', p .. ':seq', ARGV[2]) ~= ARGV[3] then return 1 end
+for i = 4, #ARGV, 2 do apply(ARGV[2], ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', p .. ':seq', ARGV[2], tonumber(ARGV[3]) + 1)
 announce()
 return 0`;
 
-// ARGV: prefix, sid, leaseMs, batch. Renews the lease (0) or says it was lost (1); then takes up
-// to batch users of one dead server out of presence. Returns {lost, more to reap}.
+// ARGV: prefix, sid, leaseMs, batch, the number of reports (or '' not to check). Renews the lease
+// (0) or says it was lost (1); then takes up to batch users of one dead server out of presence.
+// Returns {lost, more to reap}.
 const BEAT = `${APPLY}
 ${NOW}
 local servers = p .. ':servers'
 local lease = redis.call('ZSCORE', servers, ARGV[2])
 local lost = 0
 if not lease or tonumber(lease) < now then lost = 1
+elseif ARGV[5] ~= '' and redis.call('HGET', p .. ':seq', ARGV[2]) ~= ARGV[5] then lost = 1
 else redis.call('ZADD', servers, now + tonumber(ARGV[3]), ARGV[2]) end
 local more = 0
 local dead = redis.call('ZRANGEBYSCORE', servers, '-inf', '(' .. now, 'LIMIT', 0, 1)
@@ -103,7 +113,10 @@ for _, sid in ipairs(dead) do
   local key = p .. ':s:' .. sid
   local fields = redis.call('HRANDFIELD', key, tonumber(ARGV[4]))
   for _, user in ipairs(fields) do apply(sid, user, '[0]') end
-  if redis.call('EXISTS', key) == 0 then redis.call('ZREM', servers, sid) else more = 1 end
+  if redis.call('EXISTS', key) == 0 then
+    redis.call('ZREM', servers, sid)
+    redis.call('HDEL', p .. ':seq', sid)
+  else more = 1 end
 end
 announce()
 return {lost, more}`;
@@ -112,6 +125,7 @@ return {lost, more}`;
 const REGISTER = `${NOW}
 local p = ARGV[1]
 redis.call('ZADD', p .. ':servers', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('HSET', p .. ':seq', ARGV[2], 0)
 return redis.call('HKEYS', p .. ':s:' .. ARGV[2])`;
 
 // KEYS: a users hash, a connections counter. One round trip for both.
@@ -146,7 +160,10 @@ export class RedisPresence implements Presence {
   readonly #listeners = new Listeners<PresenceEvent>();
   /** Users to send, in the next command. */
   readonly #dirty = new Set<string>();
-  #sending = false;
+  /** The flush or registration under way: one at a time, so reports reach Redis in order. */
+  #busy: Promise<void> | undefined;
+  /** Reports Redis holds of this server since it registered, if all went well: checked by each. */
+  #seq = 0;
   /** Everything must be sent again (the lease was lost, or a report failed). */
   #resync = true;
   #timer: NodeJS.Timeout | undefined;
@@ -158,13 +175,28 @@ export class RedisPresence implements Presence {
     this.#prefix = options.prefix ?? "hub-membership:presence";
     this.#leaseMs = options.leaseMs ?? 3_000;
     this.#timeoutMs = options.timeoutMs ?? 2_000;
+    if (!Number.isSafeInteger(this.#timeoutMs) || this.#timeoutMs < 1)
+      throw new MembershipError("INVALID_ARGUMENT", "timeoutMs must be a whole number of ms ≥ 1");
+    // A heartbeat (every leaseMs / 3) must come back before the lease runs out.
+    if (
+      !Number.isSafeInteger(this.#leaseMs) ||
+      this.#leaseMs < 300 ||
+      this.#leaseMs <= this.#timeoutMs
+    )
+      throw new MembershipError(
+        "INVALID_ARGUMENT",
+        "leaseMs must be a whole number of ms, at least 300 and more than timeoutMs",
+      );
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: Redis presence: ${String(error)}`));
     this.#redis = new RedisConnections(options, (error) => this.#report(error));
   }
 
-  /** Subscribes to events and takes this server's lease; resolves once both are done. */
+  /**
+   * Subscribes to events and takes this server's lease; resolves once both are done. The first
+   * report starts it too, but only a start you await tells you Redis is not there.
+   */
   start(): Promise<unknown> {
     this.#started ??= (async () => {
       const subscriber = await this.#redis.own();
@@ -174,7 +206,8 @@ export class RedisPresence implements Presence {
         true,
       );
       await this.#beat();
-      this.#timer = setInterval(() => void this.#beat(), Math.max(50, this.#leaseMs / 3));
+      if (this.#closed) return;
+      this.#timer = setInterval(() => void this.#beat(), this.#leaseMs / 3);
       this.#timer.unref();
     })().catch((error: unknown) => {
       this.#started = undefined;
@@ -249,6 +282,7 @@ export class RedisPresence implements Presence {
     this.#listeners.clear();
     // What was reported goes now rather than at the lease's end: other servers see these users
     // leave at once.
+    await this.#busy;
     const users = [...this.#dirty];
     this.#dirty.clear();
     if (users.length > 0 && !this.#resync) await this.#set(users).catch(() => undefined);
@@ -257,7 +291,10 @@ export class RedisPresence implements Presence {
 
   #send(userId: string): void {
     this.#dirty.add(userId);
-    if (!this.#sending) void this.#flush();
+    // Reports need the lease and its heartbeat: a presence nobody started starts with them.
+    if (this.#started === undefined && !this.#closed)
+      this.start().catch((error: unknown) => this.#report(error));
+    this.#busy ??= this.#flush();
   }
 
   /**
@@ -265,7 +302,6 @@ export class RedisPresence implements Presence {
    * contribution at the time it is sent, so the last one Redis applies is the current truth.
    */
   async #flush(): Promise<void> {
-    this.#sending = true;
     try {
       await Promise.resolve(); // this turn's reports go together
       while (this.#dirty.size > 0 && !this.#resync && !this.#closed) {
@@ -277,15 +313,18 @@ export class RedisPresence implements Presence {
       this.#report(error);
       this.#resync = true;
     } finally {
-      this.#sending = false;
+      this.#busy = undefined;
     }
   }
 
   /** One command: `users`' contributions as they are now. Resolves 1 if the lease was lost. */
-  #set(users: readonly string[]): Promise<unknown> {
+  async #set(users: readonly string[]): Promise<unknown> {
     const args: string[] = [];
     for (const userId of users) args.push(userId, encode(this.#sources.of(userId)));
-    return this.#command(["EVAL", SET, "0", this.#prefix, this.#sid, ...args]);
+    const seq = String(this.#seq);
+    const lost = await this.#command(["EVAL", SET, "0", this.#prefix, this.#sid, seq, ...args]);
+    if (lost === 0) this.#seq++;
+    return lost;
   }
 
   /** Renews the lease and reaps dead servers; registers again and resends all if needed. */
@@ -293,7 +332,10 @@ export class RedisPresence implements Presence {
     if (this.#closed) return;
     try {
       let more = 1;
-      for (let round = 0; more === 1 && round < 20; round++) {
+      for (let round = 0; more === 1 && round < 20 && !this.#closed; round++) {
+        // The count of reports is checked only between them: a report in flight would be
+        // counted by Redis before this beat and by us after it.
+        const seq = this.#busy === undefined && !this.#resync ? String(this.#seq) : "";
         const [lost, rest] = (await this.#command([
           "EVAL",
           BEAT,
@@ -302,11 +344,15 @@ export class RedisPresence implements Presence {
           this.#sid,
           String(this.#leaseMs),
           String(BATCH),
+          seq,
         ])) as [number, number];
         if (lost === 1) this.#resync = true;
         more = rest;
       }
-      if (this.#resync && !this.#sending) await this.#register();
+      if (this.#resync && this.#busy === undefined && !this.#closed) {
+        this.#busy = this.#register();
+        await this.#busy;
+      }
       this.#failing = false;
     } catch (error) {
       this.#report(error);
@@ -318,7 +364,6 @@ export class RedisPresence implements Presence {
    * meanwhile wait: each user is sent as it is at its turn, so nothing older overtakes it.
    */
   async #register(): Promise<void> {
-    this.#sending = true;
     try {
       const held = (await this.#command([
         "EVAL",
@@ -328,6 +373,7 @@ export class RedisPresence implements Presence {
         this.#sid,
         String(this.#leaseMs),
       ])) as string[];
+      this.#seq = 0;
       this.#resync = false;
       const users = new Set([...held, ...this.#sources.users(), ...this.#dirty]);
       this.#dirty.clear();
@@ -340,9 +386,9 @@ export class RedisPresence implements Presence {
       this.#resync = true;
       throw error;
     } finally {
-      this.#sending = false;
+      this.#busy = undefined;
     }
-    if (this.#dirty.size > 0) void this.#flush();
+    if (this.#dirty.size > 0) this.#busy ??= this.#flush();
   }
 
   async #count(users: string, connections: string): Promise<PresenceCount> {

@@ -57,6 +57,12 @@ export function testPresence(name: string, factory: PresenceFactory): void {
         expect(await a.total()).toEqual({ users: 3, connections: 5 });
         expect(await b.online("room")).toEqual({ users: ["ann", "bob"] });
       });
+      // A group named twice in one report is one group.
+      here.set("dee", 1, ["twice", "twice"]);
+      await eventually(async () =>
+        expect(await b.count("twice")).toEqual({ users: 1, connections: 1 }),
+      );
+      here.set("dee", 0, []);
       expect(await a.isOnline("cy")).toBe(true);
       expect(await a.isOnline("cy", "room")).toBe(false);
       expect(await b.isOnline("ann", "ops")).toBe(true);
