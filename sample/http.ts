@@ -215,9 +215,9 @@ export interface RouteContext {
 }
 
 /**
- * Who may read /metrics and /stats (which say how busy the server is, and /stats resets its
- * event-loop figures): with OPS_PORT only its listener; with OPS_TOKEN only a request bearing
- * it; else anyone, but only on a loopback HOST, where anyone is this machine.
+ * Who may read /metrics, /stats and /online (how busy the server is, who is online; /stats
+ * resets its event-loop figures): with OPS_PORT only its listener; with OPS_TOKEN only a request
+ * bearing it; else only a request to a loopback HOST that names a loopback host.
  */
 function opsAllowed(req: IncomingMessage, config: SampleConfig, onOpsPort: boolean): boolean {
   if (config.opsPort !== undefined && !onOpsPort) return false;
@@ -226,7 +226,9 @@ function opsAllowed(req: IncomingMessage, config: SampleConfig, onOpsPort: boole
     const expected = Buffer.from(`Bearer ${config.opsToken}`);
     return given.length === expected.length && timingSafeEqual(given, expected);
   }
-  return onOpsPort || isLoopback(config.host);
+  // Without a token, only a request that names a loopback host: a DNS-rebinding page (its own
+  // host name resolving to 127.0.0.1) or a proxy in front would name another.
+  return onOpsPort || (isLoopback(config.host) && isLoopback(req.headers.host ?? ""));
 }
 
 /**

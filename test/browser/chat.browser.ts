@@ -170,6 +170,22 @@ describe("the sample's web page in Chromium", () => {
     expect(width).toBeLessThanOrEqual(viewport);
   });
 
+  it("shows who is online in each group, live, on ws and SignalR pages alike", async () => {
+    for (const user of ["pat", "quinn"])
+      expect((await admin(env, "grant", user, "Chess")).code).toBe(0);
+    const pat = await signIn("pat");
+    const onlineOf = (page: Page) => page.locator("#online").textContent();
+    const countOf = (page: Page) => page.locator("#groups .online-count").allTextContents();
+    await expect.poll(() => onlineOf(pat)).toBe("Online: pat");
+    const quinn = await signIn("quinn", "?protocol=signalr");
+    await expect.poll(() => onlineOf(pat)).toBe("Online: pat, quinn");
+    await expect.poll(() => onlineOf(quinn)).toBe("Online: pat, quinn");
+    expect(await countOf(pat)).toEqual(["2 online"]);
+    await quinn.close();
+    await expect.poll(() => onlineOf(pat)).toBe("Online: pat");
+    expect(await countOf(pat)).toEqual(["1 online"]);
+  });
+
   it("refuses a bad token and says so", async () => {
     const page = await (await browser.newContext()).newPage();
     await page.goto(sample.url);

@@ -89,6 +89,25 @@ describe("the sample at its edge: one request never stops it, a browser is check
     expect(rebound.status).toBe("HTTP/1.1 403 Forbidden");
   });
 
+  it("tells who is online (/online), and how busy it is, only to a request naming a loopback host", async () => {
+    const ask = (target: string, host: string) =>
+      rawRequest(port, httpRequest(`GET ${target} HTTP/1.1`, { host }));
+    for (const target of ["/online?group=Sports", "/metrics", "/stats"]) {
+      expect((await ask(target, `127.0.0.1:${port}`)).status, target).toBe("HTTP/1.1 200 OK");
+      // A DNS-rebinding page, or a proxy in front, names its own host.
+      for (const host of [`attacker.example:${port}`, "127.0.0.1.nip.io"])
+        expect((await ask(target, host)).status, `${target} ${host}`).toBe(
+          "HTTP/1.1 404 Not Found",
+        );
+    }
+    const online = await fetch(`${sample.url}/online?group=Sports`);
+    expect(await online.json()).toEqual({ group: "Sports", users: [], connections: 0 });
+    for (const target of ["/online", "/online?group=", "/online?group=a&after="])
+      expect((await ask(target, `127.0.0.1:${port}`)).status, target).toBe(
+        "HTTP/1.1 400 Bad Request",
+      );
+  });
+
   it("refuses upgrades and negotiates from another origin, and takes its own and none", async () => {
     const bearer = { authorization: `Bearer ${token(env, "alice")}` };
     for (const url of [sample.wsUrl, sample.wsUrl.replace("/hub", "/signalr")]) {
