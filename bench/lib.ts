@@ -24,6 +24,8 @@ export interface Row {
   id?: string;
   /** When a row was kept from an earlier run (`--only` of other benchmarks): that run's date. */
   measured?: string;
+  /** And that run's CPU. */
+  measuredOn?: string;
   benchmark: string;
   case: string;
   /** The figure measured: a median where there are many samples. */

@@ -62,10 +62,19 @@ async function previousRows(file: URL, replaced: string[]): Promise<Row[]> {
     throw error;
   });
   if (text === undefined) return [];
-  const { rows, date } = JSON.parse(text) as { rows: Row[]; date: string };
+  const { rows, date, machine } = JSON.parse(text) as {
+    rows: Row[];
+    date: string;
+    machine?: { cpu?: string };
+  };
+  // A kept row says when, and on what, it was measured: the file's machine is this run's.
   return rows
     .filter((row) => row.id === undefined || !replaced.includes(row.id))
-    .map((row) => ({ ...row, measured: row.measured ?? date }));
+    .map((row) => ({
+      ...row,
+      measured: row.measured ?? date,
+      ...((row.measuredOn ?? machine?.cpu) && { measuredOn: row.measuredOn ?? machine?.cpu }),
+    }));
 }
 
 async function main() {

@@ -11,6 +11,7 @@ const DOCS = [
   "docs/azure-store.md",
   "docs/bindings.md",
   "docs/history.md",
+  "docs/presence.md",
   "docs/reliability.md",
   "docs/performance.md",
   "docs/operations.md",
