@@ -8,7 +8,7 @@ import type {
   PresenceEvent,
   PresenceSource,
 } from "./presence.js";
-import { assertReport, type Contribution, pageOf, Sources } from "./sources.js";
+import { type Contribution, pageOf, Sources } from "./sources.js";
 
 /**
  * Presence in this process: every hub binding of the process that shares it (a ws and a SignalR
@@ -16,8 +16,9 @@ import { assertReport, type Contribution, pageOf, Sources } from "./sources.js";
  * of the change. Use `RedisPresence` for several servers.
  */
 export class MemoryPresence implements Presence {
-  readonly #sources = new Sources();
-  readonly #open = new Set<number>();
+  readonly #sources = new Sources((userId, before) =>
+    this.#apply(userId, before, this.#sources.of(userId)),
+  );
   /** Per group: each online user's connections there, their sum, and the users sorted once. */
   readonly #groups = new Map<
     string,
@@ -28,23 +29,7 @@ export class MemoryPresence implements Presence {
   readonly #listeners = new Listeners<PresenceEvent>();
 
   source(): PresenceSource {
-    const id = this.#sources.newId();
-    this.#open.add(id);
-    return {
-      set: (userId, connections, groups) => {
-        assertReport(userId, connections, groups);
-        if (!this.#open.has(id)) return;
-        const before = this.#sources.of(userId);
-        this.#apply(userId, before, this.#sources.set(id, userId, connections, groups));
-      },
-      close: () => {
-        if (!this.#open.delete(id)) return;
-        for (const userId of this.#sources.users()) {
-          const before = this.#sources.of(userId);
-          this.#apply(userId, before, this.#sources.set(id, userId, 0, []));
-        }
-      },
-    };
+    return this.#sources.source();
   }
 
   async start(): Promise<void> {}
@@ -93,8 +78,8 @@ export class MemoryPresence implements Presence {
   }
 
   async close(): Promise<void> {
-    this.#open.clear();
     this.#listeners.clear();
+    this.#sources.closeAll();
   }
 
   #apply(userId: string, before: Contribution, after: Contribution): void {

@@ -1,6 +1,6 @@
 import { MembershipError } from "../contract.js";
 import { assertName } from "../validate.js";
-import { MAX_ONLINE_PAGE, type OnlineQuery } from "./presence.js";
+import { MAX_ONLINE_PAGE, type OnlineQuery, type PresenceSource } from "./presence.js";
 
 /** What this process's sources say of one user: its connections, and how many are in each group. */
 export interface Contribution {
@@ -10,22 +10,49 @@ export interface Contribution {
 
 const NONE: Contribution = { connections: 0, groups: new Map() };
 
-/** Every source of this process, summed per user: what the process contributes to presence. */
+/**
+ * Every source of this process, summed per user: what the process contributes to presence.
+ * `changed` hears of each user whose contribution a source changed, with what it was before.
+ */
 export class Sources {
   readonly #users = new Map<string, Map<number, { n: number; groups: readonly string[] }>>();
+  readonly #open = new Set<number>();
   #next = 0;
 
-  newId(): number {
-    return this.#next++;
+  constructor(readonly changed: (userId: string, before: Contribution) => void) {}
+
+  /** A new source: each of its reports checked, then recorded and told to `changed`. */
+  source(): PresenceSource {
+    const id = this.#next++;
+    this.#open.add(id);
+    return {
+      set: (userId, connections, groups) => {
+        assertReport(userId, connections, groups);
+        if (!this.#open.has(id)) return;
+        const before = this.of(userId);
+        this.#set(id, userId, connections, groups);
+        this.changed(userId, before);
+      },
+      close: () => this.#close(id),
+    };
   }
 
-  /** Records what `source` says of `userId`; returns the user's new contribution. */
-  set(
-    source: number,
-    userId: string,
-    connections: number,
-    groups: readonly string[],
-  ): Contribution {
+  /** Withdraws every source's users, each told to `changed`; later reports are ignored. */
+  closeAll(): void {
+    for (const id of [...this.#open]) this.#close(id);
+  }
+
+  #close(id: number): void {
+    if (!this.#open.delete(id)) return;
+    for (const [userId, bySource] of this.#users) {
+      if (!bySource.has(id)) continue;
+      const before = this.of(userId);
+      this.#set(id, userId, 0, []);
+      this.changed(userId, before);
+    }
+  }
+
+  #set(source: number, userId: string, connections: number, groups: readonly string[]): void {
     let bySource = this.#users.get(userId);
     if (connections > 0) {
       if (bySource === undefined) {
@@ -35,18 +62,6 @@ export class Sources {
       // A name given twice is one group: counted once.
       bySource.set(source, { n: connections, groups: [...new Set(groups)] });
     } else if (bySource?.delete(source) && bySource.size === 0) this.#users.delete(userId);
-    return this.of(userId);
-  }
-
-  /** Forgets `source`; returns the users it had reported. */
-  drop(source: number): string[] {
-    const users: string[] = [];
-    for (const [userId, bySource] of this.#users) {
-      if (!bySource.delete(source)) continue;
-      users.push(userId);
-      if (bySource.size === 0) this.#users.delete(userId);
-    }
-    return users;
   }
 
   of(userId: string): Contribution {

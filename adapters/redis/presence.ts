@@ -9,7 +9,7 @@ import type {
   PresenceEvent,
   PresenceSource,
 } from "../presence/presence.js";
-import { assertReport, type Contribution, pageOf, Sources } from "../presence/sources.js";
+import { type Contribution, pageOf, Sources } from "../presence/sources.js";
 import { assertName, isValidName } from "../validate.js";
 import {
   type RedisConnections as Connections,
@@ -155,8 +155,7 @@ export class RedisPresence implements Presence {
   readonly #leaseMs: number;
   readonly #timeoutMs: number;
   readonly #onError: (error: unknown) => void;
-  readonly #sources = new Sources();
-  readonly #open = new Set<number>();
+  readonly #sources = new Sources((userId) => this.#send(userId));
   readonly #listeners = new Listeners<PresenceEvent>();
   /** Users to send, in the next command. */
   readonly #dirty = new Set<string>();
@@ -217,20 +216,7 @@ export class RedisPresence implements Presence {
   }
 
   source(): PresenceSource {
-    const id = this.#sources.newId();
-    this.#open.add(id);
-    return {
-      set: (userId, connections, groups) => {
-        assertReport(userId, connections, groups);
-        if (!this.#open.has(id)) return;
-        this.#sources.set(id, userId, connections, groups);
-        this.#send(userId);
-      },
-      close: () => {
-        if (!this.#open.delete(id)) return;
-        for (const userId of this.#sources.drop(id)) this.#send(userId);
-      },
-    };
+    return this.#sources.source();
   }
 
   async count(group: string): Promise<PresenceCount> {
@@ -276,9 +262,7 @@ export class RedisPresence implements Presence {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
-    for (const id of [...this.#open])
-      for (const userId of this.#sources.drop(id)) this.#dirty.add(userId);
-    this.#open.clear();
+    this.#sources.closeAll(); // each user withdrawn goes to #dirty, sent below
     this.#listeners.clear();
     // What was reported goes now rather than at the lease's end: other servers see these users
     // leave at once.
