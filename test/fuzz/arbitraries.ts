@@ -601,7 +601,7 @@ const wsMessage = fc
   .record(
     {
       type: weighted<unknown>(
-        [12, fc.constantFrom("send", "whisper", "join", "leave")],
+        [12, fc.constantFrom("send", "whisper", "join", "leave", "online")],
         [
           1,
           fc.constantFrom<unknown>(
@@ -619,6 +619,7 @@ const wsMessage = fc
       ),
       group: groupName(SAMPLE_GROUPS),
       to: groupName(["normal", "fuzzer", "nobody"]),
+      after: groupName(["normal", "fuzzer", "nobody"]),
       text,
       extra: fc.jsonValue({ maxDepth: 2 }),
     },

@@ -54,6 +54,10 @@ export function sampleWsAnswer(frame: WsFrame, groups: ReadonlySet<string>): WsA
     case "leave":
       if (!isName(m.group)) return { error: "bad_request" };
       return groups.has(m.group) ? { ok: true, leave: m.group } : { error: "not_member" };
+    case "online":
+      if (!isName(m.group) || (m.after !== undefined && !isName(m.after)))
+        return { error: "bad_request" };
+      return groups.has(m.group) ? { ok: true } : { error: "not_member" };
     default:
       return { error: "bad_request" };
   }
