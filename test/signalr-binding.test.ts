@@ -76,6 +76,15 @@ async function official(
   return { connection, welcome: await welcome };
 }
 
+/** Polls `check` every 10 ms for up to 5 s. */
+async function waitFor(check: () => boolean): Promise<void> {
+  const until = Date.now() + 5_000;
+  while (!check()) {
+    if (Date.now() > until) throw new Error("not within 5 s");
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
 /** A raw WebSocket speaking the protocol by hand, for what the official client never sends. */
 async function raw(
   url: string,
@@ -293,6 +302,51 @@ describe("bindSignalR: the protocol, with the official client", () => {
     expect((await fetch(`${server.url}/negotiate`)).status).toBe(405);
   });
 
+  it("invokes a client method and awaits its result, its error, or says the client never answered", async () => {
+    const server = await start();
+    const { connection, welcome } = await connect(server.url, "erin");
+    connection.on("add", (a: number, b: number) => a + b);
+    connection.on("refuse", () => {
+      throw new Error("not today");
+    });
+    connection.on("stall", () => new Promise(() => {}));
+    const { hub } = server;
+    const id = welcome.connectionId;
+    expect(await hub.invokeClient(id, "add", [2, 3])).toBe(5);
+    // Several at once, each answered on its own.
+    expect(await Promise.all([1, 2, 3].map((n) => hub.invokeClient(id, "add", [n, n])))).toEqual([
+      2, 4, 6,
+    ]);
+    const failure = (promise: Promise<unknown>) =>
+      promise.then(
+        () => expect.fail("resolved"),
+        (error: Error) => [error.constructor.name, error.message],
+      );
+    expect(await failure(hub.invokeClient(id, "refuse"))).toEqual([
+      "HubError",
+      expect.stringContaining("not today"),
+    ]);
+    expect(await failure(hub.invokeClient(id, "nobody"))).toEqual([
+      "HubError",
+      "Client didn't provide a result.",
+    ]);
+    expect(await failure(hub.invokeClient(id, "stall", [], { timeoutMs: 200 }))).toEqual([
+      "HubError",
+      "The client did not answer within 200 ms.",
+    ]);
+    expect(await failure(hub.invokeClient("nobody-here", "add", [1, 1]))).toEqual([
+      "HubError",
+      "Connection 'nobody-here' is not connected to this server.",
+    ]);
+    // The connection goes while a result is awaited: it fails at once, not at its timeout.
+    const waiting = failure(hub.invokeClient(id, "stall"));
+    await connection.stop();
+    expect(await waiting).toEqual([
+      "HubError",
+      `Connection '${id}' disconnected before it answered.`,
+    ]);
+  });
+
   it("closes with an error saying so when the token expires", async () => {
     const server = await start({
       userIdOf: (request) => {
@@ -434,6 +488,33 @@ describe("bindSignalR: the protocol by hand", () => {
       error: "Server timeout elapsed without receiving a message from the client.",
       allowReconnect: true,
     });
+  });
+
+  it("ignores a completion that answers nothing, and keeps the connection", async () => {
+    const server = await start();
+    const { socket, records } = await raw(server.url, "frank");
+    await waitFor(() => records.some((r) => r.target === "welcome"));
+    for (const made of [
+      { type: 3, invocationId: "s999", result: 1 },
+      { type: 3, invocationId: 42, result: 1 },
+      { type: 3, error: "no id" },
+    ])
+      socket.send(`${JSON.stringify(made)}${RS}`);
+    const welcome = records.find((r) => r.target === "welcome") as {
+      arguments: [{ connectionId: string }];
+    };
+    const id = welcome.arguments[0].connectionId;
+    // Then a real one: the server's invocation, answered by hand.
+    const asked = server.hub.invokeClient(id, "ask", ["q"]);
+    await waitFor(() => records.some((r) => r.target === "ask"));
+    const invocation = records.find((r) => r.target === "ask") as { invocationId: string };
+    expect(invocation).toMatchObject({ type: 1, target: "ask", arguments: ["q"] });
+    socket.send(
+      `${JSON.stringify({ type: 3, invocationId: invocation.invocationId, result: "a" })}${RS}`,
+    );
+    expect(await asked).toBe("a");
+    expect(socket.readyState).toBe(WebSocket.OPEN);
+    socket.close();
   });
 
   it("keeps a client that pings", async () => {

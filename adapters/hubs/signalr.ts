@@ -7,6 +7,7 @@ import type { Presence, PresenceEvent, PresenceView } from "../presence/presence
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
 import { requestTarget, respond } from "./http.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
+import { ClientResults } from "./signalr-results.js";
 import {
   type BoundServer,
   type BoundSocket,
@@ -227,6 +228,7 @@ export class SignalRHub<S extends BoundSocket> {
   readonly #pending = new Map<string, number>();
   #pendingTotal = 0;
   readonly #states = new Map<string, State<S>>();
+  readonly #results = new ClientResults((message) => new HubError(message));
   readonly #onError: (error: unknown) => void;
   readonly #maxMessageBytes: number;
   readonly #sweep: NodeJS.Timeout;
@@ -269,6 +271,7 @@ export class SignalRHub<S extends BoundSocket> {
       onMessage: (connection, data) => this.#receive(connection, toBuffer(data)),
       onClose: (connection) => {
         this.#states.delete(connection.id);
+        this.#results.gone(connection.id);
         options.onClose?.(connection);
       },
       ...(onJoin && { onJoin }),
@@ -428,6 +431,29 @@ export class SignalRHub<S extends BoundSocket> {
   /** Invokes `target` on one connection here; false if it is not here. */
   send(connectionId: string, target: string, ...args: unknown[]): boolean {
     return this.#hub.send(connectionId, invocation(target, args));
+  }
+
+  /**
+   * Invokes `target` on one connection here and resolves to what the client's handler returned
+   * (ASP.NET Core's client results: `Clients.Client(id).InvokeAsync`).
+   * @throws HubError with the client's error (a handler that threw, or none registered: "Client
+   * didn't provide a result."), when the connection is not here or goes before it answers, or
+   * after `timeoutMs` (default 30 s) without an answer.
+   */
+  async invokeClient(
+    connectionId: string,
+    target: string,
+    args: readonly unknown[] = [],
+    { timeoutMs = 30_000 }: { timeoutMs?: number } = {},
+  ): Promise<unknown> {
+    if (!this.#states.get(connectionId)?.handshaken)
+      throw new HubError(`Connection '${connectionId}' is not connected to this server.`);
+    const { invocationId, result } = this.#results.start(connectionId, timeoutMs);
+    this.#hub.send(
+      connectionId,
+      record({ type: INVOCATION, invocationId, target, arguments: args }),
+    );
+    return result;
   }
 
   /**
@@ -687,6 +713,11 @@ export class SignalRHub<S extends BoundSocket> {
         if (id <= replay.received) return true; // sent again after a reconnect: handled already
         replay.received = id;
       }
+    }
+    // A client's answer to invokeClient, whatever the admission said: the server asked for it.
+    if (type === COMPLETION) {
+      this.#results.complete(connection.id, message);
+      return true;
     }
     // Other types are ignored, as ASP.NET Core ignores types it does not know.
     if (type !== INVOCATION && type !== STREAM_INVOCATION) return true;
