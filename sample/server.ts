@@ -311,11 +311,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       Whisper: (connection, to, text) => invoke(connection, { type: "whisper", to, text }),
       Join: (connection, group) => invoke(connection, { type: "join", group }),
       Leave: (connection, group) => invoke(connection, { type: "leave", group }),
-      Online: async (connection, group) => {
-        if (!isValidName(group)) throw new HubError("bad_request");
-        const online = await onlineIn(connection, group, undefined, signalr);
-        if (typeof online === "string") throw new HubError(online);
-        return online;
+      Online: (connection, group) => onlineInvoked(connection, group, undefined),
+      // The next page: hub methods take exactly their arguments, so paging is a method of its own.
+      OnlineAfter: (connection, group, after) => {
+        if (!isValidName(after)) throw new HubError("bad_request");
+        return onlineInvoked(connection, group, after);
       },
     },
     onClose: (connection) => obs.closed("signalr", connection),
@@ -366,6 +366,14 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       );
       return error("internal");
     }
+  }
+
+  /** `Online` and `OnlineAfter`: the page, or a HubError with the refusal's code. */
+  async function onlineInvoked(connection: Connection, group: unknown, after: string | undefined) {
+    if (!isValidName(group)) throw new HubError("bad_request");
+    const online = await onlineIn(connection, group, after, signalr);
+    if (typeof online === "string") throw new HubError(online);
+    return online;
   }
 
   /**

@@ -74,6 +74,10 @@ describe("presence over three servers (ws, SignalR, Socket.IO) and one Redis", {
     const everyone = { users: ["alice", "bob", "carol"], connections: 5 };
     expect(await askOnline(bob, "Room")).toMatchObject({ type: "online", ...everyone });
     expect(await aliceSignalR.invoke("Online", "Room")).toEqual(everyone);
+    expect(await aliceSignalR.invoke("OnlineAfter", "Room", "alice")).toEqual({
+      users: ["bob", "carol"],
+      connections: 5,
+    });
     expect(await carol.request("online", { group: "Room" })).toEqual({
       group: "Room",
       ...everyone,
