@@ -6,8 +6,9 @@ import {
   type HubConnection,
   HubConnectionBuilder,
   LogLevel,
+  Subject,
 } from "@microsoft/signalr";
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import {
   accessTokenOf,
@@ -347,6 +348,108 @@ describe("bindSignalR: the protocol, with the official client", () => {
     ]);
   });
 
+  it("streams to the client, item by item, and ends with the completion or the error", async () => {
+    let returned = 0;
+    const server = await start({
+      streams: {
+        Counter: async function* (_connection, count) {
+          try {
+            for (let i = 0; i < (count as number); i++) yield i;
+          } finally {
+            returned++;
+          }
+        },
+        Failing: async function* () {
+          yield "a";
+          throw new HubError("ran out");
+        },
+        Forever: async function* () {
+          try {
+            for (let i = 0; ; i++) {
+              yield i;
+              await new Promise((resolve) => setTimeout(resolve, 5));
+            }
+          } finally {
+            returned++;
+          }
+        },
+      },
+      methods: { Plain: () => 1 },
+    });
+    const { connection } = await connect(server.url, "gil");
+    const read = (name: string, ...args: unknown[]) =>
+      new Promise<{ items: unknown[]; error?: string }>((resolve) => {
+        const items: unknown[] = [];
+        connection.stream(name, ...args).subscribe({
+          next: (item) => items.push(item),
+          complete: () => resolve({ items }),
+          error: (error: Error) => resolve({ items, error: error.message }),
+        });
+      });
+    expect(await read("Counter", 5)).toEqual({ items: [0, 1, 2, 3, 4] });
+    expect(await read("counter", 0)).toEqual({ items: [] });
+    expect(await read("Failing")).toEqual({ items: ["a"], error: "ran out" });
+    expect(await read("Plain")).toEqual({
+      items: [],
+      error:
+        "The client attempted to invoke the non-streaming 'Plain' method with a streaming invocation.",
+    });
+    await expect(connection.invoke("Counter", 1)).rejects.toThrow(
+      "The client attempted to invoke the streaming 'Counter' method with a non-streaming invocation.",
+    );
+    expect(returned).toBe(2);
+    // A cancel (the subscription disposed) stops the server's generator.
+    const items: unknown[] = [];
+    const subscription = connection.stream("Forever").subscribe({
+      next: (item) => items.push(item),
+      complete: () => {},
+      error: () => {},
+    });
+    await vi.waitFor(() => expect(items.length).toBeGreaterThanOrEqual(3));
+    subscription.dispose();
+    await vi.waitFor(() => expect(returned).toBe(3));
+  });
+
+  it("reads a client's upload streams, in order, with the arguments first", async () => {
+    const server = await start({
+      methods: {
+        Sum: async (_connection, label, numbers) => {
+          let sum = 0;
+          for await (const n of numbers as AsyncIterable<number>) sum += n;
+          return `${label as string}: ${sum}`;
+        },
+        Zip: async (_connection, separator, a, b) => {
+          const all: unknown[] = [];
+          for await (const x of a as AsyncIterable<unknown>) all.push(x);
+          all.push(separator);
+          for await (const y of b as AsyncIterable<unknown>) all.push(y);
+          return all;
+        },
+      },
+    });
+    const { connection } = await connect(server.url, "hal");
+    const numbers = new Subject<number>();
+    const sum = connection.invoke("Sum", "total", numbers);
+    for (let i = 1; i <= 100; i++) numbers.next(i);
+    numbers.complete();
+    expect(await sum).toBe("total: 5050");
+    // Two streams side by side lose the second to the official client (its replaceStreamingParams
+    // skips the argument after a stream): an argument between them.
+    const [a, b] = [new Subject<string>(), new Subject<string>()];
+    const zipped = connection.invoke("Zip", a, "|", b);
+    b.next("b1");
+    a.next("a1");
+    a.complete();
+    b.complete();
+    expect(await zipped).toEqual(["a1", "|", "b1"]);
+    // An upload that fails: the method's loop throws the client's error.
+    const failing = new Subject<number>();
+    const failed = connection.invoke("Sum", "x", failing);
+    failing.next(1);
+    failing.error(new Error("client gave up"));
+    await expect(failed).rejects.toThrow(/client gave up|unexpected error/);
+  });
+
   it("closes with an error saying so when the token expires", async () => {
     const server = await start({
       userIdOf: (request) => {
@@ -514,6 +617,39 @@ describe("bindSignalR: the protocol by hand", () => {
     );
     expect(await asked).toBe("a");
     expect(socket.readyState).toBe(WebSocket.OPEN);
+    socket.close();
+  });
+
+  it("takes a stream's next item only while the reader keeps up: a paused client holds the server's memory flat", async () => {
+    let produced = 0;
+    const item = "x".repeat(32 * 1024);
+    const server = await start({
+      streams: {
+        Big: async function* () {
+          for (; produced < 1_000; produced++) yield item;
+        },
+      },
+    });
+    const { socket, records } = await raw(server.url, "ida");
+    await waitFor(() => records.some((r) => r.target === "welcome"));
+    socket.send(
+      `${JSON.stringify({ type: 4, invocationId: "big", target: "Big", arguments: [] })}${RS}`,
+    );
+    await waitFor(() => records.some((r) => r.type === 2));
+    // The client stops reading: the kernel's buffers fill, then the server's 64 KiB, then it waits.
+    (socket as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const whilePaused = produced;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(produced, "items taken while the client did not read").toBe(whilePaused);
+    expect(produced).toBeLessThan(1_000);
+    (socket as unknown as { _socket: { resume(): void } })._socket.resume();
+    await waitFor(() => records.some((r) => r.type === 3 && r.invocationId === "big"));
+    expect(records.filter((r) => r.type === 2)).toHaveLength(1_000);
+    expect(records.find((r) => r.type === 3 && r.invocationId === "big")).toEqual({
+      type: 3,
+      invocationId: "big",
+    });
     socket.close();
   });
 

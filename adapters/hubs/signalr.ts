@@ -8,6 +8,7 @@ import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
 import { requestTarget, respond } from "./http.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
 import { ClientResults } from "./signalr-results.js";
+import { isStream, Streams } from "./signalr-streams.js";
 import {
   type BoundServer,
   type BoundSocket,
@@ -25,8 +26,10 @@ import { toBuffer } from "./ws-groups.js";
 /** The JSON hub protocol's record separator: every message ends with it. */
 const RS = 0x1e;
 const INVOCATION = 1;
+const STREAM_ITEM = 2;
 const COMPLETION = 3;
 const STREAM_INVOCATION = 4;
+const CANCEL_INVOCATION = 5;
 const PING = 6;
 const CLOSE = 7;
 const ACK = 8;
@@ -87,9 +90,23 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
    * method takes exactly the arguments it declares after the connection (its `length` less
    * one, as ASP.NET Core binds a method's parameters): an invocation with more or fewer fails
    * with an error completion. Default values and rest parameters are not counted by JavaScript,
-   * so leave them out.
+   * so leave them out. A client's upload streams (`streamIds`) come after the arguments, in the
+   * order of their ids, each an async iterable of its items; the connection is not read while
+   * 10 items wait for the method (backpressure), and an upload ends with the client's completion
+   * (or throws its error, or the connection's close).
    */
   methods: Record<string, HubMethod<S>>;
+  /**
+   * Methods clients stream from (`connection.stream(...)`), by name as `methods`: each returns an
+   * async iterable (an `async function*`, say), whose items the client receives as they come,
+   * then the stream's completion (its error if it throws: a {@link HubError}'s message, else a
+   * generic one). The next item is taken only while the connection's unsent bytes are under
+   * 64 KiB, so a slow reader does not grow the server's memory; the client's cancel (its
+   * subscription's `dispose()`) and the connection's close end it (`return()` on the iterator).
+   * A streaming invocation of a method of `methods`, or the other way round, fails without
+   * running it. At most 16 streams per connection, both ways.
+   */
+  streams?: Record<string, HubMethod<S>>;
   /**
    * Runs for every message a client sends, whatever its type (pings, completions, stream items
    * and the ones this server ignores included), before it is read: the place for rate limits.
@@ -211,6 +228,7 @@ export class SignalRHub<S extends BoundSocket> {
   readonly #options: SignalRBindingOptions<S>;
   readonly #hub: WsHub<S>;
   readonly #methods: Map<string, HubMethod<S>>;
+  readonly #streamMethods: Map<string, HubMethod<S>>;
   readonly #negotiated = new Map<
     string,
     { connectionId: string; userId: string; used: boolean; stateful: boolean }
@@ -229,6 +247,7 @@ export class SignalRHub<S extends BoundSocket> {
   #pendingTotal = 0;
   readonly #states = new Map<string, State<S>>();
   readonly #results = new ClientResults((message) => new HubError(message));
+  readonly #streams = new Streams((message) => new HubError(message));
   readonly #onError: (error: unknown) => void;
   readonly #maxMessageBytes: number;
   readonly #sweep: NodeJS.Timeout;
@@ -238,9 +257,10 @@ export class SignalRHub<S extends BoundSocket> {
     this.#onError =
       options.onError ??
       ((error) => process.emitWarning(`hub-membership: bindSignalR: ${String(error)}`));
-    this.#methods = new Map(
-      Object.entries(options.methods).map(([name, method]) => [name.toLowerCase(), method]),
-    );
+    const byName = (methods: Record<string, HubMethod<S>> = {}) =>
+      new Map(Object.entries(methods).map(([name, method]) => [name.toLowerCase(), method]));
+    this.#methods = byName(options.methods);
+    this.#streamMethods = byName(options.streams);
     this.#maxMessageBytes = options.maxMessageBytes ?? 32 * 1024;
     const stateful = options.statefulReconnect;
     this.#stateful = stateful
@@ -272,6 +292,7 @@ export class SignalRHub<S extends BoundSocket> {
       onClose: (connection) => {
         this.#states.delete(connection.id);
         this.#results.gone(connection.id);
+        this.#streams.gone(connection.id);
         options.onClose?.(connection);
       },
       ...(onJoin && { onJoin }),
@@ -716,7 +737,18 @@ export class SignalRHub<S extends BoundSocket> {
     }
     // A client's answer to invokeClient, whatever the admission said: the server asked for it.
     if (type === COMPLETION) {
-      this.#results.complete(connection.id, message);
+      if (this.#streams.isUpload(connection.id, invocationId))
+        this.#streams.complete(connection.id, invocationId, message.error);
+      else this.#results.complete(connection.id, message);
+      return true;
+    }
+    // The connection is read again once the upload's reader has room: backpressure.
+    if (type === STREAM_ITEM) {
+      await this.#streams.item(connection.id, invocationId, message.item);
+      return true;
+    }
+    if (type === CANCEL_INVOCATION) {
+      this.#streams.cancel(connection.id, invocationId);
       return true;
     }
     // Other types are ignored, as ASP.NET Core ignores types it does not know.
@@ -739,46 +771,111 @@ export class SignalRHub<S extends BoundSocket> {
       if (invocationId !== undefined)
         this.#hub.send(connection.id, record({ type: COMPLETION, invocationId, ...outcome }));
     };
-    const method = this.#methods.get(target.toLowerCase());
-    if (type === STREAM_INVOCATION || (Array.isArray(streamIds) && streamIds.length > 0)) {
-      complete({ error: "Streaming is not supported by this server." });
+    if (
+      streamIds !== undefined &&
+      (!Array.isArray(streamIds) || !streamIds.every((id) => typeof id === "string"))
+    )
+      return this.#protocolError(connection, "Expected 'streamIds' to be of type Array of String.");
+    if (type === STREAM_INVOCATION && typeof invocationId !== "string")
+      return this.#protocolError(connection, "Missing required property 'invocationId'.");
+    let reading: () => void = () => {};
+    const waitsForUploads = new Promise<void>((resolve) => {
+      reading = resolve;
+    });
+    const uploads = this.#streams.open(
+      connection.id,
+      (streamIds as string[] | undefined) ?? [],
+      () => reading(),
+    );
+    if (uploads === undefined) {
+      complete({ error: "Too many streams, or a stream id already in use." });
       return true;
     }
+    const streaming = type === STREAM_INVOCATION;
+    const name = target.toLowerCase();
+    const method = (streaming ? this.#streamMethods : this.#methods).get(name);
+    // The other kind's method: refused without running it, as ASP.NET Core's binder does.
+    const otherKind =
+      method === undefined && (streaming ? this.#methods : this.#streamMethods).has(name);
     const failed = `Failed to invoke '${target}' due to an error on the server.`;
-    try {
-      const next = async () => {
-        if (method === undefined)
-          throw new HubError(`${failed} HubException: Method does not exist.`);
-        const expected = Math.max(0, method.length - 1);
-        if (args.length !== expected)
-          throw new HubError(
-            this.#detailed(
-              failed,
-              "InvalidDataException",
-              `Invocation provides ${args.length} argument(s) but target expects ${expected}.`,
-            ),
-          );
-        return method(connection, ...args);
-      };
-      const { filter } = this.#options;
-      const invocation = { connection, target, arguments: args, size: data.length };
-      const result = await (filter ? filter(invocation, next) : next());
-      complete({ result: result ?? null });
-    } catch (error) {
-      if (error instanceof HubError) complete({ error: error.message });
-      else {
-        this.#onError(error);
-        const failure = error instanceof Error ? error : new Error(String(error));
-        complete({
-          error: this.#detailed(
-            `An unexpected error occurred invoking '${target}' on the server.`,
-            failure.name,
-            failure.message,
-          ),
-        });
+    const run = async () => {
+      try {
+        const next = async () => {
+          if (otherKind)
+            throw new HubError(
+              `The client attempted to invoke the ${streaming ? "non-streaming" : "streaming"} '${target}' method with a ${streaming ? "streaming" : "non-streaming"} invocation.`,
+            );
+          if (method === undefined)
+            throw new HubError(`${failed} HubException: Method does not exist.`);
+          const expected = Math.max(0, method.length - 1);
+          const given = args.length + uploads.length;
+          if (given !== expected)
+            throw new HubError(
+              this.#detailed(
+                failed,
+                "InvalidDataException",
+                `Invocation provides ${given} argument(s) but target expects ${expected}.`,
+              ),
+            );
+          // Uploads come after the arguments, in the order of their ids.
+          return method(connection, ...args, ...uploads);
+        };
+        const { filter } = this.#options;
+        const invocation = { connection, target, arguments: args, size: data.length };
+        const result = await (filter ? filter(invocation, next) : next());
+        if (!streaming) return complete({ result: result ?? null });
+        if (!isStream(result)) throw new Error(`the stream method '${target}' returned no stream`);
+        void this.#stream(connection, invocationId as string, result);
+      } catch (error) {
+        complete({ error: this.#failure(error, target) });
+      } finally {
+        // Items of an upload sent after its invocation completed are ignored, as the spec allows.
+        for (const id of (streamIds as string[] | undefined) ?? [])
+          this.#streams.complete(connection.id, id, undefined);
       }
-    }
+    };
+    // Invocations complete in order, but one that waits for its uploads' items lets the
+    // connection go on being read: they come in the messages after it.
+    await Promise.race([run(), waitsForUploads]);
     return true;
+  }
+
+  /** What the client is told of a hub method's failure: a HubError's message, else a generic one. */
+  #failure(error: unknown, target: string): string {
+    if (error instanceof HubError) return error.message;
+    this.#onError(error);
+    const failure = error instanceof Error ? error : new Error(String(error));
+    return this.#detailed(
+      `An unexpected error occurred invoking '${target}' on the server.`,
+      failure.name,
+      failure.message,
+    );
+  }
+
+  /** Sends a hub method's stream as the invocation's stream items, then its completion. */
+  #stream(connection: SignalRConnection<S>, invocationId: string, source: AsyncIterable<unknown>) {
+    const send = (message: object) => this.#hub.send(connection.id, record(message));
+    return this.#streams.serve(
+      connection.id,
+      invocationId,
+      source,
+      {
+        item: (item) => send({ type: STREAM_ITEM, invocationId, item }),
+        complete: (error) =>
+          send({ type: COMPLETION, invocationId, ...(error !== undefined && { error }) }),
+        buffered: () => connection.socket.bufferedAmount,
+        open: () => this.#states.has(connection.id),
+      },
+      (error) => {
+        if (error instanceof HubError) return error.message;
+        this.#onError(error);
+        return this.#detailed(
+          "An error occurred on the server while streaming results.",
+          error instanceof Error ? error.name : "Error",
+          error instanceof Error ? error.message : String(error),
+        );
+      },
+    );
   }
 
   /** Runs `admit` for a message; the refusal, if it refused it. */

@@ -191,6 +191,12 @@ export function signalrExpectation(
     if (typeof target !== "string" || !Array.isArray(args)) return result("close message");
     if (invocationId !== undefined && typeof invocationId !== "string")
       return result("close message");
+    if (
+      streamIds !== undefined &&
+      !(Array.isArray(streamIds) && streamIds.every((id) => typeof id === "string"))
+    )
+      return result("close message");
+    if (type === 4 && typeof invocationId !== "string") return result("close message");
     if (typeof invocationId === "string") completions.push(invocationId);
     const streaming = type === 4 || (Array.isArray(streamIds) && streamIds.length > 0);
     const method = options.methods[target.toLowerCase()];
