@@ -198,6 +198,22 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
 
   it("a made-up resume is a fresh connect, and /metrics counts replays", async () => {
     await grant(env, "gus", "Made-up");
+    // Counted from here: whatever the tests before this one did.
+    const counters = async () => {
+      const metrics = await (await fetch(`${sample.url}/metrics`)).text();
+      const value = (name: string) =>
+        Number(
+          new RegExp(`^hub_membership_${name}_total\\{endpoint="ws"\\} (\\d+)`, "m").exec(
+            metrics,
+          )?.[1] ?? 0,
+        );
+      return {
+        replays: value("replays"),
+        replayed: value("replayed_messages"),
+        unrecovered: value("unrecovered_groups"),
+      };
+    };
+    const before = await counters();
     for (const resume of [
       "not json",
       "[]",
@@ -218,10 +234,23 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
         });
       client.close();
     }
-    const metrics = await (await fetch(`${sample.url}/metrics`)).text();
-    expect(metrics).toMatch(/hub_membership_replays_total\{endpoint="ws"\} [1-9]/);
-    expect(metrics).toMatch(/hub_membership_replayed_messages_total\{endpoint="ws"\} [1-9]/);
-    expect(metrics).toMatch(/hub_membership_unrecovered_groups_total\{endpoint="ws"\} [1-9]/);
+    // A genuine resume: one message missed, replayed.
+    const gus = await connect(sample.wsUrl, token(env, "gus"));
+    const other = await connect(sample.wsUrl, token(env, "gus"));
+    other.send({ type: "send", group: "Made-up", text: "seen" });
+    await gus.next((m) => m.text === "seen");
+    const place = resumeFrom(gus);
+    gus.close();
+    other.send({ type: "send", group: "Made-up", text: "missed" });
+    await other.next((m) => m.text === "missed");
+    const back = await connect(sample.wsUrl, token(env, "gus"), "header", place);
+    expect(await back.next((m) => m.text === "missed")).toMatchObject({ replayed: true });
+    // The forged resume and the genuine one replayed; one message; the forged group unrecovered.
+    expect(await counters()).toEqual({
+      replays: before.replays + 2,
+      replayed: before.replayed + 1,
+      unrecovered: before.unrecovered + 1,
+    });
   });
 });
 
