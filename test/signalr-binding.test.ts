@@ -450,6 +450,18 @@ describe("bindSignalR: the protocol, with the official client", () => {
     await expect(failed).rejects.toThrow(/client gave up|unexpected error/);
   });
 
+  it("a hub method may await a result from its own caller", async () => {
+    const server = await start({
+      methods: {
+        Confirm: async (connection, question) =>
+          `answered: ${await server.hub.invokeClient(connection.id, "ask", [question], { timeoutMs: 5_000 })}`,
+      },
+    });
+    const { connection } = await connect(server.url, "kim");
+    connection.on("ask", (question: string) => `yes to ${question}`);
+    expect(await connection.invoke("Confirm", "tea?")).toBe("answered: yes to tea?");
+  });
+
   it("closes with an error saying so when the token expires", async () => {
     const server = await start({
       userIdOf: (request) => {
@@ -651,6 +663,59 @@ describe("bindSignalR: the protocol by hand", () => {
       invocationId: "big",
     });
     socket.close();
+  });
+
+  it("refuses a stream id in use and a 17th stream, ends every stream's generator on close, and survives a broken stream", async () => {
+    let running = 0;
+    const server = await start({
+      streams: {
+        Forever: async function* () {
+          running++;
+          try {
+            for (;;) {
+              yield 1;
+              await new Promise((resolve) => setTimeout(resolve, 20));
+            }
+          } finally {
+            running--;
+          }
+        },
+        Broken: () => ({
+          [Symbol.asyncIterator]() {
+            throw new Error("no iterator");
+          },
+        }),
+      },
+    });
+    const { socket, records } = await raw(server.url, "jo");
+    await waitFor(() => records.some((r) => r.target === "welcome"));
+    const stream = (invocationId: string, target = "Forever") =>
+      socket.send(`${JSON.stringify({ type: 4, invocationId, target, arguments: [] })}${RS}`);
+    const completionOf = (id: string) => records.find((r) => r.type === 3 && r.invocationId === id);
+    for (let i = 0; i < 16; i++) stream(`f${i}`);
+    stream("f0");
+    stream("f16");
+    await waitFor(() => completionOf("f16") !== undefined && completionOf("f0") !== undefined);
+    expect(completionOf("f0")).toEqual({
+      type: 3,
+      invocationId: "f0",
+      error: "Invocation ID 'f0' is already in use.",
+    });
+    expect(completionOf("f16")?.error).toBe("Too many streams, or a stream id already in use.");
+    expect(running).toBe(16);
+    // Cancel one: its generator ends and its id may be used again.
+    socket.send(`${JSON.stringify({ type: 5, invocationId: "f1" })}${RS}`);
+    await waitFor(() => running === 15);
+    stream("broken", "Broken");
+    socket.send(`${JSON.stringify({ type: 5, invocationId: "f2" })}${RS}`);
+    await waitFor(() => completionOf("broken") !== undefined);
+    expect(completionOf("broken")?.error).toBe(
+      "An error occurred on the server while streaming results.",
+    );
+    // The connection goes: every generator's finally runs.
+    socket.close();
+    await waitFor(() => running === 0);
+    expect(server.errors.map(String)).toEqual(["Error: no iterator"]);
   });
 
   it("keeps a client that pings", async () => {

@@ -1,8 +1,10 @@
+const MAX_TIMER = 2 ** 31 - 1;
+
 /** A client result the server waits for: ASP.NET Core's `Clients.Client(id).InvokeAsync`. */
 interface Waiting {
   readonly resolve: (result: unknown) => void;
   readonly reject: (error: Error) => void;
-  readonly timer: NodeJS.Timeout;
+  readonly timer: NodeJS.Timeout | undefined;
 }
 
 /**
@@ -21,6 +23,7 @@ export class ClientResults {
     connectionId: string,
     timeoutMs: number,
   ): { invocationId: string; result: Promise<unknown> } {
+    if (!(timeoutMs > 0)) throw this.fail("timeoutMs must be a number of ms above 0.");
     const invocationId = `s${this.#next++}`;
     let waiting = this.#waiting.get(connectionId);
     if (waiting === undefined) {
@@ -29,11 +32,15 @@ export class ClientResults {
     }
     const pending = waiting;
     const result = new Promise<unknown>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#settle(connectionId, invocationId);
-        reject(this.fail(`The client did not answer within ${timeoutMs} ms.`));
-      }, timeoutMs);
-      timer.unref();
+      // Past setTimeout's limit (about 24.8 days, or Infinity): no timeout, the close still ends it.
+      const timer =
+        timeoutMs <= MAX_TIMER
+          ? setTimeout(() => {
+              this.#settle(connectionId, invocationId);
+              reject(this.fail(`The client did not answer within ${timeoutMs} ms.`));
+            }, timeoutMs)
+          : undefined;
+      timer?.unref();
       pending.set(invocationId, { resolve, reject, timer });
     });
     return { invocationId, result };
@@ -48,9 +55,14 @@ export class ClientResults {
     if (typeof invocationId !== "string") return false;
     const waiting = this.#settle(connectionId, invocationId);
     if (waiting === undefined) return false;
-    if (typeof error === "string") waiting.reject(this.fail(error));
+    if (error !== undefined && error !== null) waiting.reject(this.fail(String(error)));
     else waiting.resolve(result ?? null);
     return true;
+  }
+
+  /** Whether `invocationId` is one this connection was asked and has not answered. */
+  isPending(connectionId: string, invocationId: string): boolean {
+    return this.#waiting.get(connectionId)?.has(invocationId) ?? false;
   }
 
   /** The connection is gone: every invocation waiting on it fails. */

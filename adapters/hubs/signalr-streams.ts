@@ -1,27 +1,37 @@
 /** Unsent bytes on a connection past which a stream waits before it takes its next item. */
 const HIGH_WATER = 64 * 1024;
-/** Items of an upload the hub method has not taken yet, past which the client is not read. */
+/**
+ * Items (or bytes, as they came on the wire) of an upload the hub method has not taken yet, past
+ * which the client is not read: a parsed item can weigh far more than its bytes.
+ */
 const UPLOAD_BUFFER = 10;
+const UPLOAD_BUFFER_BYTES = 64 * 1024;
 
 /** A stream from the client (`streamIds`), as the hub method reads it. */
 class Upload implements AsyncIterable<unknown> {
   /** `waiting`: called when the reader waits for an item that has not come. */
   constructor(readonly waiting: () => void) {}
-  readonly #items: unknown[] = [];
+  readonly #items: Array<{ item: unknown; bytes: number }> = [];
+  #bytes = 0;
   #ended: { error?: Error } | undefined;
   #wake: (() => void) | undefined;
   /** Resolves the client's reader, waiting for room. */
   #room: (() => void) | undefined;
 
   /** Takes an item; resolves once there is room for the next (the connection waits: backpressure). */
-  async push(item: unknown): Promise<void> {
+  async push(item: unknown, bytes: number): Promise<void> {
     if (this.#ended) return;
-    this.#items.push(item);
+    this.#items.push({ item, bytes });
+    this.#bytes += bytes;
     this.#wakeUp();
-    if (this.#items.length >= UPLOAD_BUFFER)
+    if (this.#full())
       await new Promise<void>((resolve) => {
         this.#room = resolve;
       });
+  }
+
+  #full(): boolean {
+    return this.#items.length >= UPLOAD_BUFFER || this.#bytes >= UPLOAD_BUFFER_BYTES;
   }
 
   end(error?: Error): void {
@@ -38,25 +48,32 @@ class Upload implements AsyncIterable<unknown> {
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<unknown> {
-    for (;;) {
-      if (this.#items.length > 0) {
-        yield this.#items.shift();
-        if (this.#items.length < UPLOAD_BUFFER) {
-          const room = this.#room;
-          this.#room = undefined;
-          room?.();
+    try {
+      for (;;) {
+        const next = this.#items.shift();
+        if (next !== undefined) {
+          this.#bytes -= next.bytes;
+          if (!this.#full()) {
+            const room = this.#room;
+            this.#room = undefined;
+            room?.();
+          }
+          yield next.item;
+          continue;
         }
-        continue;
+        if (this.#ended) {
+          if (this.#ended.error) throw this.#ended.error;
+          return;
+        }
+        const arrived = new Promise<void>((resolve) => {
+          this.#wake = resolve;
+        });
+        this.waiting();
+        await arrived;
       }
-      if (this.#ended) {
-        if (this.#ended.error) throw this.#ended.error;
-        return;
-      }
-      const arrived = new Promise<void>((resolve) => {
-        this.#wake = resolve;
-      });
-      this.waiting();
-      await arrived;
+    } finally {
+      // A reader that stops (a break) takes no more: the client is read on, its items dropped.
+      this.end();
     }
   }
 }
@@ -97,17 +114,22 @@ export class Streams {
 
   /**
    * Opens an upload per id; the iterables to pass the hub method. Undefined if an id is in use
-   * (a protocol error) or the connection would pass its streams.
+   * (`taken` says which others are) or the connection would pass its streams (`streaming`: the
+   * invocation is a stream too).
    */
   open(
     connectionId: string,
     streamIds: readonly string[],
+    streaming: boolean,
+    taken: (id: string) => boolean,
     waiting: () => void,
   ): Upload[] | undefined {
     let uploads = this.#uploads.get(connectionId);
-    if (this.count(connectionId) + streamIds.length > this.maxPerConnection) return undefined;
+    const streams = this.count(connectionId) + streamIds.length + (streaming ? 1 : 0);
+    if (streamIds.length + (streaming ? 1 : 0) > 0 && streams > this.maxPerConnection)
+      return undefined;
     if (new Set(streamIds).size !== streamIds.length) return undefined;
-    if (streamIds.some((id) => uploads?.has(id))) return undefined;
+    if (streamIds.some((id) => uploads?.has(id) || taken(id))) return undefined;
     if (uploads === undefined) {
       uploads = new Map();
       this.#uploads.set(connectionId, uploads);
@@ -128,10 +150,32 @@ export class Streams {
     );
   }
 
+  /** Whether `invocationId` names a stream of this connection to the client. */
+  isStreaming(connectionId: string, invocationId: string): boolean {
+    return this.#outgoing.get(connectionId)?.has(invocationId) ?? false;
+  }
+
   /** An upload's item; resolves when the connection may be read again. Unknown ids: ignored. */
-  item(connectionId: string, streamId: unknown, item: unknown): Promise<void> | undefined {
+  item(
+    connectionId: string,
+    streamId: unknown,
+    item: unknown,
+    bytes: number,
+  ): Promise<void> | undefined {
     if (typeof streamId !== "string") return undefined;
-    return this.#uploads.get(connectionId)?.get(streamId)?.push(item);
+    return this.#uploads.get(connectionId)?.get(streamId)?.push(item, bytes);
+  }
+
+  /** The invocation that read `opened` is over: they end, and their ids are free again. */
+  release(connectionId: string, streamIds: readonly string[], opened: readonly Upload[]): void {
+    const uploads = this.#uploads.get(connectionId);
+    streamIds.forEach((id, i) => {
+      const upload = opened[i];
+      upload?.end();
+      // Only its own: a newer upload may have the id by now.
+      if (uploads?.get(id) === upload) uploads?.delete(id);
+    });
+    if (uploads?.size === 0) this.#uploads.delete(connectionId);
   }
 
   /** An upload's completion, with the client's error if any. */
@@ -160,28 +204,39 @@ export class Streams {
       this.#outgoing.set(connectionId, outgoing);
     }
     let canceled = false;
-    const iterator = source[Symbol.asyncIterator]();
+    let iterator: AsyncIterator<unknown> | undefined;
+    let done = false;
+    // The iterator's return() may throw at once, or reject: neither may escape.
+    const finish = () =>
+      void Promise.resolve()
+        .then(() => iterator?.return?.())
+        .catch(() => undefined);
     const stop = () => {
       canceled = true;
-      void Promise.resolve(iterator.return?.()).catch(() => undefined);
+      finish();
     };
     outgoing.set(invocationId, stop);
     let failure: string | undefined;
     try {
+      iterator = source[Symbol.asyncIterator]();
       for (;;) {
         while (sink.buffered() > HIGH_WATER && sink.open() && !canceled)
           await new Promise((resolve) => setTimeout(resolve, 10));
         if (canceled || !sink.open()) break;
         const next = await iterator.next();
-        if (next.done || canceled) break;
+        done = next.done === true;
+        if (done || canceled) break;
         sink.item(next.value);
       }
     } catch (error) {
+      done = true; // a generator that threw is over
       if (!canceled) failure = describe(error);
     } finally {
-      outgoing.delete(invocationId);
+      if (outgoing.get(invocationId) === stop) outgoing.delete(invocationId);
       if (outgoing.size === 0) this.#outgoing.delete(connectionId);
     }
+    // Ended before its end (the connection went): its finally blocks run.
+    if (!done && !canceled) finish();
     // The spec: a canceled stream ends with a completion too (the client may ignore it).
     if (sink.open()) sink.complete(failure);
   }

@@ -215,6 +215,8 @@ interface State<S extends BoundSocket> {
   pendingBytes: number;
   lastReceived: number;
   lastPing: number;
+  /** Lets the connection be read on while its current invocation waits for the client. */
+  waiting?: (() => void) | undefined;
 }
 
 /**
@@ -470,6 +472,8 @@ export class SignalRHub<S extends BoundSocket> {
     if (!this.#states.get(connectionId)?.handshaken)
       throw new HubError(`Connection '${connectionId}' is not connected to this server.`);
     const { invocationId, result } = this.#results.start(connectionId, timeoutMs);
+    // Asked from the connection's own invocation: its answer comes in a later message.
+    this.#states.get(connectionId)?.waiting?.();
     this.#hub.send(
       connectionId,
       record({ type: INVOCATION, invocationId, target, arguments: args }),
@@ -737,14 +741,15 @@ export class SignalRHub<S extends BoundSocket> {
     }
     // A client's answer to invokeClient, whatever the admission said: the server asked for it.
     if (type === COMPLETION) {
-      if (this.#streams.isUpload(connection.id, invocationId))
+      if (!this.#results.complete(connection.id, message) && typeof invocationId === "string")
         this.#streams.complete(connection.id, invocationId, message.error);
-      else this.#results.complete(connection.id, message);
       return true;
     }
+    // A refused item or cancel is dropped, as any refused message.
+    if ((type === STREAM_ITEM || type === CANCEL_INVOCATION) && refusal !== undefined) return true;
     // The connection is read again once the upload's reader has room: backpressure.
     if (type === STREAM_ITEM) {
-      await this.#streams.item(connection.id, invocationId, message.item);
+      await this.#streams.item(connection.id, invocationId, message.item, data.length);
       return true;
     }
     if (type === CANCEL_INVOCATION) {
@@ -778,20 +783,27 @@ export class SignalRHub<S extends BoundSocket> {
       return this.#protocolError(connection, "Expected 'streamIds' to be of type Array of String.");
     if (type === STREAM_INVOCATION && typeof invocationId !== "string")
       return this.#protocolError(connection, "Missing required property 'invocationId'.");
+    const streaming = type === STREAM_INVOCATION;
+    if (streaming && this.#streams.isStreaming(connection.id, invocationId as string)) {
+      complete({ error: `Invocation ID '${invocationId}' is already in use.` });
+      return true;
+    }
     let reading: () => void = () => {};
-    const waitsForUploads = new Promise<void>((resolve) => {
+    const waiting = new Promise<void>((resolve) => {
       reading = resolve;
     });
+    const ids = (streamIds as string[] | undefined) ?? [];
     const uploads = this.#streams.open(
       connection.id,
-      (streamIds as string[] | undefined) ?? [],
+      ids,
+      streaming,
+      (id) => this.#results.isPending(connection.id, id),
       () => reading(),
     );
     if (uploads === undefined) {
       complete({ error: "Too many streams, or a stream id already in use." });
       return true;
     }
-    const streaming = type === STREAM_INVOCATION;
     const name = target.toLowerCase();
     const method = (streaming ? this.#streamMethods : this.#methods).get(name);
     // The other kind's method: refused without running it, as ASP.NET Core's binder does.
@@ -825,18 +837,25 @@ export class SignalRHub<S extends BoundSocket> {
         const result = await (filter ? filter(invocation, next) : next());
         if (!streaming) return complete({ result: result ?? null });
         if (!isStream(result)) throw new Error(`the stream method '${target}' returned no stream`);
-        void this.#stream(connection, invocationId as string, result);
+        void this.#stream(connection, invocationId as string, result).catch((error: unknown) =>
+          this.#onError(error),
+        );
       } catch (error) {
         complete({ error: this.#failure(error, target) });
       } finally {
         // Items of an upload sent after its invocation completed are ignored, as the spec allows.
-        for (const id of (streamIds as string[] | undefined) ?? [])
-          this.#streams.complete(connection.id, id, undefined);
+        this.#streams.release(connection.id, ids, uploads);
       }
     };
-    // Invocations complete in order, but one that waits for its uploads' items lets the
-    // connection go on being read: they come in the messages after it.
-    await Promise.race([run(), waitsForUploads]);
+    // Invocations complete in order, but one that waits for the client (its uploads' items, or
+    // a result it asked this connection for: invokeClient) lets the connection be read on.
+    const state = this.#states.get(connection.id);
+    if (state) state.waiting = () => reading();
+    try {
+      await Promise.race([run(), waiting]);
+    } finally {
+      if (state) state.waiting = undefined;
+    }
     return true;
   }
 
