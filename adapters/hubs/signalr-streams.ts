@@ -143,13 +143,6 @@ export class Streams {
     return opened;
   }
 
-  /** True when `streamId` is an upload of this connection. */
-  isUpload(connectionId: string, streamId: unknown): streamId is string {
-    return (
-      typeof streamId === "string" && (this.#uploads.get(connectionId)?.has(streamId) ?? false)
-    );
-  }
-
   /** Whether `invocationId` names a stream of this connection to the client. */
   isStreaming(connectionId: string, invocationId: string): boolean {
     return this.#outgoing.get(connectionId)?.has(invocationId) ?? false;

@@ -841,7 +841,12 @@ export class SignalRHub<S extends BoundSocket> {
           this.#onError(error),
         );
       } catch (error) {
-        complete({ error: this.#failure(error, target) });
+        complete({
+          error: this.#failure(
+            error,
+            `An unexpected error occurred invoking '${target}' on the server.`,
+          ),
+        });
       } finally {
         // Items of an upload sent after its invocation completed are ignored, as the spec allows.
         this.#streams.release(connection.id, ids, uploads);
@@ -859,16 +864,15 @@ export class SignalRHub<S extends BoundSocket> {
     return true;
   }
 
-  /** What the client is told of a hub method's failure: a HubError's message, else a generic one. */
-  #failure(error: unknown, target: string): string {
+  /**
+   * What the client is told of a hub method's failure: a HubError's message; else `generic`
+   * (with the failure itself when detailed errors are on), and the failure goes to `onError`.
+   */
+  #failure(error: unknown, generic: string): string {
     if (error instanceof HubError) return error.message;
     this.#onError(error);
     const failure = error instanceof Error ? error : new Error(String(error));
-    return this.#detailed(
-      `An unexpected error occurred invoking '${target}' on the server.`,
-      failure.name,
-      failure.message,
-    );
+    return this.#detailed(generic, failure.name, failure.message);
   }
 
   /** Sends a hub method's stream as the invocation's stream items, then its completion. */
@@ -885,15 +889,7 @@ export class SignalRHub<S extends BoundSocket> {
         buffered: () => connection.socket.bufferedAmount,
         open: () => this.#states.has(connection.id),
       },
-      (error) => {
-        if (error instanceof HubError) return error.message;
-        this.#onError(error);
-        return this.#detailed(
-          "An error occurred on the server while streaming results.",
-          error instanceof Error ? error.name : "Error",
-          error instanceof Error ? error.message : String(error),
-        );
-      },
+      (error) => this.#failure(error, "An error occurred on the server while streaming results."),
     );
   }
 

@@ -63,6 +63,17 @@ export class RedisConnections {
     return within(this.#main, timeoutMs);
   }
 
+  /** One command on the main connection, within `timeoutMs`; a failure as `STORE_UNAVAILABLE`. */
+  async command(args: ReadonlyArray<string | Buffer>, timeoutMs: number): Promise<unknown> {
+    try {
+      const client = await this.main(timeoutMs);
+      // Buffers go as bytes: a payload is not turned into a string and back.
+      return await within(client.sendCommand(args as ReadonlyArray<string>), timeoutMs);
+    } catch (error) {
+      throw redisUnavailable(error);
+    }
+  }
+
   /** A new connection of its own, closed by {@link close}. */
   async own(): Promise<RedisClientLike> {
     const { client } = this.#target;

@@ -320,25 +320,16 @@ export class RedisHistory implements MessageHistory {
     group: string | undefined,
     args: Array<string | Buffer>,
   ): Promise<unknown> {
+    const stream = group === undefined ? this.#resetKey : this.#stream(group);
+    const keys = [stream, this.#epochKey, this.#resetKey];
     try {
-      const client = await this.#redis.main(this.#timeoutMs);
-      const stream = group === undefined ? this.#resetKey : this.#stream(group);
-      const keys = [stream, this.#epochKey, this.#resetKey];
-      // Sent as bytes: a payload is not turned into a string and back.
-      const command = [
-        "EVAL",
-        script,
-        "3",
-        ...keys,
-        this.#newEpoch,
-        ...args,
-      ] as unknown as string[];
-      const reply = await within(client.sendCommand(command), this.#timeoutMs);
+      const command = ["EVAL", script, "3", ...keys, this.#newEpoch, ...args];
+      const reply = await this.#redis.command(command, this.#timeoutMs);
       this.#failing = false;
       return reply;
     } catch (error) {
       this.#report(error);
-      throw redisUnavailable(error);
+      throw error;
     }
   }
 

@@ -16,7 +16,6 @@ import {
   RedisConnections,
   type RedisTarget,
   redisUnavailable,
-  within,
 } from "./client.js";
 
 export type RedisPresenceOptions = RedisTarget & {
@@ -383,13 +382,8 @@ export class RedisPresence implements Presence {
     return { users: u, connections: Math.max(0, n) };
   }
 
-  async #command(command: string[]): Promise<unknown> {
-    try {
-      const client = await this.#redis.main(this.#timeoutMs);
-      return await within(client.sendCommand(command), this.#timeoutMs);
-    } catch (error) {
-      throw redisUnavailable(error);
-    }
+  #command(command: string[]): Promise<unknown> {
+    return this.#redis.command(command, this.#timeoutMs);
   }
 
   #receive(message: Buffer): void {

@@ -452,11 +452,13 @@ export class MembershipSync {
       known.set(group, expiresAt);
       if (joined) continue;
       user.sorted = undefined;
+      let ready = 0;
       for (const id of user.connections) {
         if (!this.#connections.get(id)?.ready) continue;
-        this.#changed(user.userId);
+        ready++;
         void this.#join(id, group, "granted");
       }
+      if (ready > 0) this.#changed(user.userId);
     }
     for (const group of user.timers?.keys() ?? [])
       if (!stored.has(group)) this.#clearTimer(user, group);

@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
 import { MembershipError } from "../contract.js";
 import type { Presence, PresenceEvent } from "../presence/presence.js";
 import { HOSTILE_NAMES, INVALID_NAMES } from "./hostile-names.js";
@@ -13,17 +13,8 @@ export interface PresenceFactory {
 }
 
 /** Retries `check` until it passes, for up to 5 s: a shared backing settles within moments. */
-async function eventually(check: () => Promise<void>): Promise<void> {
-  const until = Date.now() + 5_000;
-  for (;;) {
-    try {
-      return await check();
-    } catch (error) {
-      if (Date.now() > until) throw error;
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-}
+const eventually = (check: () => Promise<void>) =>
+  vi.waitFor(check, { timeout: 5_000, interval: 20 });
 
 /**
  * The presence conformance suite: every rule of the `Presence` contract, on the presences
