@@ -77,6 +77,35 @@ export async function timed(operation: () => Promise<unknown>): Promise<number> 
   return performance.now() - start;
 }
 
+/** `operation` run `count` times, one after another: the milliseconds of each. */
+export async function timedRuns(
+  count: number,
+  operation: () => Promise<unknown>,
+): Promise<number[]> {
+  const times: number[] = [];
+  for (let i = 0; i < count; i++) times.push(await timed(operation));
+  return times;
+}
+
+/** A row of latencies in ms: their median, their p99, how many. */
+export function latencyRow(
+  benchmark: string,
+  label: string,
+  times: readonly number[],
+  extra: Partial<Row> = {},
+  digits = 2,
+): Row {
+  return {
+    benchmark,
+    case: label,
+    value: round(median(times), digits),
+    p99: round(p99(times), digits),
+    unit: "ms",
+    details: { samples: times.length },
+    ...extra,
+  };
+}
+
 /**
  * A store on this run's Azurite, counting its requests. `delayMs` is added to every request,
  * about a round trip to Azure Table Storage where Azurite on loopback has none. `tableName`:

@@ -15,25 +15,10 @@ import { createClient } from "redis";
 import { Server as IoServer } from "socket.io";
 import { InMemoryMembershipStore, MembershipSync } from "../adapters/index.js";
 import { RedisPresence } from "../adapters/redis/index.js";
-import { startRedis } from "../test/support/redis.js";
-import { type Benchmark, median, p99, type Row, round, sleep } from "./lib.js";
+import { scriptsRun, startRedis } from "../test/support/redis.js";
+import { type Benchmark, latencyRow, p99, type Row, round, sleep, timedRuns } from "./lib.js";
 
 const SERVERS = 8;
-
-async function timed(samples: number, run: () => Promise<unknown>): Promise<number[]> {
-  const times: number[] = [];
-  for (let i = 0; i < samples; i++) {
-    const started = performance.now();
-    await run();
-    times.push(performance.now() - started);
-  }
-  return times;
-}
-
-/** Scripts Redis has run (a script's own commands are not round trips). */
-async function evals(client: ReturnType<typeof createClient>): Promise<number> {
-  return Number(/cmdstat_eval:calls=(\d+)/.exec(await client.info("commandstats"))?.[1] ?? 0);
-}
 
 /** Socket.IO on the Redis adapter: `servers` of them, each holding its share of the sockets. */
 async function socketIoCluster(url: string, connections: number) {
@@ -95,22 +80,21 @@ const presence: Benchmark = async (ctx) => {
       await sleep(50);
     }
     // Warm-up, then one count at a time.
-    await timed(50, () => reader.count("big"));
-    const counts = await timed(samples, () => reader.count("big"));
-    const bound = await timed(samples, () => raw.hLen("bench:g:big"));
+    await timedRuns(50, () => reader.count("big"));
+    const counts = await timedRuns(samples, () => reader.count("big"));
+    const bound = await timedRuns(samples, () => raw.hLen("bench:g:big"));
     const cluster = await socketIoCluster(redis.url, connections);
     if ((await cluster.count()) !== connections) throw new Error("Socket.IO counted wrong");
-    const peer = await timed(ctx.quick ? 10 : 50, () => cluster.count());
+    const peer = await timedRuns(ctx.quick ? 10 : 50, () => cluster.count());
     await cluster.close();
-    const row = (label: string, times: number[], extra: Partial<Row> = {}): Row => ({
-      benchmark: "presence",
-      case: `online count of a group, ${connections.toLocaleString("en")} connections over 8 servers: ${label}`,
-      value: round(median(times), 3),
-      p99: round(p99(times), 3),
-      unit: "ms",
-      details: { samples: times.length },
-      ...extra,
-    });
+    const row = (label: string, times: number[], extra: Partial<Row> = {}): Row =>
+      latencyRow(
+        "presence",
+        `online count of a group, ${connections.toLocaleString("en")} connections over 8 servers: ${label}`,
+        times,
+        extra,
+        3,
+      );
     rows.push(
       row("RedisPresence.count", counts, {
         baseline: { label: "Socket.IO fetchSockets() p99", value: round(p99(peer), 2) },
@@ -135,11 +119,11 @@ const presence: Benchmark = async (ctx) => {
     for (let u = 0; u < listed; u++) source.set(`member-${u}`, 1, ["listed"]);
     while ((await reader.count("listed")).users < listed) await sleep(50);
     const listSamples = ctx.quick ? 10 : 50;
-    const onePage = await timed(listSamples, async () => {
+    const onePage = await timedRuns(listSamples, async () => {
       if ((await reader.online("listed", { limit: listed })).users.length !== listed)
         throw new Error("listed wrong");
     });
-    const tenPages = await timed(listSamples, async () => {
+    const tenPages = await timedRuns(listSamples, async () => {
       let after: string | undefined;
       let got = 0;
       do {
@@ -149,18 +133,11 @@ const presence: Benchmark = async (ctx) => {
       } while (after !== undefined);
       if (got !== listed) throw new Error("paged wrong");
     });
-    const zrange = await timed(listSamples, () =>
+    const zrange = await timedRuns(listSamples, () =>
       raw.sendCommand(["ZRANGE", "bench:gl:listed", "-", "+", "BYLEX"]),
     );
-    const list = (label: string, times: number[], extra: Partial<Row> = {}): Row => ({
-      benchmark: "presence",
-      case: `listing 10,000 online users: ${label}`,
-      value: round(median(times), 2),
-      p99: round(p99(times), 2),
-      unit: "ms",
-      details: { samples: times.length },
-      ...extra,
-    });
+    const list = (label: string, times: number[], extra: Partial<Row> = {}): Row =>
+      latencyRow("presence", `listing 10,000 online users: ${label}`, times, extra);
     rows.push(
       list("one page of 10,000", onePage, {
         target: "≤ 100 ms",
@@ -191,19 +168,19 @@ const presence: Benchmark = async (ctx) => {
       hub: { join() {}, leave() {} },
       presence: connecting,
     });
-    const before = await evals(raw);
+    const before = await scriptsRun(raw);
     for (let u = 0; u < 100; u++) {
       await sync.connect(`one-${u}`, `c${u}`);
       await sleep(2); // the report goes after the turn: one connect at a time
     }
     await sleep(200);
-    const single = ((await evals(raw)) - before) / 100;
-    const burstBefore = await evals(raw);
+    const single = ((await scriptsRun(raw)) - before) / 100;
+    const burstBefore = await scriptsRun(raw);
     await Promise.all(
       Array.from({ length: burst }, (_, u) => sync.connect(`burst-${u}`, `c${u + 100}`)),
     );
     await sleep(200);
-    const inBurst = ((await evals(raw)) - burstBefore) / burst;
+    const inBurst = ((await scriptsRun(raw)) - burstBefore) / burst;
     if ((await connecting.count("g0")).users !== burst + 100)
       throw new Error("connects not counted");
     await sync.close();

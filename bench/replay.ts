@@ -22,7 +22,7 @@ import { bindWs, requestTarget } from "../adapters/hubs/ws.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 import { RedisHistory } from "../adapters/redis/index.js";
 import { startRedis } from "../test/support/redis.js";
-import { type Benchmark, median, p99, type Row, round } from "./lib.js";
+import { type Benchmark, latencyRow, p99, type Row, round } from "./lib.js";
 
 const execute = promisify(execFile);
 const MISSED = 1_000;
@@ -240,15 +240,8 @@ const replay: Benchmark = async (ctx) => {
   const bound = await lowerBound(samples);
   const heapBytes = await heapPerMessage();
 
-  const row = (label: string, times: number[], extra: Partial<Row> = {}): Row => ({
-    benchmark: "replay",
-    case: `1,000 missed messages to a reconnecting client: ${label}`,
-    value: round(median(times), 2),
-    p99: round(p99(times), 2),
-    unit: "ms",
-    details: { samples: times.length },
-    ...extra,
-  });
+  const row = (label: string, times: number[], extra: Partial<Row> = {}): Row =>
+    latencyRow("replay", `1,000 missed messages to a reconnecting client: ${label}`, times, extra);
   const vs = (times: number[]) => ({
     baseline: { label: "Socket.IO recovery p99", value: round(p99(peer), 2) },
     ratio: round(p99(peer) / p99(times)),

@@ -2,7 +2,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { PresenceEvent } from "../adapters/index.js";
 import { RedisPresence } from "../adapters/redis/index.js";
 import { testPresence } from "../adapters/testing/index.js";
-import { partitionableProxy, type RedisServer, startRedis } from "./support/redis.js";
+import { partitionableProxy, type RedisServer, scriptsRun, startRedis } from "./support/redis.js";
 
 let redis: RedisServer;
 let runs = 0;
@@ -55,14 +55,14 @@ describe("RedisPresence when a server or Redis fails", () => {
     const monitor = createClient({ url: redis.url });
     await monitor.connect();
     open.push({ close: () => monitor.close() });
-    const before = await evals(monitor);
+    const before = await scriptsRun(monitor);
     a.source().set(
       "ann",
       1,
       Array.from({ length: 20 }, (_, i) => `g${i}`),
     );
     await new Promise((resolve) => setTimeout(resolve, 200));
-    expect((await evals(monitor)) - before).toBe(1);
+    expect((await scriptsRun(monitor)) - before).toBe(1);
     expect(await a.count("g19")).toEqual({ users: 1, connections: 1 });
   });
 
@@ -172,8 +172,3 @@ describe("RedisPresence when a server or Redis fails", () => {
     expect(await b.count("room")).toEqual({ users: 0, connections: 0 });
   });
 });
-
-/** How many scripts the server has run so far (a script's own commands are not round trips). */
-async function evals(client: { info(section: string): Promise<string> }): Promise<number> {
-  return Number(/cmdstat_eval:calls=(\d+)/.exec(await client.info("commandstats"))?.[1] ?? 0);
-}

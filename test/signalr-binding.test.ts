@@ -77,14 +77,14 @@ async function official(
   return { connection, welcome: await welcome };
 }
 
-/** Polls `check` every 10 ms for up to 5 s. */
-async function waitFor(check: () => boolean): Promise<void> {
-  const until = Date.now() + 5_000;
-  while (!check()) {
-    if (Date.now() > until) throw new Error("not within 5 s");
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
+/** Polls `check` every 10 ms until it holds, for up to 5 s. */
+const waitFor = (check: () => boolean) =>
+  vi.waitFor(
+    () => {
+      if (!check()) throw new Error("not yet");
+    },
+    { timeout: 5_000, interval: 10 },
+  );
 
 /** A raw WebSocket speaking the protocol by hand, for what the official client never sends. */
 async function raw(

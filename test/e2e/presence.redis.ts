@@ -135,10 +135,9 @@ describe("presence over three servers (ws, SignalR, Socket.IO) and one Redis", {
     const gina = await connect(b.wsUrl, token(env, "gina"));
     await connect(doomed.wsUrl, token(env, "hal"));
     await gina.next(presenceOf("hal", true));
-    const killed = Date.now();
     await doomed.stop("SIGKILL");
+    // Within 5 s, or next() fails.
     await gina.next(presenceOf("hal", false), 5_000);
-    expect(Date.now() - killed).toBeLessThan(5_000);
     expect(await askOnline(gina, "Lobby")).toMatchObject({ users: ["gina"], connections: 1 });
 
     const ian = await connectIo(c.url, token(env, "ian"));
@@ -153,10 +152,9 @@ describe("presence over three servers (ws, SignalR, Socket.IO) and one Redis", {
       return /^hub_membership_online_users 2$/m.test(metrics);
     };
     while (!(await whole())) {
-      expect(Date.now() - restarted).toBeLessThan(5_000);
+      expect(Date.now() - restarted, "whole again within 5 s").toBeLessThan(5_000);
       await sleep(100);
     }
-    expect(Date.now() - restarted).toBeLessThan(5_000);
     ian.close();
   });
 });

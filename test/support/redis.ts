@@ -13,6 +13,11 @@ export interface RedisServer {
   stop(): Promise<void>;
 }
 
+/** How many scripts a Redis server has run: round trips, where a script's own commands are not. */
+export async function scriptsRun(client: { info(section: string): Promise<string> }) {
+  return Number(/cmdstat_eval:calls=(\d+)/.exec(await client.info("commandstats"))?.[1] ?? 0);
+}
+
 /** A redis-server of the test's own (in memory, random port), to kill and restart at will. */
 export async function startRedis(): Promise<RedisServer> {
   if (spawnSync("redis-server", ["--version"]).error) {
