@@ -103,39 +103,45 @@ async function raw(
   return { socket, records, closed };
 }
 
-testHubBinding("bindSignalR (the official @microsoft/signalr client)", {
-  async create(store) {
-    const server = await serve({ store });
-    const clients: HubConnection[] = [];
-    return {
-      async connect(userId, onOpening) {
-        const connection = new HubConnectionBuilder()
-          .withUrl(server.url, { accessTokenFactory: () => userId })
-          .configureLogging(LogLevel.None)
-          .build();
-        clients.push(connection);
-        const received: Message[] = [];
-        connection.on("message", (message: Message) => received.push(message));
-        const welcomed = new Promise<void>((resolve, reject) => {
-          connection.on("welcome", () => resolve());
-          connection.onclose((error) => reject(error ?? new Error("closed")));
-        });
-        const started = connection.start();
-        onOpening?.(() => connection.stop());
-        await started;
-        await welcomed;
-        return { received, close: () => connection.stop() } satisfies HarnessConnection;
-      },
-      broadcast: (group, text) => server.hub.sendToGroup(group, "message", { group, text }),
-      grant: (userId, group, options) => server.hub.grant(userId, group, options),
-      revoke: (userId, group) => server.hub.revoke(userId, group),
-      async close() {
-        await Promise.all(clients.map((client) => client.stop()));
-        await server.close();
-      },
-    };
-  },
-});
+for (const transport of ["WebSockets", "ServerSentEvents", "LongPolling"] as const)
+  testHubBinding(`bindSignalR (the official @microsoft/signalr client over ${transport})`, {
+    async create(store) {
+      const server = await serve({ store });
+      const clients: HubConnection[] = [];
+      return {
+        async connect(userId, onOpening) {
+          const connection = new HubConnectionBuilder()
+            .withUrl(server.url, {
+              accessTokenFactory: () => userId,
+              transport: HttpTransportType[transport],
+            })
+            .configureLogging(LogLevel.None)
+            .build();
+          clients.push(connection);
+          const received: Message[] = [];
+          connection.on("message", (message: Message) => received.push(message));
+          const welcomed = new Promise<void>((resolve, reject) => {
+            connection.on("welcome", () => resolve());
+            connection.onclose((error) => reject(error ?? new Error("closed")));
+          });
+          // A start that fails may close the connection too: its failure is start's to report.
+          welcomed.catch(() => {});
+          const started = connection.start();
+          onOpening?.(() => connection.stop());
+          await started;
+          await welcomed;
+          return { received, close: () => connection.stop() } satisfies HarnessConnection;
+        },
+        broadcast: (group, text) => server.hub.sendToGroup(group, "message", { group, text }),
+        grant: (userId, group, options) => server.hub.grant(userId, group, options),
+        revoke: (userId, group) => server.hub.revoke(userId, group),
+        async close() {
+          await Promise.all(clients.map((client) => client.stop()));
+          await server.close();
+        },
+      };
+    },
+  });
 
 describe("bindSignalR: the protocol, with the official client", () => {
   const servers: Array<{ close(): Promise<void> }> = [];
@@ -273,7 +279,11 @@ describe("bindSignalR: the protocol, with the official client", () => {
     const body = await negotiated("carol");
     expect(body).toMatchObject({
       negotiateVersion: 1,
-      availableTransports: [{ transport: "WebSockets", transferFormats: ["Text"] }],
+      availableTransports: [
+        { transport: "WebSockets", transferFormats: ["Text"] },
+        { transport: "ServerSentEvents", transferFormats: ["Text"] },
+        { transport: "LongPolling", transferFormats: ["Text"] },
+      ],
     });
     expect(body.connectionToken).not.toBe(body.connectionId);
     const status = async (query: string, user: string) => {
@@ -474,6 +484,216 @@ describe("bindSignalR: the protocol, with the official client", () => {
       Error | undefined,
     ];
     expect(error?.message).toContain("token expired");
+  });
+});
+
+describe("bindSignalR: Server-Sent Events and long polling", () => {
+  const servers: Array<{ close(): Promise<void> }> = [];
+  const clients: HubConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((client) => client.stop()));
+    await Promise.all(servers.splice(0).map((server) => server.close()));
+  });
+  const start = async (options: Parameters<typeof serve>[0] = {}) => {
+    const server = await serve(options);
+    servers.push(server);
+    return server;
+  };
+  const connect = async (url: string, userId: string, transport: HttpTransportType) => {
+    const client = await official(url, userId, (builder) =>
+      builder.withUrl(url, { accessTokenFactory: () => userId, transport }),
+    );
+    clients.push(client.connection);
+    return client;
+  };
+  /** Negotiates as `user` and opens a long-polling connection by hand: its token. */
+  const longPoll = async (url: string, user: string) => {
+    const auth = { authorization: `Bearer ${user}` };
+    const negotiated = (await (
+      await fetch(`${url}/negotiate?negotiateVersion=1`, { method: "POST", headers: auth })
+    ).json()) as { connectionToken: string };
+    const at = `${url}?id=${negotiated.connectionToken}`;
+    expect((await fetch(at, { headers: auth })).status).toBe(200); // the first poll, at once
+    const post = (body: string, as = user) =>
+      fetch(at, { method: "POST", headers: { authorization: `Bearer ${as}` }, body });
+    const poll = (as = user) => fetch(at, { headers: { authorization: `Bearer ${as}` } });
+    return { at, auth, post, poll };
+  };
+
+  for (const [name, transport] of [
+    ["Server-Sent Events", HttpTransportType.ServerSentEvents],
+    ["long polling", HttpTransportType.LongPolling],
+  ] as const)
+    it(`carries invocations, streams both ways and client results over ${name}`, async () => {
+      const server = await start({
+        methods: {
+          Echo: (_c, text) => `${String(text)}!`,
+          Sum: async (_c, numbers) => {
+            let sum = 0;
+            for await (const n of numbers as AsyncIterable<number>) sum += n;
+            return sum;
+          },
+          Ask: (connection) => server.hub.invokeClient(connection.id, "question", [2]),
+        },
+        streams: {
+          Count: async function* (_c, to) {
+            for (let i = 1; i <= Number(to); i++) yield i;
+          },
+        },
+      });
+      const { connection } = await connect(server.url, "Ann", transport);
+      connection.on("question", (n: number) => n * 21);
+      expect(await connection.invoke("Echo", "hi")).toBe("hi!");
+      const items: number[] = [];
+      await new Promise<void>((resolve, reject) =>
+        connection.stream("Count", 300).subscribe({
+          next: (n: number) => items.push(n),
+          complete: resolve,
+          error: reject,
+        }),
+      );
+      expect(items).toEqual(Array.from({ length: 300 }, (_, i) => i + 1));
+      const numbers = new Subject<number>();
+      const sum = connection.invoke("Sum", numbers);
+      for (let n = 1; n <= 10; n++) numbers.next(n);
+      numbers.complete();
+      expect(await sum).toBe(55);
+      expect(await connection.invoke("Ask")).toBe(42);
+    });
+
+  it("offers only the configured transports, and refuses the others as ASP.NET Core does", async () => {
+    const server = await start({ transports: ["LongPolling"] });
+    const negotiated = (await (
+      await fetch(`${server.url}/negotiate?negotiateVersion=1`, {
+        method: "POST",
+        headers: { authorization: "Bearer ann" },
+      })
+    ).json()) as { availableTransports: unknown };
+    expect(negotiated.availableTransports).toEqual([
+      { transport: "LongPolling", transferFormats: ["Text"] },
+    ]);
+    const sse = await fetch(`${server.url}?id=x&access_token=ann`, {
+      headers: { accept: "text/event-stream" },
+    });
+    expect([sse.status, await sse.text()]).toEqual([
+      404,
+      "ServerSentEvents transport not supported by this end point type",
+    ]);
+    const socket = new WebSocket(`${server.url.replace("http", "ws")}?access_token=ann`);
+    const [, refused] = (await once(socket, "unexpected-response")) as [unknown, IncomingMessage];
+    expect(refused.statusCode).toBe(404);
+    const onlyWebSockets = await start({ transports: ["WebSockets"] });
+    const client = new HubConnectionBuilder()
+      .withUrl(onlyWebSockets.url, {
+        accessTokenFactory: () => "ann",
+        transport: HttpTransportType.LongPolling,
+      })
+      .configureLogging(LogLevel.None)
+      .build();
+    await expect(client.start()).rejects.toThrow(/'WebSockets' is disabled by the client/);
+    // The official client skips what negotiate did not offer.
+    const { connection } = await connect(
+      server.url,
+      "ann",
+      HttpTransportType.WebSockets | HttpTransportType.LongPolling,
+    );
+    expect(connection.connectionId).toBeTruthy();
+  });
+
+  it("answers a connection's requests only for its own user, one POST at a time, and ends on DELETE", async () => {
+    const closed: string[] = [];
+    const server = await start({
+      methods: { Echo: (_c, text) => text },
+      onClose: (connection) => closed.push(connection.userId),
+    });
+    const lp = await longPoll(server.url, "ann");
+    expect((await lp.post(`{"protocol":"json","version":1}${RS}`)).status).toBe(200);
+    expect(await (await lp.poll()).text()).toContain(`{}${RS}`);
+    // Another user, even with the token, gets nothing and sends nothing.
+    expect((await lp.poll("bob")).status).toBe(403);
+    const bobs = await lp.post(
+      `{"type":1,"invocationId":"1","target":"Echo","arguments":["x"]}${RS}`,
+      "bob",
+    );
+    expect(bobs.status).toBe(403);
+    const poll = lp.poll();
+    expect(
+      (await lp.post(`{"type":1,"invocationId":"2","target":"Echo","arguments":["ann's"]}${RS}`))
+        .status,
+    ).toBe(200);
+    const answered = await (await poll).text();
+    expect(answered).toContain('"invocationId":"2"');
+    expect(answered).not.toContain('"invocationId":"1"');
+    // A newer poll replaces a waiting one, which is answered 204.
+    const waiting = lp.poll();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const newer = lp.poll();
+    expect((await waiting).status).toBe(204);
+    expect((await fetch(lp.at, { method: "DELETE", headers: lp.auth })).status).toBe(202);
+    expect((await newer).status).toBe(204);
+    await waitFor(() => closed.length === 1);
+    expect((await lp.poll()).status).toBe(204);
+    expect((await lp.post(`{"type":6}${RS}`)).status).toBe(404);
+  });
+
+  it("ends a long-polling connection whose client stopped polling, and an SSE one whose client went", async () => {
+    const closed: string[] = [];
+    const server = await start({
+      longPolling: { disconnectTimeoutMs: 200 },
+      onClose: (connection) => closed.push(connection.userId),
+    });
+    const lp = await longPoll(server.url, "ann");
+    expect((await lp.post(`{"protocol":"json","version":1}${RS}`)).status).toBe(200);
+    await waitFor(() => closed.includes("ann"));
+    const { connection } = await connect(server.url, "bob", HttpTransportType.ServerSentEvents);
+    // Stopping the EventSource is all an SSE client does.
+    await connection.stop();
+    await waitFor(() => closed.includes("bob"));
+  });
+
+  it("stops reading a client's POST while its messages wait, so a flood does not grow the server's memory", async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let handled = 0;
+    const server = await start({
+      methods: {
+        Slow: async (_c, _padding) => {
+          await gate;
+          handled++;
+        },
+      },
+    });
+    const lp = await longPoll(server.url, "ann");
+    expect((await lp.post(`{"protocol":"json","version":1}${RS}`)).status).toBe(200);
+    // 40 MB of invocations, each near the 32 KiB limit: far more than the kernel's buffers hold.
+    const message = `{"type":1,"target":"Slow","arguments":["${"x".repeat(30_000)}"]}${RS}`;
+    const chunks = Array.from({ length: 1_300 }, () => message);
+    let answered = false;
+    const flood = fetch(lp.at, {
+      method: "POST",
+      headers: lp.auth,
+      body: new ReadableStream({
+        pull(controller) {
+          const chunk = chunks.shift();
+          if (chunk === undefined) controller.close();
+          else controller.enqueue(new TextEncoder().encode(chunk));
+        },
+      }),
+      duplex: "half",
+    } as RequestInit).then((response) => {
+      answered = true;
+      return response.status;
+    });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    // Handled one at a time behind a gate: the server stopped reading, so the client could not
+    // write most of them (without the pause they are all read into memory in a few ms).
+    expect(answered).toBe(false);
+    expect(chunks.length).toBeGreaterThan(1_000);
+    release();
+    expect(await flood).toBe(200);
+    expect(handled).toBe(1_300);
   });
 });
 
@@ -772,14 +992,27 @@ describe("bindSignalR: the HTTP edge, wired as the README shows", () => {
       [
         "GET /hub?id=abc HTTP/1.1",
         { accept: "text/event-stream" },
+        "HTTP/1.1 401 Unauthorized",
+        "",
+      ],
+      ["POST /hub?id=abc HTTP/1.1", {}, "HTTP/1.1 401 Unauthorized", ""],
+      [
+        "GET /hub?id=abc&access_token=ann HTTP/1.1",
+        { accept: "text/event-stream" },
         "HTTP/1.1 404 Not Found",
-        "ServerSentEvents transport not supported by this end point type",
+        "No Connection with that ID",
       ],
       [
         "POST /hub?id=abc HTTP/1.1",
-        {},
+        { authorization: "Bearer ann" },
         "HTTP/1.1 404 Not Found",
-        "LongPolling transport not supported by this end point type",
+        "No Connection with that ID",
+      ],
+      [
+        "DELETE /hub?id=abc HTTP/1.1",
+        { authorization: "Bearer ann" },
+        "HTTP/1.1 404 Not Found",
+        "No Connection with that ID",
       ],
       ["PUT /hub?id=abc HTTP/1.1", {}, "HTTP/1.1 405 Method Not Allowed", ""],
       [

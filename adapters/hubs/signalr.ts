@@ -5,7 +5,10 @@ import { type AddToGroupOptions, MembershipError, type MembershipStore } from ".
 import type { MessageHistory } from "../history/history.js";
 import type { Presence, PresenceEvent, PresenceView } from "../presence/presence.js";
 import type { JoinReason, LeaveReason } from "../sync/membership-sync.js";
-import { requestTarget, respond } from "./http.js";
+import { HttpSocket } from "../transports/http-socket.js";
+import { type LongPollingOptions, LongPollingSocket } from "../transports/long-polling.js";
+import { ServerSentEventsSocket } from "../transports/server-sent-events.js";
+import { refuseUpgrade, requestTarget, respond } from "./http.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
 import { ClientResults } from "./signalr-results.js";
 import { isStream, Streams } from "./signalr-streams.js";
@@ -35,6 +38,9 @@ const CLOSE = 7;
 const ACK = 8;
 const SEQUENCE = 9;
 const NEGOTIATED_TTL_MS = 30_000;
+/** An HTTP transport's connection is still known this long after it ended: its last poll gets 204. */
+const ENDED_TTL_MS = 5_000;
+const HTTP_REFUSAL_DELAY_MS = 50;
 /** Negotiate carries no body; anything past this is refused unread (413). */
 const MAX_NEGOTIATE_BODY_BYTES = 4096;
 /** Frames a handshake may come in before it is refused: clients send it in one. */
@@ -55,7 +61,15 @@ export class HubError extends Error {}
 /** A client broke the hub protocol: reported to `onClientError`, never to `onError`. */
 export class HubProtocolError extends Error {}
 
-/** A connection of {@link bindSignalR}: the SignalR connection id, its user, its socket. */
+/** The transports of `TransportProtocols.md`, as negotiate names them. */
+export type SignalRTransport = "WebSockets" | "ServerSentEvents" | "LongPolling";
+const TRANSPORTS: readonly SignalRTransport[] = ["WebSockets", "ServerSentEvents", "LongPolling"];
+
+/**
+ * A connection of {@link bindSignalR}: the SignalR connection id, its user, its socket. Over
+ * Server-Sent Events and long polling, `socket` is a stand-in with a WebSocket's `send`, `close`,
+ * `terminate`, `readyState` and `bufferedAmount` (an {@link HttpSocket}), not a `ws` WebSocket.
+ */
 export type SignalRConnection<S extends BoundSocket> = WsConnection<S>;
 
 /** A method clients may invoke: its result (or `null`) completes their `invoke`. */
@@ -137,6 +151,15 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
   ) => void;
   onClose?: (connection: SignalRConnection<S>) => void;
   onSlowConsumer?: (connection: SignalRConnection<S>) => void;
+  /**
+   * The transports negotiate offers and the path serves, as ASP.NET Core's
+   * `HttpConnectionDispatcherOptions.Transports`. Default all three. Server-Sent Events and long
+   * polling need the negotiate step and, behind a load balancer, sticky sessions: a connection's
+   * requests must reach the server that holds it (any other answers 404).
+   */
+  transports?: readonly SignalRTransport[];
+  /** Long polling's timeouts: see {@link LongPollingOptions}. */
+  longPolling?: LongPollingOptions;
   /** How often the server pings each client. Default 15 s (ASP.NET Core's KeepAliveInterval). */
   keepAliveIntervalMs?: number;
   /** Silence from a client after which it is closed. Default 30 s (ClientTimeoutInterval). */
@@ -247,6 +270,12 @@ export class SignalRHub<S extends BoundSocket> {
   /** Negotiations whose socket has not come yet, by user: each holds memory for 30 s. */
   readonly #pending = new Map<string, number>();
   #pendingTotal = 0;
+  readonly #transports: ReadonlySet<SignalRTransport>;
+  /** Server-Sent Events and long-polling connections, by connection token, and their user. */
+  readonly #http = new Map<string, { socket: HttpSocket; userId: string }>();
+  /** Requests authenticated before they became a connection (an HTTP transport's first GET). */
+  readonly #accepted = new WeakMap<IncomingMessage, WsPrincipal>();
+  readonly #wss: BoundServer<S>;
   readonly #states = new Map<string, State<S>>();
   readonly #results = new ClientResults((message) => new HubError(message));
   readonly #streams = new Streams((message) => new HubError(message));
@@ -264,6 +293,8 @@ export class SignalRHub<S extends BoundSocket> {
     this.#methods = byName(options.methods);
     this.#streamMethods = byName(options.streams);
     this.#maxMessageBytes = options.maxMessageBytes ?? 32 * 1024;
+    this.#transports = new Set(options.transports ?? TRANSPORTS);
+    this.#wss = wss;
     const stateful = options.statefulReconnect;
     this.#stateful = stateful
       ? {
@@ -324,7 +355,8 @@ export class SignalRHub<S extends BoundSocket> {
       () => {
         const now = Date.now();
         for (const state of this.#states.values()) {
-          if (!state.handshaken) continue;
+          // Long polling keeps itself alive: its polls are the sign of life, and carry no pings.
+          if (!state.handshaken || state.connection.socket instanceof LongPollingSocket) continue;
           const replay = this.#replays.get(state.connection.id);
           if (replay !== undefined) {
             if (!replay.attached) continue; // its window decides
@@ -385,16 +417,8 @@ export class SignalRHub<S extends BoundSocket> {
       return respond(response, 400, {
         error: "The client requested a non-integer protocol version.",
       });
-    let principal: WsPrincipal | undefined;
-    try {
-      principal = await this.#options.userIdOf(request);
-    } catch (error) {
-      if (error instanceof WsRefusal)
-        return respond(response, error.status, { error: error.message }, error.headers);
-      this.#onError(error);
-      return respond(response, 500, { error: "Internal Server Error" });
-    }
-    if (principal === undefined) return respond(response, 401);
+    const principal = await this.#principal(request, response);
+    if (principal === undefined) return;
     const version = Number(requested) >= 1 ? 1 : 0;
     const connectionId = randomBytes(16).toString("base64url");
     const token = version === 0 ? connectionId : randomBytes(16).toString("base64url");
@@ -422,24 +446,97 @@ export class SignalRHub<S extends BoundSocket> {
       ...(version === 1 && { connectionToken: token }),
       negotiateVersion: version,
       ...(stateful && { useStatefulReconnect: true }),
-      availableTransports: [{ transport: "WebSockets", transferFormats: ["Text"] }],
+      availableTransports: [...this.#transports].map((transport) => ({
+        transport,
+        transferFormats: ["Text"],
+      })),
     });
   }
 
-  /** A request to the hub's path that is not a WebSocket: Server-Sent Events or long polling. */
-  #otherTransport(request: IncomingMessage, response: ServerResponse, url: URL): void {
-    if (!discardBody(request, response)) return;
+  /** Who a request acts for; `undefined` once it answered it (401, a refusal, 500). */
+  async #principal(
+    request: IncomingMessage,
+    response: ServerResponse,
+  ): Promise<WsPrincipal | undefined> {
+    try {
+      const principal = await this.#options.userIdOf(request);
+      if (principal === undefined) respond(response, 401);
+      return principal;
+    } catch (error) {
+      if (error instanceof WsRefusal)
+        respond(response, error.status, { error: error.message }, error.headers);
+      else {
+        this.#onError(error);
+        respond(response, 500, { error: "Internal Server Error" });
+      }
+      return undefined;
+    }
+  }
+
+  /**
+   * A request to the hub's path that is not a WebSocket: Server-Sent Events or long polling (a
+   * GET), the client's messages (a POST), or its goodbye (a DELETE), each authenticated again and
+   * refused (403) for any user but the connection's.
+   */
+  async #otherTransport(request: IncomingMessage, response: ServerResponse, url: URL) {
     const { method } = request;
-    const sse = method === "GET" && /text\/event-stream/i.test(request.headers.accept ?? "");
+    const id = url.searchParams.get("id");
+    const sending = method === "POST" && id !== null && this.#http.has(id);
+    if (!sending && !discardBody(request, response)) return;
     if (method !== "GET" && method !== "POST" && method !== "DELETE")
-      respond(response, 405, undefined, { Allow: "GET, POST, DELETE" });
-    else if (!url.searchParams.get("id")) respond(response, 400, "Connection ID required");
-    else
-      respond(
-        response,
-        404,
-        `${sse ? "ServerSentEvents" : "LongPolling"} transport not supported by this end point type`,
-      );
+      return respond(response, 405, undefined, { Allow: "GET, POST, DELETE" });
+    if (!id) return respond(response, 400, "Connection ID required");
+    const sse = method === "GET" && /text\/event-stream/i.test(request.headers.accept ?? "");
+    const transport = sse ? "ServerSentEvents" : "LongPolling";
+    if (!this.#transports.has(transport))
+      return respond(response, 404, `${transport} transport not supported by this end point type`);
+    const principal = await this.#principal(request, response);
+    if (principal === undefined) return;
+    const userId = typeof principal === "string" ? principal : principal.userId;
+    const open = this.#http.get(id);
+    if (open !== undefined) {
+      if (open.userId !== userId) {
+        request.resume();
+        return respond(response, 403, "Forbidden");
+      }
+      const { socket } = open;
+      if (method === "POST")
+        return socket.post(
+          request,
+          response,
+          /octet-stream/i.test(request.headers["content-type"] ?? ""),
+        );
+      if (method === "DELETE") {
+        socket.close();
+        return respond(response, 202, "");
+      }
+      if (sse !== socket instanceof ServerSentEventsSocket)
+        return respond(response, 400, "Cannot change transports mid-connection");
+      if (socket instanceof LongPollingSocket) return socket.poll(response);
+      return respond(response, 409, "Conflict");
+    }
+    const negotiated = this.#negotiated.get(id);
+    // Another user's token is as unknown as a made-up one.
+    if (negotiated === undefined || negotiated.userId !== userId || method !== "GET")
+      return respond(response, 404, "No Connection with that ID");
+    if (negotiated.used) return respond(response, 409, "Conflict");
+    negotiated.used = true;
+    this.#settle(userId);
+    const socket = sse
+      ? new ServerSentEventsSocket(response)
+      : new LongPollingSocket(this.#options.longPolling);
+    this.#http.set(id, { socket, userId });
+    socket.on("close", () => {
+      setTimeout(() => this.#http.delete(id), ENDED_TTL_MS).unref();
+    });
+    const { connectionId } = negotiated;
+    this.#accepted.set(
+      request,
+      typeof principal === "string" ? { userId, connectionId } : { ...principal, connectionId },
+    );
+    this.#wss.emit("connection", socket as unknown as S, request);
+    // The first poll only starts the connection: it is answered at once, empty (as ASP.NET Core).
+    if (!sse) respond(response, 200, "");
   }
 
   /**
@@ -447,7 +544,13 @@ export class SignalRHub<S extends BoundSocket> {
    * the client skipped negotiation) and completes it: 401 before any socket for a request
    * `userIdOf` refuses, 404 for an unknown `id`, 409 for one already used.
    */
-  handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+  async handleUpgrade(request: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (!this.#transports.has("WebSockets"))
+      return refuseUpgrade(
+        socket,
+        404,
+        "WebSockets transport not supported by this end point type",
+      );
     return this.#hub.handleUpgrade(request, socket, head);
   }
 
@@ -537,6 +640,8 @@ export class SignalRHub<S extends BoundSocket> {
   }
 
   async #authenticate(request: IncomingMessage): Promise<WsPrincipal | undefined> {
+    const accepted = this.#accepted.get(request);
+    if (accepted !== undefined) return accepted;
     const principal = await this.#options.userIdOf(request);
     if (principal === undefined) return undefined;
     // handleUpgrade refused a request without a target that parses: this one has one.
@@ -943,11 +1048,18 @@ export class SignalRHub<S extends BoundSocket> {
     if (socket.readyState !== 1) return false;
     if (this.#states.get(connection.id)?.handshaken) {
       this.#hub.send(connection.id, record({ type: CLOSE, error, allowReconnect }));
-    } else {
-      // Nothing else has been sent to it: the hub holds its messages until the handshake.
-      socket.send(record({ error: error ?? "The connection was closed." }), { binary: false });
+      socket.close(1000);
+      return false;
     }
-    socket.close(1000);
+    // Nothing else has been sent to it: the hub holds its messages until the handshake.
+    const refuse = () => {
+      socket.send(record({ error: error ?? "The connection was closed." }), { binary: false });
+      socket.close(1000);
+    };
+    // Over HTTP, the official client fails with an unhandled rejection when the handshake's
+    // refusal arrives before the answer to the POST that carried the handshake: it waits a little.
+    if (socket instanceof HttpSocket) setTimeout(refuse, HTTP_REFUSAL_DELAY_MS).unref();
+    else refuse();
     return false;
   }
 }
