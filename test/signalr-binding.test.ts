@@ -5,9 +5,11 @@ import {
   HttpTransportType,
   type HubConnection,
   HubConnectionBuilder,
+  JsonHubProtocol,
   LogLevel,
   Subject,
 } from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
 import {
@@ -103,8 +105,17 @@ async function raw(
   return { socket, records, closed };
 }
 
-for (const transport of ["WebSockets", "ServerSentEvents", "LongPolling"] as const)
-  testHubBinding(`bindSignalR (the official @microsoft/signalr client over ${transport})`, {
+/** Every transport with every protocol it carries (Server-Sent Events carries text only). */
+const CLIENTS = [
+  ["WebSockets", "json"],
+  ["ServerSentEvents", "json"],
+  ["LongPolling", "json"],
+  ["WebSockets", "messagepack"],
+  ["LongPolling", "messagepack"],
+] as const;
+
+for (const [transport, protocol] of CLIENTS)
+  testHubBinding(`bindSignalR (the official client over ${transport}, ${protocol})`, {
     async create(store) {
       const server = await serve({ store });
       const clients: HubConnection[] = [];
@@ -115,6 +126,9 @@ for (const transport of ["WebSockets", "ServerSentEvents", "LongPolling"] as con
               accessTokenFactory: () => userId,
               transport: HttpTransportType[transport],
             })
+            .withHubProtocol(
+              protocol === "json" ? new JsonHubProtocol() : new MessagePackHubProtocol(),
+            )
             .configureLogging(LogLevel.None)
             .build();
           clients.push(connection);
@@ -280,9 +294,9 @@ describe("bindSignalR: the protocol, with the official client", () => {
     expect(body).toMatchObject({
       negotiateVersion: 1,
       availableTransports: [
-        { transport: "WebSockets", transferFormats: ["Text"] },
+        { transport: "WebSockets", transferFormats: ["Text", "Binary"] },
         { transport: "ServerSentEvents", transferFormats: ["Text"] },
-        { transport: "LongPolling", transferFormats: ["Text"] },
+        { transport: "LongPolling", transferFormats: ["Text", "Binary"] },
       ],
     });
     expect(body.connectionToken).not.toBe(body.connectionId);
@@ -570,7 +584,7 @@ describe("bindSignalR: Server-Sent Events and long polling", () => {
       })
     ).json()) as { availableTransports: unknown };
     expect(negotiated.availableTransports).toEqual([
-      { transport: "LongPolling", transferFormats: ["Text"] },
+      { transport: "LongPolling", transferFormats: ["Text", "Binary"] },
     ]);
     const sse = await fetch(`${server.url}?id=x&access_token=ann`, {
       headers: { accept: "text/event-stream" },
@@ -716,10 +730,7 @@ describe("bindSignalR: the protocol by hand", () => {
       onClientError: (_connection, error) => clientErrors.push(error.message),
     });
     const answers: Array<[string | string[], string]> = [
-      [
-        `{"protocol":"messagepack","version":1}${RS}`,
-        "The protocol 'messagepack' is not supported.",
-      ],
+      [`{"protocol":"blob","version":1}${RS}`, "The protocol 'blob' is not supported."],
       [
         `{"protocol":"json","version":7}${RS}`,
         "The server does not support version 7 of the 'json' protocol.",

@@ -11,9 +11,24 @@ const TYPE_PREFIX = Buffer.from('{"type":');
 /**
  * Whether a frame is a hub message that stateful reconnect counts and replays (`Invocation`,
  * `StreamItem`, `Completion`, `StreamInvocation`, `CancelInvocation`: types 1 to 5), as opposed
- * to a handshake answer, `Ping`, `Close`, `Ack` or `Sequence`.
+ * to a handshake answer, `Ping`, `Close`, `Ack` or `Sequence`. A binary frame is MessagePack:
+ * its length, then an array whose first element is the type.
  */
-export function isTrackable(data: Buffer | string): boolean {
+export function isTrackable(data: Buffer | string, binary = false): boolean {
+  if (binary && typeof data !== "string") {
+    let at = 0;
+    while (at < data.length && (data[at] as number) >= 0x80) at++;
+    const header = data[at + 1];
+    const type = data[at + 2];
+    return (
+      header !== undefined &&
+      header >= 0x90 &&
+      header <= 0x9f &&
+      type !== undefined &&
+      type >= 1 &&
+      type <= 5
+    );
+  }
   const frame = typeof data === "string" ? Buffer.from(data.slice(0, 10)) : data;
   if (frame.length < TYPE_PREFIX.length + 2) return false;
   if (frame.compare(TYPE_PREFIX, 0, TYPE_PREFIX.length, 0, TYPE_PREFIX.length) !== 0) return false;
@@ -38,7 +53,7 @@ export class ReplayableConnection<S extends BoundSocket> {
   readonly #maxBytes: number;
   readonly #onEnd: () => void;
   #current: S | undefined;
-  #buffer: Array<{ id: number; frame: Buffer | string; bytes: number }> = [];
+  #buffer: Array<{ id: number; frame: Buffer | string; bytes: number; binary: boolean }> = [];
   #bufferedBytes = 0;
   /** The id of the last trackable message sent. */
   #sent = 0;
@@ -110,7 +125,7 @@ export class ReplayableConnection<S extends BoundSocket> {
     this.#counting = true;
     const current = this.#current;
     if (current?.readyState === OPEN)
-      for (const { frame } of this.#buffer) current.send(frame, { binary: false });
+      for (const { frame, binary } of this.#buffer) current.send(frame, { binary });
   }
 
   /** Whether a WebSocket carries it right now. */
@@ -137,15 +152,15 @@ export class ReplayableConnection<S extends BoundSocket> {
    * A new WebSocket for this connection (the old one may not know yet that it is gone): tells
    * the client the next sequence id, then replays what it has not acked.
    */
-  reattach(socket: S, sequence: (id: number) => Buffer): void {
+  reattach(socket: S, sequence: (id: number) => Buffer, binary: boolean): void {
     clearTimeout(this.#window);
     this.#window = undefined;
     const old = this.#current;
     this.#current = undefined;
     old?.terminate();
     this.#attach(socket);
-    socket.send(sequence((this.#buffer[0]?.id ?? this.#sent + 1) as number), { binary: false });
-    for (const { frame } of this.#buffer) socket.send(frame, { binary: false });
+    socket.send(sequence((this.#buffer[0]?.id ?? this.#sent + 1) as number), { binary });
+    for (const { frame, binary } of this.#buffer) socket.send(frame, { binary });
   }
 
   #attach(socket: S): void {
@@ -169,12 +184,12 @@ export class ReplayableConnection<S extends BoundSocket> {
 
   #send(data: Buffer | string, options: { binary: boolean }): void {
     if (this.#ended) return;
-    const trackable = isTrackable(data);
+    const trackable = isTrackable(data, options.binary);
     if (trackable) {
       const id = ++this.#sent;
       const bytes = typeof data === "string" ? Buffer.byteLength(data) : data.length;
       if (this.#resumable) {
-        this.#buffer.push({ id, frame: data, bytes });
+        this.#buffer.push({ id, frame: data, bytes, binary: options.binary });
         this.#bufferedBytes += bytes;
         if (this.#bufferedBytes > this.#maxBytes) {
           // More unacked than may be kept: a reconnect could not replay it all.

@@ -9,6 +9,13 @@ import { HttpSocket } from "../transports/http-socket.js";
 import { type LongPollingOptions, LongPollingSocket } from "../transports/long-polling.js";
 import { ServerSentEventsSocket } from "../transports/server-sent-events.js";
 import { refuseUpgrade, requestTarget, respond } from "./http.js";
+import {
+  fromMessagePack,
+  type HubMessage,
+  splitMessagePack,
+  toMessagePack,
+  transcoder,
+} from "./signalr-msgpack.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
 import { ClientResults } from "./signalr-results.js";
 import { isStream, Streams } from "./signalr-streams.js";
@@ -230,6 +237,8 @@ export interface SignalRBindingOptions<S extends BoundSocket> {
 interface State<S extends BoundSocket> {
   readonly connection: SignalRConnection<S>;
   handshaken: boolean;
+  /** The hub protocol the handshake chose. */
+  protocol: "json" | "messagepack";
   /**
    * The frames of a message (or the handshake) whose separator has not come yet: joined once it
    * does, not copied again with every frame.
@@ -264,7 +273,7 @@ export class SignalRHub<S extends BoundSocket> {
   /** Upgrades that start a stateful connection, or take one over. */
   readonly #upgrades = new WeakMap<
     IncomingMessage,
-    { token: string } | { replay: ReplayableConnection<S> }
+    { token: string } | { replay: ReplayableConnection<S>; connectionId: string }
   >();
   readonly #stateful: { windowMs: number; bufferBytes: number } | undefined;
   /** Negotiations whose socket has not come yet, by user: each holds memory for 30 s. */
@@ -277,6 +286,8 @@ export class SignalRHub<S extends BoundSocket> {
   readonly #accepted = new WeakMap<IncomingMessage, WsPrincipal>();
   readonly #wss: BoundServer<S>;
   readonly #states = new Map<string, State<S>>();
+  /** Group messages and invocations, framed in JSON, as MessagePack: once for all connections. */
+  readonly #transcode = transcoder();
   readonly #results = new ClientResults((message) => new HubError(message));
   readonly #streams = new Streams((message) => new HubError(message));
   readonly #onError: (error: unknown) => void;
@@ -318,7 +329,12 @@ export class SignalRHub<S extends BoundSocket> {
         const state = this.#states.get(connection.id);
         if (state === undefined) return;
         state.handshaken = true;
-        this.#hub.send(connection.id, HANDSHAKE_OK);
+        if (state.protocol === "json") this.#hub.send(connection.id, HANDSHAKE_OK);
+        else {
+          // The answer is JSON whatever the protocol: it goes first, as it is, then all is encoded.
+          connection.socket.send(HANDSHAKE_OK, { binary: false });
+          this.#hub.encode(connection.id, this.#transcode);
+        }
         options.onConnection?.(connection, groups);
       },
       onMessage: (connection, data) => this.#receive(connection, toBuffer(data)),
@@ -362,7 +378,7 @@ export class SignalRHub<S extends BoundSocket> {
             if (!replay.attached) continue; // its window decides
             if (replay.received > replay.acked) {
               replay.acked = replay.received;
-              this.#hub.send(state.connection.id, record({ type: ACK, sequenceId: replay.acked }));
+              this.#reply(state.connection.id, { type: ACK, sequenceId: replay.acked });
             }
           }
           if (now - state.lastReceived > timeout) {
@@ -448,7 +464,7 @@ export class SignalRHub<S extends BoundSocket> {
       ...(stateful && { useStatefulReconnect: true }),
       availableTransports: [...this.#transports].map((transport) => ({
         transport,
-        transferFormats: ["Text"],
+        transferFormats: transport === "ServerSentEvents" ? ["Text"] : ["Text", "Binary"],
       })),
     });
   }
@@ -577,10 +593,7 @@ export class SignalRHub<S extends BoundSocket> {
     const { invocationId, result } = this.#results.start(connectionId, timeoutMs);
     // Asked from the connection's own invocation: its answer comes in a later message.
     this.#states.get(connectionId)?.waiting?.();
-    this.#hub.send(
-      connectionId,
-      record({ type: INVOCATION, invocationId, target, arguments: args }),
-    );
+    this.#reply(connectionId, { type: INVOCATION, invocationId, target, arguments: args });
     return result;
   }
 
@@ -655,7 +668,7 @@ export class SignalRHub<S extends BoundSocket> {
     if (resumed !== undefined && resumed.userId === userId) {
       const replay = this.#replays.get(resumed.connectionId);
       if (replay?.resumable) {
-        this.#upgrades.set(request, { replay });
+        this.#upgrades.set(request, { replay, connectionId: resumed.connectionId });
         return withId(resumed.connectionId);
       }
     }
@@ -690,7 +703,12 @@ export class SignalRHub<S extends BoundSocket> {
         if ("replay" in upgrade) {
           // It may have ended since the upgrade was authenticated: then this socket has nothing.
           if (!upgrade.replay.resumable) socket.close(1000);
-          else upgrade.replay.reattach(socket, (id) => record({ type: SEQUENCE, sequenceId: id }));
+          else
+            upgrade.replay.reattach(
+              socket,
+              (id) => this.#frame(upgrade.connectionId, { type: SEQUENCE, sequenceId: id }),
+              this.#states.get(upgrade.connectionId)?.protocol === "messagepack",
+            );
           return true;
         }
         const { connectionId, userId } = this.#principalOf(request, upgrade.token);
@@ -732,6 +750,7 @@ export class SignalRHub<S extends BoundSocket> {
       const created: State<S> = {
         connection,
         handshaken: false,
+        protocol: "json",
         pending: [],
         pendingBytes: 0,
         lastReceived: now,
@@ -764,19 +783,25 @@ export class SignalRHub<S extends BoundSocket> {
           "The handshake request is not a JSON object with a protocol and a version.",
         ),
       );
-    if (protocol !== "json")
+    if (protocol !== "json" && protocol !== "messagepack")
       throw new HubProtocolError(`The protocol '${protocol}' is not supported.`);
     // Version 2 is version 1 with Ack and Sequence, which clients send for stateful reconnect.
     if (version !== 1 && version !== 2)
       throw new HubProtocolError(
-        `The server does not support version ${version} of the 'json' protocol.`,
+        `The server does not support version ${version} of the '${protocol}' protocol.`,
       );
+    if (protocol === "messagepack" && connection.socket instanceof ServerSentEventsSocket)
+      throw new HubProtocolError(
+        "Cannot connect with the 'messagepack' protocol over Server-Sent Events: it carries text only.",
+      );
+    state.protocol = protocol;
     return at + 1 < buffer.length ? buffer.subarray(at + 1) : undefined;
   }
 
   async #receive(connection: SignalRConnection<S>, data: Buffer): Promise<void> {
     const state = this.#states.get(connection.id);
     if (state === undefined) return;
+    if (state.protocol === "messagepack") return this.#receiveMessagePack(state, data);
     if (data.indexOf(RS) < 0) {
       // No message ends in this frame: it waits, and pays all the same, or a flood of frames
       // without a separator would cost the server without ever meeting a limit.
@@ -793,6 +818,18 @@ export class SignalRHub<S extends BoundSocket> {
     }
     if (buffer.length - start > this.#maxMessageBytes) this.#tooLarge(connection);
     else if (start < buffer.length) this.#hold(state, Buffer.from(buffer.subarray(start)));
+  }
+
+  /** As `#receive`, for MessagePack: each message is its length, then that many bytes. */
+  async #receiveMessagePack(state: State<S>, data: Buffer): Promise<void> {
+    const { connection } = state;
+    const buffer = this.#joined(state, data);
+    const { payloads, rest, tooLarge } = splitMessagePack(buffer, this.#maxMessageBytes);
+    for (const payload of payloads) if (!(await this.#dispatch(connection, payload))) return;
+    if (tooLarge) return void this.#tooLarge(connection);
+    if (rest.length > 0) this.#hold(state, Buffer.from(rest));
+    // A frame with no whole message pays all the same (see #receive).
+    if (payloads.length === 0) await this.#admit(connection, data.length);
   }
 
   /** Keeps a frame until its message's separator comes; false past `maxMessageBytes`. */
@@ -815,8 +852,11 @@ export class SignalRHub<S extends BoundSocket> {
     if (data.length > this.#maxMessageBytes) return this.#tooLarge(connection);
     const refusal = await this.#admit(connection, data.length);
     if (connection.socket.readyState !== 1) return false;
-    const message = parseObject(data);
-    if (message === undefined) return this.#protocolError(connection, "Error reading JSON.");
+    const message =
+      this.#states.get(connection.id)?.protocol === "messagepack"
+        ? fromMessagePack(data)
+        : (parseObject(data) ?? "Error reading JSON.");
+    if (typeof message === "string") return this.#protocolError(connection, message);
     const { type, invocationId, target, arguments: args, streamIds } = message;
     if (typeof type !== "number")
       return this.#protocolError(connection, "Missing required property 'type'.");
@@ -865,10 +905,7 @@ export class SignalRHub<S extends BoundSocket> {
     if (type !== INVOCATION && type !== STREAM_INVOCATION) return true;
     if (refusal !== undefined) {
       if (typeof invocationId === "string")
-        this.#hub.send(
-          connection.id,
-          record({ type: COMPLETION, invocationId, error: refusal.message }),
-        );
+        this.#reply(connection.id, { type: COMPLETION, invocationId, error: refusal.message });
       return true;
     }
     if (typeof target !== "string")
@@ -879,7 +916,7 @@ export class SignalRHub<S extends BoundSocket> {
       return this.#protocolError(connection, "Expected 'invocationId' to be of type String.");
     const complete = (outcome: { result: unknown } | { error: string }) => {
       if (invocationId !== undefined)
-        this.#hub.send(connection.id, record({ type: COMPLETION, invocationId, ...outcome }));
+        this.#reply(connection.id, { type: COMPLETION, invocationId, ...outcome });
     };
     if (
       streamIds !== undefined &&
@@ -969,6 +1006,18 @@ export class SignalRHub<S extends BoundSocket> {
     return true;
   }
 
+  /** A message of the connection's protocol. */
+  #frame(connectionId: string, message: HubMessage): Buffer {
+    return this.#states.get(connectionId)?.protocol === "messagepack"
+      ? toMessagePack(message)
+      : record(message);
+  }
+
+  /** Sends a message of the hub's own (a completion, a stream item, ...) in the connection's protocol. */
+  #reply(connectionId: string, message: HubMessage): boolean {
+    return this.#hub.send(connectionId, this.#frame(connectionId, message));
+  }
+
   /**
    * What the client is told of a hub method's failure: a HubError's message; else `generic`
    * (with the failure itself when detailed errors are on), and the failure goes to `onError`.
@@ -982,7 +1031,7 @@ export class SignalRHub<S extends BoundSocket> {
 
   /** Sends a hub method's stream as the invocation's stream items, then its completion. */
   #stream(connection: SignalRConnection<S>, invocationId: string, source: AsyncIterable<unknown>) {
-    const send = (message: object) => this.#hub.send(connection.id, record(message));
+    const send = (message: HubMessage) => this.#reply(connection.id, message);
     return this.#streams.serve(
       connection.id,
       invocationId,
@@ -1047,7 +1096,7 @@ export class SignalRHub<S extends BoundSocket> {
     const { socket } = connection;
     if (socket.readyState !== 1) return false;
     if (this.#states.get(connection.id)?.handshaken) {
-      this.#hub.send(connection.id, record({ type: CLOSE, error, allowReconnect }));
+      this.#reply(connection.id, { type: CLOSE, error, allowReconnect });
       socket.close(1000);
       return false;
     }

@@ -44,6 +44,8 @@ interface Member<S> {
   turn: number;
   /** Frames held until the end of that turn. */
   held: Held | undefined;
+  /** What text frames become for this socket, sent as binary (another protocol's encoding). */
+  encode?: ((payload: Buffer) => Buffer) | undefined;
 }
 
 /**
@@ -183,6 +185,19 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     member.held = undefined; // gone (closed, or terminated as slow): nothing more to write
   }
 
+  /**
+   * From now on, the text messages sent to this connection (its own and its groups') are passed
+   * through `encode` and sent as binary messages: a connection that speaks another encoding of
+   * the same protocol. `encode` should remember its last frame: a group's message comes to all
+   * its members as the same buffer. An empty result is not sent.
+   */
+  encode(connectionId: string, encode: (payload: Buffer) => Buffer): void {
+    const member = this.#members.get(connectionId);
+    if (member === undefined) return;
+    this.#flush(member);
+    member.encode = encode;
+  }
+
   socket(connectionId: string): S | undefined {
     return this.#members.get(connectionId)?.socket;
   }
@@ -244,7 +259,8 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     const member = this.#members.get(connectionId);
     if (member === undefined) return false;
     const { socket, tcp } = member;
-    const direct = tcp !== undefined && (member.sender?._state ?? 0) === 0;
+    const direct =
+      tcp !== undefined && member.encode === undefined && (member.sender?._state ?? 0) === 0;
     if (messages.length < 2 || !direct) {
       let sent = true;
       for (const message of messages) sent = this.send(connectionId, message) && sent;
@@ -263,7 +279,10 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     if (socket.readyState !== OPEN) return false;
     // Held frames are ours to write: only what the socket itself has not sent counts.
     if (member.held === undefined && this.#isSlow(member)) return false;
-    if (tcp === undefined || frame === undefined || (member.sender?._state ?? 0) !== 0) {
+    if (member.encode !== undefined) {
+      const encoded = member.encode(payload);
+      if (encoded.length > 0) socket.send(encoded, { binary: true });
+    } else if (tcp === undefined || frame === undefined || (member.sender?._state ?? 0) !== 0) {
       // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame. Also
       // while ws's sender is busy (a Blob being read): it queues, and a write would overtake.
       this.#flush(member);

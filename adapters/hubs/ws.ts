@@ -425,6 +425,11 @@ export class WsHub<S extends BoundSocket> {
   }
 
   /** Sends `data` to one connection here; held until its `onConnection` has run. */
+  /** See {@link WsGroups.encode}: what is held for the connection is encoded too. */
+  encode(connectionId: string, encode: (payload: Buffer) => Buffer): void {
+    this.#groups.encode(connectionId, encode);
+  }
+
   send(connectionId: string, data: Buffer | string): boolean {
     const held = this.#held.get(connectionId);
     if (held === undefined) return this.#groups.send(connectionId, data);

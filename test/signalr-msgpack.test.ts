@@ -1,0 +1,321 @@
+import { once } from "node:events";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import {
+  HttpTransportType,
+  type HubConnection,
+  HubConnectionBuilder,
+  type HubMessage,
+  JsonHubProtocol,
+  LogLevel,
+  MessageType,
+  NullLogger,
+} from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
+import fc from "fast-check";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { WebSocket, WebSocketServer } from "ws";
+import {
+  accessTokenOf,
+  bindSignalR,
+  type SignalRBindingOptions,
+} from "../adapters/hubs/signalr.js";
+import {
+  fromMessagePack,
+  splitMessagePack,
+  toMessagePack,
+} from "../adapters/hubs/signalr-msgpack.js";
+import { InMemoryMembershipStore } from "../adapters/index.js";
+import { FUZZ_SEED, runs } from "./fuzz/harness.js";
+
+const RS = "\u001e";
+const official = new MessagePackHubProtocol();
+/** What the official client reads: an ArrayBuffer of exactly these bytes. */
+const parse = (bytes: Buffer) =>
+  official.parseMessages(
+    bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer,
+    NullLogger.instance,
+  );
+
+async function serve(options: Partial<SignalRBindingOptions<WebSocket>> = {}) {
+  const http = createServer();
+  const wss = new WebSocketServer({ noServer: true });
+  const errors: unknown[] = [];
+  const hub = bindSignalR(wss, {
+    store: new InMemoryMembershipStore(),
+    path: "/hub",
+    userIdOf: (request) => accessTokenOf(request),
+    methods: { Echo: (_c, value) => value },
+    onConnection: (connection) => hub.send(connection.id, "welcome", connection.id),
+    onError: (error) => errors.push(error),
+    ...options,
+  });
+  http.on("request", (request, response) => void hub.handleRequest(request, response));
+  http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
+  http.listen(0, "127.0.0.1");
+  await once(http, "listening");
+  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/hub`;
+  return {
+    hub,
+    url,
+    errors,
+    async close() {
+      for (const client of wss.clients) client.terminate();
+      await hub.close();
+      http.closeAllConnections();
+      http.close();
+    },
+  };
+}
+
+describe("bindSignalR: the MessagePack hub protocol", () => {
+  const cleanup: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const step of cleanup.splice(0).reverse()) await step();
+  });
+  const start = async (options: Partial<SignalRBindingOptions<WebSocket>> = {}) => {
+    const server = await serve(options);
+    cleanup.push(() => server.close());
+    return server;
+  };
+  const connect = async (
+    url: string,
+    userId: string,
+    protocol: "json" | "messagepack",
+    transport = HttpTransportType.WebSockets,
+  ) => {
+    const connection: HubConnection = new HubConnectionBuilder()
+      .withUrl(url, { accessTokenFactory: () => userId, transport })
+      .withHubProtocol(protocol === "json" ? new JsonHubProtocol() : new MessagePackHubProtocol())
+      .configureLogging(LogLevel.None)
+      .build();
+    const welcome = new Promise((resolve) => connection.on("welcome", resolve));
+    await connection.start();
+    await welcome;
+    cleanup.push(() => connection.stop());
+    return connection;
+  };
+
+  it("writes every message the server sends byte for byte as the official client's protocol does", () => {
+    const messages: Array<[Record<string, unknown>, HubMessage]> = [
+      [
+        { type: 1, target: "message", arguments: [{ group: "Room/#1", text: "hé" }, 3, null] },
+        {
+          type: MessageType.Invocation,
+          headers: {},
+          target: "message",
+          arguments: [{ group: "Room/#1", text: "hé" }, 3, null],
+        },
+      ],
+      [
+        { type: 1, invocationId: "7", target: "question", arguments: [2.5] },
+        {
+          type: MessageType.Invocation,
+          headers: {},
+          invocationId: "7",
+          target: "question",
+          arguments: [2.5],
+        },
+      ],
+      [
+        { type: 2, invocationId: "1", item: [1, "two"] },
+        { type: MessageType.StreamItem, headers: {}, invocationId: "1", item: [1, "two"] },
+      ],
+      [
+        { type: 3, invocationId: "1", result: { a: 1 } },
+        { type: MessageType.Completion, headers: {}, invocationId: "1", result: { a: 1 } },
+      ],
+      [
+        { type: 3, invocationId: "2", error: "not_member" },
+        { type: MessageType.Completion, headers: {}, invocationId: "2", error: "not_member" },
+      ],
+      [
+        { type: 3, invocationId: "3" },
+        { type: MessageType.Completion, headers: {}, invocationId: "3" },
+      ],
+      [{ type: 6 }, { type: MessageType.Ping }],
+      [
+        { type: 8, sequenceId: 300 },
+        { type: MessageType.Ack, sequenceId: 300 },
+      ],
+      [
+        { type: 9, sequenceId: 70_000 },
+        { type: MessageType.Sequence, sequenceId: 70_000 },
+      ],
+    ];
+    for (const [ours, theirs] of messages)
+      expect(toMessagePack(ours), JSON.stringify(ours)).toEqual(
+        Buffer.from(official.writeMessage(theirs)),
+      );
+    // The client writes a close without its error; the server's carries it, which it reads.
+    const close = toMessagePack({ type: 7, error: "revoked", allowReconnect: true });
+    const [read] = parse(close);
+    expect(read).toEqual({ type: MessageType.Close, error: "revoked", allowReconnect: true });
+  });
+
+  it("reads every message the official client writes", () => {
+    const sent: HubMessage[] = [
+      {
+        type: MessageType.Invocation,
+        headers: {},
+        invocationId: "1",
+        target: "Echo",
+        arguments: [new Uint8Array([1, 2]), "x"],
+        streamIds: ["2"],
+      },
+      { type: MessageType.Invocation, headers: {}, target: "Echo", arguments: [] },
+      { type: MessageType.StreamItem, headers: {}, invocationId: "2", item: 5 },
+      { type: MessageType.Completion, headers: {}, invocationId: "2", result: 1 },
+      { type: MessageType.Completion, headers: {}, invocationId: "2", error: "no" },
+      { type: MessageType.Completion, headers: {}, invocationId: "2" },
+      {
+        type: MessageType.StreamInvocation,
+        headers: {},
+        invocationId: "3",
+        target: "Count",
+        arguments: [3],
+        streamIds: [],
+      },
+      { type: MessageType.CancelInvocation, headers: {}, invocationId: "3" },
+      { type: MessageType.Ping },
+      { type: MessageType.Close },
+      { type: MessageType.Ack, sequenceId: 4 },
+      { type: MessageType.Sequence, sequenceId: 5 },
+    ];
+    const bytes = Buffer.concat(sent.map((m) => Buffer.from(official.writeMessage(m))));
+    const { payloads, rest, tooLarge } = splitMessagePack(bytes, 32 * 1024);
+    expect([rest.length, tooLarge]).toEqual([0, false]);
+    expect(payloads.map((payload) => fromMessagePack(payload))).toEqual([
+      {
+        type: 1,
+        invocationId: "1",
+        target: "Echo",
+        arguments: [Buffer.from([1, 2]), "x"],
+        streamIds: ["2"],
+      },
+      { type: 1, invocationId: undefined, target: "Echo", arguments: [], streamIds: undefined },
+      { type: 2, invocationId: "2", item: 5 },
+      { type: 3, invocationId: "2", result: 1 },
+      { type: 3, invocationId: "2", error: "no" },
+      { type: 3, invocationId: "2" },
+      { type: 4, invocationId: "3", target: "Count", arguments: [3], streamIds: [] },
+      { type: 5, invocationId: "3" },
+      { type: 6 },
+      { type: 7, error: undefined },
+      { type: 8, sequenceId: 4 },
+      { type: 9, sequenceId: 5 },
+    ]);
+  });
+
+  it("never throws on hostile bytes: every input is messages, a wait for more, or refused", () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 300 }),
+        fc.integer({ min: 1, max: 400 }),
+        (bytes, max) => {
+          const { payloads, rest, tooLarge } = splitMessagePack(Buffer.from(bytes), max);
+          for (const payload of payloads) {
+            expect(payload.length).toBeLessThanOrEqual(max);
+            const message = fromMessagePack(payload);
+            expect(typeof message === "string" || typeof message.type === "number").toBe(true);
+          }
+          if (!tooLarge) expect(rest.length).toBeLessThan(bytes.length + 1);
+        },
+      ),
+      { seed: FUZZ_SEED, numRuns: runs(2_000) },
+    );
+  });
+
+  it("sends one group message to JSON and MessagePack clients alike, over WebSockets and long polling", async () => {
+    const server = await start();
+    const clients = [
+      await connect(server.url, "ann", "json"),
+      await connect(server.url, "bob", "messagepack"),
+      await connect(server.url, "cy", "messagepack", HttpTransportType.LongPolling),
+    ];
+    const received = clients.map((client) => {
+      const messages: unknown[] = [];
+      client.on("message", (message) => messages.push(message));
+      return messages;
+    });
+    for (const user of ["ann", "bob", "cy"]) await server.hub.grant(user, "Room/#1");
+    for (let i = 0; i < 3; i++)
+      await server.hub.sendToGroup("Room/#1", "message", { text: `hé ${i}`, n: i, big: 2 ** 40 });
+    const expected = [0, 1, 2].map((n) => ({ text: `hé ${n}`, n, big: 2 ** 40 }));
+    await vi.waitFor(() => expect(received).toEqual([expected, expected, expected]));
+    expect(server.errors).toEqual([]);
+  });
+
+  it("keeps binary arguments, results and stream items binary, and revokes as over JSON", async () => {
+    const server = await start({
+      methods: { Echo: (_c, value) => value, Length: (_c, bytes) => (bytes as Uint8Array).length },
+      streams: {
+        Chunks: async function* (_c, count) {
+          for (let i = 0; i < Number(count); i++) yield new Uint8Array([i, i]);
+        },
+      },
+    });
+    const client = await connect(server.url, "ann", "messagepack");
+    const bytes = new Uint8Array([0, 255, 7]);
+    expect(await client.invoke("Echo", bytes)).toEqual(bytes);
+    expect(await client.invoke("Length", new Uint8Array(1000))).toBe(1000);
+    const chunks: Uint8Array[] = [];
+    await new Promise<void>((resolve, reject) =>
+      client.stream("Chunks", 3).subscribe({
+        next: (chunk: Uint8Array) => chunks.push(chunk),
+        complete: resolve,
+        error: reject,
+      }),
+    );
+    expect(chunks).toEqual([0, 1, 2].map((i) => new Uint8Array([i, i])));
+    const messages: unknown[] = [];
+    client.on("message", (message) => messages.push(message));
+    await server.hub.grant("ann", "room");
+    await server.hub.sendToGroup("room", "message", "before");
+    await vi.waitFor(() => expect(messages).toEqual(["before"]));
+    await server.hub.revoke("ann", "room");
+    await server.hub.sendToGroup("room", "message", "after");
+    await client.invoke("Echo", "round trip");
+    expect(messages).toEqual(["before"]);
+  });
+
+  it("refuses MessagePack over Server-Sent Events, a malformed message and one past the limit, with a close message", async () => {
+    const clientErrors: string[] = [];
+    const server = await start({
+      maxMessageBytes: 100,
+      onClientError: (_c, error) => clientErrors.push(error.message),
+    });
+    const sse = new HubConnectionBuilder()
+      .withUrl(server.url, {
+        accessTokenFactory: () => "ann",
+        transport: HttpTransportType.ServerSentEvents,
+      })
+      .withHubProtocol(new MessagePackHubProtocol())
+      .configureLogging(LogLevel.None)
+      .build();
+    await expect(sse.start()).rejects.toThrow(/ServerSentEvents|Text|transport/);
+    const raw = async (frame: Buffer) => {
+      const socket = new WebSocket(`${server.url.replace("http", "ws")}?access_token=bob`);
+      const frames: Buffer[] = [];
+      socket.on("message", (data: Buffer) => frames.push(data));
+      await once(socket, "open");
+      socket.send(`{"protocol":"messagepack","version":1}${RS}`);
+      await vi.waitFor(() => expect(frames.length).toBeGreaterThan(1)); // the answer, the welcome
+      socket.send(frame);
+      await once(socket, "close");
+      const close = frames.at(-1) as Buffer;
+      return parse(close);
+    };
+    expect(await raw(Buffer.from([0x03, 0xc1, 0xc1, 0xc1]))).toEqual([
+      { type: MessageType.Close, error: "Connection closed with an error.", allowReconnect: true },
+    ]);
+    expect(await raw(Buffer.from([0xe5, 0x01]))).toEqual([
+      { type: MessageType.Close, error: "Connection closed with an error.", allowReconnect: true },
+    ]);
+    expect(clientErrors).toEqual([
+      expect.stringMatching(/^Error reading MessagePack data/),
+      "The maximum message size of 100B was exceeded. The message size can be configured with maxMessageBytes.",
+    ]);
+    expect(server.errors).toEqual([]);
+  });
+});
