@@ -118,3 +118,9 @@ export function readGrants(
   }
   return [...unique.values()];
 }
+
+/** Throws `INVALID_ARGUMENT` unless `value` is an integer from 1 to `max`. */
+export function assertCount(name: string, value: unknown, max: number): asserts value is number {
+  if (!Number.isInteger(value) || (value as number) < 1 || (value as number) > max)
+    throw new MembershipError("INVALID_ARGUMENT", `${name} must be an integer from 1 to ${max}`);
+}

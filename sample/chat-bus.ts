@@ -156,6 +156,34 @@ export function renderChat(message: HistoryMessage, replayed: boolean) {
   return { ...chat, position: message.position, ...(replayed && { replayed }) };
 }
 
+/**
+ * The most recent messages of a group (at most `count`) that `userId` may see, oldest first, as
+ * `message`s: only what was sent since their membership began, by the store's grant time
+ * (`addedAt`, which a new grant moves on) against each message's `at`. The history's marks would
+ * tell too, but a server marks a grant when it learns of it, which may be after the member's
+ * first messages: the store is the witness that is never late. Nothing when they are not a member.
+ */
+export async function recentFor(
+  history: MessageHistory,
+  store: MembershipStore,
+  userId: string,
+  group: string,
+  count: number,
+): Promise<Array<NonNullable<ReturnType<typeof renderChat>>>> {
+  const [{ entries }, memberships] = await Promise.all([
+    history.recent(group, count),
+    store.groupsOf(userId),
+  ]);
+  const since = memberships.find((m) => m.group === group)?.addedAt.getTime();
+  const messages = [];
+  for (const entry of since === undefined ? [] : entries) {
+    const rendered = "payload" in entry ? renderChat(entry, false) : undefined;
+    if (rendered !== undefined && Date.parse(rendered.at) >= (since as number))
+      messages.push(rendered);
+  }
+  return messages;
+}
+
 /** The `resumed` message: where the client is now, and what it may have missed. */
 export function resumedMessage(report: ResumeReport) {
   return {

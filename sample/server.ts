@@ -12,7 +12,7 @@ import {
 } from "../adapters/hubs/ws.js";
 import { isValidName, MembershipError, type MembershipStore } from "../adapters/index.js";
 import { authenticate, configurePassport } from "./auth.js";
-import { ChatBus, onlineOf, renderChat, resumedMessage, resumeOf } from "./chat-bus.js";
+import { ChatBus, onlineOf, recentFor, renderChat, resumedMessage, resumeOf } from "./chat-bus.js";
 import type { SampleConfig } from "./config.js";
 import {
   commonRoute,
@@ -26,6 +26,9 @@ import {
 } from "./http.js";
 import { floodGuardOf, welcomeGroups } from "./limits.js";
 import { Observability } from "./observability.js";
+
+/** The most messages `History` streams: what a look back needs, not a dump of the group. */
+const MAX_HISTORY_COUNT = 100;
 
 /** Frames over this size close the connection with 1009 (message too big). */
 const MAX_FRAME_BYTES = 64 * 1024;
@@ -316,6 +319,16 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       OnlineAfter: (connection, group, after) => {
         if (!isValidName(after)) throw new HubError("bad_request");
         return onlineInvoked(connection, group, after);
+      },
+    },
+    streams: {
+      // A member's look back: the group's most recent messages they may see, then the end.
+      History: async function* (connection, group, count) {
+        if (!isValidName(group) || !Number.isInteger(count) || !((count as number) >= 1))
+          throw new HubError("bad_request");
+        if (!signalr.isInGroup(connection.id, group)) throw new HubError("not_member");
+        const limit = Math.min(count as number, MAX_HISTORY_COUNT);
+        yield* await recentFor(chat.history, store, connection.userId, group, limit);
       },
     },
     onClose: (connection) => obs.closed("signalr", connection),

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { afterAll, beforeAll, describe, it } from "vitest";
 import { RedisHistory } from "../adapters/redis/index.js";
+import { checkRecent } from "./support/history-recent.js";
 import { type RedisServer, startRedis } from "./support/redis.js";
 import { checkResumeProperty } from "./support/resume-model.js";
 
@@ -35,4 +36,16 @@ describe("resume after a reconnect, on Redis Streams", () => {
       },
     );
   }, 600_000);
+
+  it("reads a group's most recent messages with the marks among them", async () => {
+    await checkRecent(async (store) => {
+      const history = new RedisHistory({
+        url: redis.url,
+        store,
+        prefix: `recent:${randomBytes(6).toString("hex")}`,
+      });
+      await history.start();
+      return history;
+    });
+  });
 });

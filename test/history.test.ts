@@ -1,5 +1,6 @@
 import { describe, it } from "vitest";
 import { MemoryHistory } from "../adapters/history/memory.js";
+import { checkRecent } from "./support/history-recent.js";
 import { checkResumeProperty } from "./support/resume-model.js";
 
 describe("resume after a reconnect, on the in-process history", () => {
@@ -9,4 +10,8 @@ describe("resume after a reconnect, on the in-process history", () => {
       seed: Number(process.env.FUZZ_SEED ?? 42),
     });
   }, 300_000);
+
+  it("reads a group's most recent messages with the marks among them", async () => {
+    await checkRecent(async (store) => new MemoryHistory({ store }));
+  });
 });

@@ -118,6 +118,17 @@ export interface MessageHistory {
   read(group: string, position: Position): Promise<HistoryRead>;
 
   /**
+   * The group's most recent entries still kept, oldest first: its last `count` messages (fewer
+   * when fewer are kept; a long run of marks may cut it shorter), with the marks among them.
+   * For a member asking what was said before they came: who may see which message is the
+   * caller's to decide from the marks (see the sample's `History`). `marked` as in `read`, from
+   * the first entry returned; `complete` when nothing before them is kept either.
+   * @throws MembershipError `INVALID_ARGUMENT` for a malformed group or a `count` that is not an
+   * integer from 1 to 1,000; `STORE_UNAVAILABLE` when the backing does not answer.
+   */
+  recent(group: string, count: number): Promise<HistoryRead>;
+
+  /**
    * Orders two positions of one group from this history: negative when `a` came first, 0 when
    * they are the same, positive otherwise. Positions of another epoch come first.
    */

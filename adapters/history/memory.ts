@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { MembershipError, type MembershipStore } from "../contract.js";
 import { Listeners } from "../listeners.js";
-import { assertName } from "../validate.js";
+import { assertCount, assertName } from "../validate.js";
 import { followMemberships } from "./follow.js";
 import type {
   HistoryMark,
@@ -108,6 +108,26 @@ export class MemoryHistory implements MessageHistory {
     const marked = after >= this.#floor && after <= this.#seq;
     const complete = marked && after >= (log?.trimmed ?? 0);
     return { entries, complete, marked, position: this.#position(Math.max(after, this.#seq)) };
+  }
+
+  async recent(group: string, count: number): Promise<HistoryRead> {
+    assertName("group", group);
+    assertCount("count", count, 1_000);
+    const log = this.#logs.get(group);
+    if (log !== undefined) this.#trim(log, Date.now());
+    const entries: Array<HistoryMessage | HistoryMark> = [];
+    let messages = 0;
+    let first = this.#seq + 1;
+    for (let i = (log?.entries.length ?? 0) - 1; log && i >= log.head && messages < count; i--) {
+      const entry = log.entries[i] as Entry;
+      entries.push(entry.value);
+      first = entry.seq;
+      if ("payload" in entry.value) messages++;
+    }
+    const marked = first - 1 >= this.#floor;
+    const oldest = log?.entries[log.head]?.seq ?? first;
+    const complete = marked && first <= oldest && first - 1 >= (log?.trimmed ?? 0);
+    return { entries: entries.reverse(), complete, marked, position: this.#position(this.#seq) };
   }
 
   compare(a: Position, b: Position): number {

@@ -10,7 +10,7 @@ import type {
 } from "../history/history.js";
 import type { HistoryLimits } from "../history/memory.js";
 import { Listeners } from "../listeners.js";
-import { assertName, isValidName } from "../validate.js";
+import { assertCount, assertName, isValidName } from "../validate.js";
 import {
   RedisConnections,
   type RedisTarget,
@@ -96,6 +96,15 @@ end
 local trimmed = 0
 if added > length then trimmed = 1 end
 return {epoch, reset, now, first, last, trimmed, cut, entries}`;
+
+/** The newest entries, newest first, up to ARGV[2]; with the first id kept and the last reset. */
+const RECENT = `${EPOCH}
+local reset = redis.call('GET', KEYS[3]) or '0-0'
+local entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[2])
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+local first = ''
+if #oldest > 0 then first = oldest[1][1] end
+return {epoch, reset, first, entries}`;
 
 type StreamId = readonly [ms: bigint, seq: bigint];
 type Entry = [id: string, fields: Array<string | Buffer>];
@@ -283,6 +292,38 @@ export class RedisHistory implements MessageHistory {
       complete,
       marked,
       position: end === undefined ? position : `${epoch}.${end}`,
+    };
+  }
+
+  async recent(group: string, count: number): Promise<HistoryRead> {
+    assertName("group", group);
+    assertCount("count", count, 1_000);
+    if (this.#owed) {
+      await this.reset();
+      if (this.#owed) throw new MembershipError("STORE_UNAVAILABLE", "Redis is unavailable");
+    }
+    // Marks are few between messages: twice the messages asked for, and some, holds them.
+    const [epoch, reset, first, newest] = (await this.#call(RECENT, group, [
+      String(count * 2 + 50),
+    ])) as [string, string, string, Array<[string, Array<string | Buffer>]>];
+    this.#epoch = epoch;
+    const entries: Array<HistoryMessage | HistoryMark> = [];
+    let messages = 0;
+    let from: string | undefined;
+    for (const [id, fields] of newest) {
+      if (messages === count) break;
+      const entry = toEntry(group, `${epoch}.${id}`, fields);
+      if (entry === undefined) continue;
+      entries.push(entry);
+      from = id;
+      if ("payload" in entry) messages++;
+    }
+    const marked = from === undefined || compareIds(parseId(from), parseId(reset)) > 0;
+    return {
+      entries: entries.reverse(),
+      complete: marked && (from === first || first === ""),
+      marked,
+      position: newest[0] === undefined ? await this.position() : `${epoch}.${newest[0][0]}`,
     };
   }
 

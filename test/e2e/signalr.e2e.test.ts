@@ -89,6 +89,50 @@ describe("sample SignalR endpoint, end to end", { timeout: 60_000 }, () => {
     expect(bob.messages.some((m) => m.text === "still here?")).toBe(false);
   });
 
+  for (const [transport, protocol] of [
+    ["WebSockets", "json"],
+    ["ServerSentEvents", "json"],
+    ["LongPolling", "json"],
+    ["WebSockets", "messagepack"],
+    ["LongPolling", "messagepack"],
+  ] as const)
+    it(`over ${transport} with ${protocol}: rehydrated groups, messages across protocols, History, and nothing more after the admin's revoke`, async () => {
+      const user = `${transport}-${protocol}`;
+      const group = `Room ${user}`;
+      await grant(env, "watcher", group);
+      const watcher = await connectWs(sample.wsUrl, token(env, "watcher"));
+      watcher.send({ type: "send", group, text: "before their grant" });
+      await watcher.next((m) => m.text === "before their grant");
+      await grant(env, user, group);
+      const client = await connect(sample.url, token(env, user), { transport, protocol });
+      expect(client.welcome).toMatchObject({ userId: user, groups: [group] });
+      expect(await client.invoke("Send", group, `from ${user}`)).toBeNull();
+      watcher.send({ type: "send", group, text: "from ws" });
+      for (const text of [`from ${user}`, "from ws"]) {
+        await client.next((m) => m.type === "message" && m.text === text);
+        await watcher.next((m) => m.type === "message" && m.text === text);
+      }
+      // What was said since they were granted, oldest first: not what came before.
+      expect(await client.stream("History", group, 5)).toEqual([
+        expect.objectContaining({ group, text: `from ${user}`, from: user }),
+        expect.objectContaining({ group, text: "from ws", from: "watcher" }),
+      ]);
+      expect(await client.stream("History", group, 1)).toEqual([
+        expect.objectContaining({ text: "from ws" }),
+      ]);
+      expect(await client.stream("History", "not theirs", 5)).toEqual({ error: "not_member" });
+
+      const revoked = await admin(env, "revoke", user, group);
+      expect(revoked.code, revoked.stderr).toBe(0);
+      expect(await client.next(isRemoved(group))).toMatchObject({ reason: "revoked" });
+      watcher.send({ type: "send", group, text: "after the revoke" });
+      await watcher.next((m) => m.text === "after the revoke");
+      // A round trip after it: anything sent to the group before it would have come first.
+      expect(await client.invoke("Send", group, "still here?")).toEqual({ error: "not_member" });
+      expect(client.messages.filter((m) => m.text === "after the revoke")).toEqual([]);
+      expect(await client.stream("History", group, 5)).toEqual({ error: "not_member" });
+    });
+
   it("Whisper, Join and Leave complete with null or the protocol's error code", async () => {
     const carol = await connect(sample.url, token(env, "carol"));
     const carolWs = await connectWs(sample.wsUrl, token(env, "carol"));

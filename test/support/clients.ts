@@ -4,8 +4,10 @@ import {
   type HubConnection,
   HubConnectionBuilder,
   HubConnectionState,
+  JsonHubProtocol,
   LogLevel,
 } from "@microsoft/signalr";
+import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import WebSocket from "ws";
 
 export type ServerMessage = { type: string; [key: string]: unknown };
@@ -184,16 +186,23 @@ export class SignalRClient extends Recorder {
       skipNegotiation?: boolean;
       resume?: boolean;
       stateful?: boolean;
+      /** The only transport it may use (default: the client's choice, WebSockets first). */
+      transport?: "WebSockets" | "ServerSentEvents" | "LongPolling";
+      protocol?: "json" | "messagepack";
     } = {},
   ): Promise<SignalRClient> {
     let builder = new HubConnectionBuilder()
       .withUrl(`${url}/signalr`, {
         accessTokenFactory: typeof bearer === "string" ? () => bearer : bearer,
+        ...(options.transport && { transport: HttpTransportType[options.transport] }),
         ...(options.skipNegotiation && {
           skipNegotiation: true,
           transport: HttpTransportType.WebSockets,
         }),
       })
+      .withHubProtocol(
+        options.protocol === "messagepack" ? new MessagePackHubProtocol() : new JsonHubProtocol(),
+      )
       .configureLogging(LogLevel.None);
     if (options.reconnectDelays) builder = builder.withAutomaticReconnect(options.reconnectDelays);
     if (options.stateful) builder = builder.withStatefulReconnect();
@@ -214,6 +223,22 @@ export class SignalRClient extends Recorder {
     return this.connection
       .invoke(method, ...args)
       .catch((error: unknown) => ({ error: error instanceof Error ? error.message : error }));
+  }
+
+  /** Streams a hub method to its end: its items, or the error message it failed with. */
+  stream(
+    method: string,
+    ...args: unknown[]
+  ): Promise<Array<Record<string, unknown>> | { error: string }> {
+    return new Promise((resolve) => {
+      const items: Array<Record<string, unknown>> = [];
+      this.connection.stream(method, ...args).subscribe({
+        next: (item: Record<string, unknown>) => items.push(item),
+        complete: () => resolve(items),
+        error: (error: unknown) =>
+          resolve({ error: error instanceof Error ? error.message : String(error) }),
+      });
+    });
   }
 
   /** Cuts its WebSocket without a close handshake, as a network drop does. */
