@@ -40,10 +40,16 @@ const SIGNALR_CLIENT = new URL(
   "../node_modules/@microsoft/signalr/dist/browser/signalr.min.js",
   import.meta.url,
 );
+/** Its MessagePack protocol, for `?hubProtocol=messagepack`. */
+const SIGNALR_MSGPACK = new URL(
+  "../node_modules/@microsoft/signalr-protocol-msgpack/dist/browser/signalr-protocol-msgpack.min.js",
+  import.meta.url,
+);
 /** Files served as they are: path, content type, cache policy. */
 const FILES: Record<string, readonly [URL, string, string]> = {
   "/": [PAGE, "text/html; charset=utf-8", "no-store"],
   "/vendor/signalr.js": [SIGNALR_CLIENT, "text/javascript; charset=utf-8", "max-age=3600"],
+  "/vendor/signalr-msgpack.js": [SIGNALR_MSGPACK, "text/javascript; charset=utf-8", "max-age=3600"],
 };
 
 /** A connection of either endpoint, as the chat sees it. */

@@ -100,37 +100,51 @@ describe("the sample's web page in Chromium", () => {
     await alice.screenshot({ path: new URL("chat-alice-revoked.png", OUTPUT).pathname });
   });
 
-  it("SignalR mode: the official browser client, served by the sample, chats with ws pages and shows a live revocation", async () => {
-    expect((await admin(env, "grant", "dan", "Sports")).code).toBe(0);
-    const dan = await signIn("dan", "?protocol=signalr");
-    const bob = await signIn("bob");
-    expect(await dan.locator("#protocol").textContent()).toBe("SignalR");
-    expect(await groupsOf(dan)).toEqual(["Sports"]);
-    await dan.getByRole("button", { name: "Sports", exact: true }).click();
-    await dan.getByLabel(/Message to/).fill("hello from SignalR");
-    await dan.getByLabel(/Message to/).press("Enter");
-    await expect.poll(() => logOf(bob)).toContain("hello from SignalR");
-    await bob.getByRole("button", { name: "Sports", exact: true }).click();
-    await bob.getByLabel(/Message to/).fill("hello from ws");
-    await bob.getByLabel(/Message to/).press("Enter");
-    await expect.poll(() => logOf(dan)).toContain("hello from ws");
+  for (const [name, query, user] of [
+    ["", "?protocol=signalr", "dan"],
+    [" over long polling", "?protocol=signalr&transport=LongPolling", "dana"],
+    [
+      " over long polling with MessagePack",
+      "?protocol=signalr&transport=LongPolling&hubProtocol=messagepack",
+      "danny",
+    ],
+  ] as const)
+    it(`SignalR mode${name}: the official browser client, served by the sample, chats with ws pages and shows a live revocation`, async () => {
+      expect((await admin(env, "grant", user, "Sports")).code).toBe(0);
+      const dan = await signIn(user, query);
+      const bob = await signIn("bob");
+      expect(await dan.locator("#protocol").textContent()).toBe("SignalR");
+      expect(await groupsOf(dan)).toEqual(["Sports"]);
+      await dan.getByRole("button", { name: "Sports", exact: true }).click();
+      await dan.getByLabel(/Message to/).fill(`hello from ${user}`);
+      await dan.getByLabel(/Message to/).press("Enter");
+      await expect.poll(() => logOf(bob)).toContain(`hello from ${user}`);
+      await bob.getByRole("button", { name: "Sports", exact: true }).click();
+      await bob.getByLabel(/Message to/).fill(`hello ${user} from ws`);
+      await bob.getByLabel(/Message to/).press("Enter");
+      await expect.poll(() => logOf(dan)).toContain(`hello ${user} from ws`);
 
-    await dan.getByRole("button", { name: "Join" }).click();
-    await expect.poll(() => groupsOf(dan)).toEqual(["Sports", "lobby"]);
-    expect((await admin(env, "revoke", "dan", "Sports")).code).toBe(0);
-    await expect.poll(() => groupsOf(dan)).toEqual(["lobby"]);
-    await expect
-      .poll(() => dan.locator("#notice").textContent())
-      .toBe("Your access to Sports was revoked.");
-    await bob.getByLabel(/Message to/).fill("after dan's revoke");
-    await bob.getByLabel(/Message to/).press("Enter");
-    await expect.poll(() => logOf(bob)).toContain("after dan's revoke");
-    await dan.waitForTimeout(500);
-    expect(await logOf(dan)).not.toContain("after dan's revoke");
-    const origin = new URL(sample.url).origin;
-    expect(requested.filter((url) => new URL(url).origin !== origin)).toEqual([]);
-    expect(requested).toContain(`${origin}/vendor/signalr.js`);
-  });
+      await dan.getByRole("button", { name: "Join" }).click();
+      await expect.poll(() => groupsOf(dan)).toEqual(["Sports", "lobby"]);
+      expect((await admin(env, "revoke", user, "Sports")).code).toBe(0);
+      await expect.poll(() => groupsOf(dan)).toEqual(["lobby"]);
+      await expect
+        .poll(() => dan.locator("#notice").textContent())
+        .toBe("Your access to Sports was revoked.");
+      await bob.getByLabel(/Message to/).fill(`after ${user}'s revoke`);
+      await bob.getByLabel(/Message to/).press("Enter");
+      await expect.poll(() => logOf(bob)).toContain(`after ${user}'s revoke`);
+      await dan.waitForTimeout(500);
+      expect(await logOf(dan)).not.toContain(`after ${user}'s revoke`);
+      const origin = new URL(sample.url).origin;
+      expect(requested.filter((url) => new URL(url).origin !== origin)).toEqual([]);
+      expect(requested).toContain(`${origin}/vendor/signalr.js`);
+      // Long polling: its polls (GETs with the connection token and a cache buster) carried it.
+      if (query.includes("LongPolling"))
+        expect(requested.some((url) => /\/signalr\?id=[^&]+&_=\d+$/.test(url))).toBe(true);
+      if (query.includes("messagepack"))
+        expect(requested).toContain(`${origin}/vendor/signalr-msgpack.js`);
+    });
 
   it("reconnects with backoff after the server restarts and gets the same groups back", async () => {
     const carol = await signIn("carol");
