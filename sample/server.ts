@@ -160,6 +160,9 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       });
     }
     if (request.headers.upgrade === undefined) {
+      // A Server-Sent Events or long-polling request: its messages spend the budget (admit), and
+      // its connection takes a slot when it opens (httpSlots).
+      if (!requestTarget(request)?.pathname.toLowerCase().endsWith("/negotiate")) return principal;
       // A negotiate holds memory for 30 s until its socket comes: it spends the user's budget.
       const spent = await guard.admit(`negotiate:${userId}`, userId, 0);
       if (spent.ok) return principal;
@@ -176,6 +179,21 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
     if (request.socket.destroyed) release();
     else request.socket.on("close", release); // release is idempotent: no once() wrapper
     return principal;
+  };
+  /**
+   * The slots of SignalR connections without a WebSocket (Server-Sent Events, long polling),
+   * taken when they open and given back when they close: over the cap, closed with an error.
+   */
+  const httpSlots = new Map<string, () => void>();
+  const takeHttpSlot = async ({ id, userId, socket }: Connection & { socket: object }) => {
+    if (socket instanceof WebSocket) return;
+    const release = await guard.slots.take(userId);
+    if (release === undefined) {
+      obs.refused("signalr", "too_many_connections", userId);
+      return signalr.closeConnection(id, "Too Many Connections");
+    }
+    if (signalr.connectionsOf(userId).includes(id)) httpSlots.set(id, release);
+    else release(); // closed meanwhile
   };
   /** Ends a flooder's ws connection; its reply to the close sits behind its flood, unread. */
   const closeFlooder = (socket: WebSocket) => {
@@ -287,6 +305,7 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
       signalr.send(id, "welcome", { connectionId: id, userId, ...welcomeGroups(groups) });
       obs.opened("signalr", connection, groups.length);
       answerPings("signalr", connection, () => closeSignalR(connection));
+      takeHttpSlot(connection).catch(onError("signalr"));
     },
     onJoin: ({ id }, group, reason) => {
       if (reason === "granted") signalr.send(id, "joined", { group });
@@ -337,7 +356,11 @@ export async function startHubServer(config: SampleConfig): Promise<HubServer> {
         yield* await recentFor(chat.history, store, connection.userId, group, limit);
       },
     },
-    onClose: (connection) => obs.closed("signalr", connection),
+    onClose: (connection) => {
+      httpSlots.get(connection.id)?.();
+      httpSlots.delete(connection.id);
+      obs.closed("signalr", connection);
+    },
     onError: onError("signalr"),
     onClientError: onClientError("signalr"),
   });
