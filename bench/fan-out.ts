@@ -1,7 +1,7 @@
 /**
  * Fan-out: one group of 1,000 connections, one sender, 100-byte messages, 20 in flight: messages
  * delivered per second, and the server's CPU time per delivery, through the `ws` sample, its
- * SignalR endpoint and the same sample on Socket.IO 4.8 (websocket transport, in-memory
+ * SignalR endpoint (JSON and MessagePack) and the same sample on Socket.IO 4.8 (websocket transport, in-memory
  * adapter), all driven by the same raw-WebSocket load generator in one run.
  */
 import { NO_RATE_LIMITS, sampleEnv, startSample } from "../test/support/processes.js";
@@ -26,7 +26,7 @@ interface FanOut {
 
 async function fanOut(
   ctx: BenchContext,
-  hub: "ws" | "signalr" | "socket.io",
+  hub: "ws" | "signalr" | "signalr-msgpack" | "socket.io",
   members: number,
   messages: number,
 ): Promise<FanOut> {
@@ -34,7 +34,7 @@ async function fanOut(
   // The SignalR endpoint is part of the `ws` sample's server.
   const env = {
     ...sampleEnv(ctx.connectionString),
-    HUB: hub === "signalr" ? "ws" : hub,
+    HUB: hub === "socket.io" ? hub : "ws",
     ...NO_RATE_LIMITS,
   };
   const { store } = benchStore(ctx, { tableName: env.MEMBERSHIP_TABLE });
@@ -80,6 +80,7 @@ const fanOutBenchmark: Benchmark = async (ctx) => {
   const messages = ctx.quick ? 100 : 500;
   const ws = await fanOut(ctx, "ws", members, messages);
   const signalr = await fanOut(ctx, "signalr", members, messages);
+  const msgpack = await fanOut(ctx, "signalr-msgpack", members, messages);
   const io = await fanOut(ctx, "socket.io", members, messages);
   const name = `${members.toLocaleString("en")} connections × ${messages} messages of 100 B`;
   const socketIo = (value: number) => ({ label: "Socket.IO 4.8", value });
@@ -111,8 +112,20 @@ const fanOutBenchmark: Benchmark = async (ctx) => {
     },
   ];
   return [
-    ...rowsOf(ws, "ws sample", "server CPU per delivery", { ws, signalr, socketIo: io }),
+    ...rowsOf(ws, "ws sample", "server CPU per delivery", { ws, signalr, msgpack, socketIo: io }),
     ...rowsOf(signalr, "SignalR endpoint", "server CPU per delivery: SignalR endpoint"),
+    // MessagePack against JSON on the same endpoint: a group message is encoded once per
+    // protocol, then each MessagePack connection is written through ws's own send.
+    {
+      benchmark: "fan-out",
+      case: "server CPU per delivery: SignalR endpoint, MessagePack",
+      value: round(msgpack.cpuPerDelivery),
+      unit: "µs",
+      baseline: { label: "the same endpoint, JSON", value: round(signalr.cpuPerDelivery) },
+      ratio: round(signalr.cpuPerDelivery / msgpack.cpuPerDelivery),
+      target: "≤ 2× JSON",
+      met: msgpack.cpuPerDelivery <= 2 * signalr.cpuPerDelivery,
+    },
   ];
 };
 

@@ -12,6 +12,11 @@
 import { createInterface } from "node:readline";
 import jwt from "jsonwebtoken";
 import WebSocket from "ws";
+import {
+  fromMessagePack,
+  splitMessagePack,
+  toMessagePack,
+} from "../adapters/hubs/signalr-msgpack.js";
 import { secretKey } from "../sample/auth.js";
 import { quantile } from "./lib.js";
 
@@ -19,7 +24,7 @@ interface Params {
   mode: "connect" | "fanout";
   /** http://127.0.0.1:PORT of the server. */
   url: string;
-  hub: "ws" | "signalr" | "socket.io";
+  hub: "ws" | "signalr" | "signalr-msgpack" | "socket.io";
   secret: string;
   /** Users, each connected `perUser` times (adjacent). */
   users: string[];
@@ -46,14 +51,25 @@ setTimeout(() => {
 const PREFIXES = {
   ws: ['{"type":"message"', '{"type":"welcome"'],
   signalr: ['{"type":1,"target":"message"', '{"type":1,"target":"welcome"'],
+  "signalr-msgpack": ["", ""], // read by target, below
   "socket.io": ['42["message"', '42["welcome"'],
 } as const;
 const [MESSAGE, WELCOME] = PREFIXES[params.hub].map((prefix) => Buffer.from(prefix)) as [
   Buffer,
   Buffer,
 ];
+const MSGPACK = params.hub === "signalr-msgpack";
+/** The target of a MessagePack frame's first message: [1, headers, id, target, args]. */
+const targetOf = (data: Buffer) => {
+  const [payload] = splitMessagePack(data, 1 << 20).payloads;
+  const message = payload && fromMessagePack(payload);
+  return typeof message === "object" ? message.target : undefined;
+};
 const startsWith = (data: Buffer, prefix: Buffer) =>
-  data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+  MSGPACK
+    ? targetOf(data) === (prefix === MESSAGE ? "message" : "welcome")
+    : data.length >= prefix.length &&
+      data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
 
 const key = secretKey(params.secret);
 const token = (userId: string) =>
@@ -81,6 +97,7 @@ function open(userId: string): Promise<Connection> {
   const endpoint = {
     ws: `${base}/hub`,
     signalr: `${base}/signalr`, // without negotiation, as clients with skipNegotiation connect
+    "signalr-msgpack": `${base}/signalr`,
     "socket.io": `${base}/socket.io/?EIO=4&transport=websocket`,
   }[params.hub];
   const ws = new WebSocket(endpoint, {
@@ -90,8 +107,10 @@ function open(userId: string): Promise<Connection> {
   const connection: Connection = { ws, messages: 0, welcomeMs: 0 };
   return new Promise((resolve, reject) => {
     ws.once("error", reject);
-    if (params.hub === "signalr")
-      ws.once("open", () => ws.send('{"protocol":"json","version":1}\u001e'));
+    if (params.hub === "signalr" || MSGPACK)
+      ws.once("open", () =>
+        ws.send(`{"protocol":"${MSGPACK ? "messagepack" : "json"}","version":1}\u001e`),
+      );
     ws.once("close", (code) => reject(new Error(`closed with ${code} before welcome`)));
     ws.on("message", (data: Buffer) => {
       if (startsWith(data, MESSAGE)) {
@@ -143,6 +162,7 @@ async function fanout(connections: Connection[]) {
     ws: JSON.stringify({ type: "send", group: params.group, text }),
     // Non-blocking invocations (no invocationId): like `send`, no completion comes back.
     signalr: `${JSON.stringify({ type: 1, target: "Send", arguments: [params.group, text] })}\u001e`,
+    "signalr-msgpack": toMessagePack({ type: 1, target: "Send", arguments: [params.group, text] }),
     "socket.io": `42${JSON.stringify(["send", { group: params.group, text }])}`,
   }[params.hub];
   let sent = 0;

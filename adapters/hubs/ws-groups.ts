@@ -91,11 +91,11 @@ class Held {
 }
 
 /** An unmasked, final text frame (RFC 6455, section 5.2) carrying `payload`, in one buffer. */
-export function textFrame(payload: Buffer): Buffer {
+export function textFrame(payload: Buffer, opcode = 0x1): Buffer {
   const length = payload.length;
   const headerLength = length < 126 ? 2 : length < 65_536 ? 4 : 10;
   const frame = Buffer.allocUnsafe(headerLength + length);
-  frame[0] = 0x81;
+  frame[0] = 0x80 | opcode;
   if (length < 126) frame[1] = length;
   else if (length < 65_536) {
     frame[1] = 126;
@@ -135,6 +135,8 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
    * written at once.
    */
   #burst = false;
+  #lastEncoded: Buffer | undefined;
+  #lastBinaryFrame: Buffer = Buffer.alloc(0);
 
   constructor(options: WsGroupsOptions = {}) {
     this.#options = options;
@@ -274,19 +276,23 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
     return true;
   }
 
-  #deliver(member: Member<S>, payload: Buffer, frame: Buffer | undefined): boolean {
+  #deliver(member: Member<S>, text: Buffer, framed: Buffer | undefined): boolean {
     const { socket, tcp } = member;
     if (socket.readyState !== OPEN) return false;
     // Held frames are ours to write: only what the socket itself has not sent counts.
     if (member.held === undefined && this.#isSlow(member)) return false;
+    let payload = text;
+    let frame = framed;
     if (member.encode !== undefined) {
-      const encoded = member.encode(payload);
-      if (encoded.length > 0) socket.send(encoded, { binary: true });
-    } else if (tcp === undefined || frame === undefined || (member.sender?._state ?? 0) !== 0) {
+      payload = member.encode(text);
+      if (payload.length === 0) return true;
+      frame = tcp && this.#binaryFrame(payload);
+    }
+    if (tcp === undefined || frame === undefined || (member.sender?._state ?? 0) !== 0) {
       // Text frames, also for a Buffer: ws would otherwise send a Buffer as a binary frame. Also
       // while ws's sender is busy (a Blob being read): it queues, and a write would overtake.
       this.#flush(member);
-      socket.send(payload, { binary: false });
+      socket.send(payload, { binary: member.encode !== undefined });
     } else if (member.turn !== this.#turn && !this.#burst) {
       member.turn = this.#turn;
       this.#endTurnLater();
@@ -306,6 +312,15 @@ export class WsGroups<S extends GroupSocket = GroupSocket> implements HubBinding
       if (held.bytes > MAX_HELD) this.#flush(member);
     }
     return true;
+  }
+
+  /** The binary frame of an encoded payload: a group's members share the last one. */
+  #binaryFrame(payload: Buffer): Buffer {
+    if (payload !== this.#lastEncoded) {
+      this.#lastEncoded = payload;
+      this.#lastBinaryFrame = textFrame(payload, 0x2);
+    }
+    return this.#lastBinaryFrame;
   }
 
   #isSlow(member: Member<S>): boolean {
