@@ -16,6 +16,7 @@ import flood from "./flood.js";
 import idleMemory from "./idle-memory.js";
 import importBenchmark from "./import.js";
 import { type Benchmark, type Row, sleep } from "./lib.js";
+import longPolling from "./long-polling.js";
 import manyGroups from "./many-groups.js";
 import presence from "./presence.js";
 import rehydrate from "./rehydrate.js";
@@ -37,6 +38,7 @@ const BENCHMARKS: Record<string, Benchmark> = {
   flood,
   replay,
   presence,
+  "long-polling": longPolling,
 };
 
 function table(rows: readonly Row[]): string {
