@@ -243,6 +243,16 @@ describe("bindSignalR: the MessagePack hub protocol", () => {
       await server.hub.sendToGroup("Room/#1", "message", { text: `hé ${i}`, n: i, big: 2 ** 40 });
     const expected = [0, 1, 2].map((n) => ({ text: `hé ${n}`, n, big: 2 ** 40 }));
     await vi.waitFor(() => expect(received).toEqual([expected, expected, expected]));
+    // Nested past what MessagePack's encoder takes: JSON clients still get it, the MessagePack
+    // ones do not, and nothing after it is lost for anyone.
+    let deep: unknown = "bottom";
+    for (let i = 0; i < 120; i++) deep = [deep];
+    await server.hub.sendToGroup("Room/#1", "message", deep);
+    await server.hub.sendToGroup("Room/#1", "message", "after");
+    await vi.waitFor(() =>
+      expect(received.map((r) => r.at(-1))).toEqual(["after", "after", "after"]),
+    );
+    expect(received.map((r) => r.length)).toEqual([5, 4, 4]);
     expect(server.errors).toEqual([]);
   });
 

@@ -106,7 +106,7 @@ export function fromMessagePack(payload: Uint8Array): HubMessage | string {
 export function splitMessagePack(
   buffer: Buffer,
   maxBytes: number,
-): { payloads: Buffer[]; rest: Buffer; tooLarge: boolean } {
+): { payloads: Buffer[]; rest: Buffer; tooLarge: boolean; need?: number } {
   const payloads: Buffer[] = [];
   let at = 0;
   while (at < buffer.length) {
@@ -128,7 +128,9 @@ export function splitMessagePack(
       return { payloads, rest: buffer.subarray(at), tooLarge: malformed };
     }
     if (length > maxBytes) return { payloads, rest: buffer.subarray(at), tooLarge: true };
-    if (next + length > buffer.length) break;
+    // The rest is an unfinished message of this many bytes, prefix included.
+    if (next + length > buffer.length)
+      return { payloads, rest: buffer.subarray(at), tooLarge: false, need: next - at + length };
     payloads.push(buffer.subarray(next, next + length));
     at = next + length;
   }
@@ -151,14 +153,25 @@ export function transcoder(): (frame: Buffer) => Buffer {
     let start = 0;
     for (let end = frame.indexOf(0x1e); end >= 0; end = frame.indexOf(0x1e, start)) {
       const record = parseRecord(frame.toString("utf8", start, end));
-      // Not a message of the protocol (a renderMessage of yours gone wrong): not sent.
-      if (record !== undefined) frames.push(toMessagePack(record));
+      // Not a message of the protocol (a renderMessage of yours gone wrong), or one MessagePack
+      // cannot carry (nested past the encoder's depth: JSON has no such limit): not sent to
+      // MessagePack connections, rather than failing the delivery to every member after them.
+      const encoded = record === undefined ? undefined : tryEncode(record);
+      if (encoded !== undefined) frames.push(encoded);
       start = end + 1;
     }
     last = frame;
     lastEncoded = frames.length === 1 ? (frames[0] as Buffer) : Buffer.concat(frames);
     return lastEncoded;
   };
+}
+
+function tryEncode(message: HubMessage): Buffer | undefined {
+  try {
+    return toMessagePack(message);
+  } catch {
+    return undefined;
+  }
 }
 
 function parseRecord(text: string): HubMessage | undefined {

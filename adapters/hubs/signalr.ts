@@ -245,6 +245,8 @@ interface State<S extends BoundSocket> {
    */
   pending: Buffer[];
   pendingBytes: number;
+  /** MessagePack: the bytes the held message needs in all, once its length has come. */
+  need: number;
   lastReceived: number;
   lastPing: number;
   /** Lets the connection be read on while its current invocation waits for the client. */
@@ -504,16 +506,18 @@ export class SignalRHub<S extends BoundSocket> {
     if (!id) return respond(response, 400, "Connection ID required");
     const sse = method === "GET" && /text\/event-stream/i.test(request.headers.accept ?? "");
     const transport = sse ? "ServerSentEvents" : "LongPolling";
-    if (!this.#transports.has(transport))
+    // POSTs and DELETEs serve both: a connection they name exists only on a transport offered.
+    if (method === "GET" && !this.#transports.has(transport))
       return respond(response, 404, `${transport} transport not supported by this end point type`);
     const principal = await this.#principal(request, response);
     if (principal === undefined) return;
     const userId = typeof principal === "string" ? principal : principal.userId;
     const open = this.#http.get(id);
     if (open !== undefined) {
+      // Another user's token is as unknown as a made-up one (no telling live tokens apart).
       if (open.userId !== userId) {
         request.resume();
-        return respond(response, 403, "Forbidden");
+        return respond(response, 404, "No Connection with that ID");
       }
       const { socket } = open;
       if (method === "POST")
@@ -753,6 +757,7 @@ export class SignalRHub<S extends BoundSocket> {
         protocol: "json",
         pending: [],
         pendingBytes: 0,
+        need: 0,
         lastReceived: now,
         lastPing: now,
       };
@@ -800,7 +805,8 @@ export class SignalRHub<S extends BoundSocket> {
 
   async #receive(connection: SignalRConnection<S>, data: Buffer): Promise<void> {
     const state = this.#states.get(connection.id);
-    if (state === undefined) return;
+    // Not handshaken: a refused handshake's connection, waiting to be closed, runs nothing.
+    if (state === undefined || !state.handshaken) return;
     if (state.protocol === "messagepack") return this.#receiveMessagePack(state, data);
     if (data.indexOf(RS) < 0) {
       // No message ends in this frame: it waits, and pays all the same, or a flood of frames
@@ -823,10 +829,18 @@ export class SignalRHub<S extends BoundSocket> {
   /** As `#receive`, for MessagePack: each message is its length, then that many bytes. */
   async #receiveMessagePack(state: State<S>, data: Buffer): Promise<void> {
     const { connection } = state;
+    // A message announced and not complete yet waits unjoined: a drip of 1-byte frames must not
+    // copy everything held again with each one.
+    if (state.pendingBytes + data.length < state.need) {
+      this.#hold(state, data);
+      await this.#admit(connection, data.length);
+      return;
+    }
     const buffer = this.#joined(state, data);
-    const { payloads, rest, tooLarge } = splitMessagePack(buffer, this.#maxMessageBytes);
+    const { payloads, rest, tooLarge, need } = splitMessagePack(buffer, this.#maxMessageBytes);
     for (const payload of payloads) if (!(await this.#dispatch(connection, payload))) return;
     if (tooLarge) return void this.#tooLarge(connection);
+    state.need = need ?? 0;
     if (rest.length > 0) this.#hold(state, Buffer.from(rest));
     // A frame with no whole message pays all the same (see #receive).
     if (payloads.length === 0) await this.#admit(connection, data.length);

@@ -54,6 +54,8 @@ export class LongPollingSocket extends HttpSocket {
 
   /** A poll: answered at once if anything is queued (or the connection is over), else held. */
   poll(response: ServerResponse): void {
+    // Its client went while it was being authenticated: as if it never came.
+    if (!writable(response)) return;
     this.#replace(undefined);
     if (this.readyState !== 1) {
       if (this.#queued > 0) this.#deliver(response);

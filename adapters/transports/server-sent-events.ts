@@ -24,6 +24,8 @@ export class ServerSentEventsSocket extends HttpSocket {
     // A comment first: some browsers fire `open` only once a byte has come.
     response.write(":\r\n");
     response.on("close", () => this.terminate());
+    // Its client went while it was being authenticated: the close event has been and gone.
+    if (!writable(response)) setImmediate(() => this.terminate());
   }
 
   get bufferedAmount(): number {
