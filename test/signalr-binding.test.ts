@@ -1,6 +1,5 @@
 import { once } from "node:events";
-import { createServer, type IncomingMessage } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage } from "node:http";
 import {
   HttpTransportType,
   type HubConnection,
@@ -12,54 +11,17 @@ import {
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { WebSocket, WebSocketServer } from "ws";
-import {
-  accessTokenOf,
-  bindSignalR,
-  HubError,
-  type SignalRBindingOptions,
-} from "../adapters/hubs/signalr.js";
+import { accessTokenOf, bindSignalR, HubError } from "../adapters/hubs/signalr.js";
 import { InMemoryMembershipStore } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
 import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "./support/raw-http.js";
+import { serve } from "./support/signalr-hub.js";
 
 type Message = { group: string; text: string };
 const RS = "\u001e";
 
 /** The user a request acts for: here its access token is the user id itself. */
 const tokenOf = (request: IncomingMessage) => accessTokenOf(request);
-
-/** A SignalR hub at /hub on a fresh HTTP server; `options` override the defaults. */
-async function serve(options: Partial<SignalRBindingOptions<WebSocket>> = {}) {
-  const http = createServer();
-  const wss = new WebSocketServer({ noServer: true });
-  const errors: unknown[] = [];
-  const hub = bindSignalR(wss, {
-    store: new InMemoryMembershipStore(),
-    path: "/hub",
-    userIdOf: tokenOf,
-    methods: {},
-    onConnection: (connection, groups) =>
-      hub.send(connection.id, "welcome", { connectionId: connection.id, groups }),
-    onError: (error) => errors.push(error),
-    ...options,
-  });
-  http.on("request", (request, response) => void hub.handleRequest(request, response));
-  http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
-  http.listen(0, "127.0.0.1");
-  await once(http, "listening");
-  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/hub`;
-  return {
-    hub,
-    url,
-    errors,
-    async close() {
-      for (const client of wss.clients) client.terminate();
-      await hub.close();
-      http.closeAllConnections();
-      http.close();
-    },
-  };
-}
 
 /** The official client, connected as `userId`; resolves once its welcome arrived. */
 async function official(

@@ -1,6 +1,4 @@
 import { once } from "node:events";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
 import {
   HttpTransportType,
   type HubConnection,
@@ -14,19 +12,15 @@ import {
 import { MessagePackHubProtocol } from "@microsoft/signalr-protocol-msgpack";
 import fc from "fast-check";
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { WebSocket, WebSocketServer } from "ws";
-import {
-  accessTokenOf,
-  bindSignalR,
-  type SignalRBindingOptions,
-} from "../adapters/hubs/signalr.js";
+import { WebSocket } from "ws";
+import type { SignalRBindingOptions } from "../adapters/hubs/signalr.js";
 import {
   fromMessagePack,
   splitMessagePack,
   toMessagePack,
 } from "../adapters/hubs/signalr-msgpack.js";
-import { InMemoryMembershipStore } from "../adapters/index.js";
 import { FUZZ_SEED, runs } from "./fuzz/harness.js";
+import { serve } from "./support/signalr-hub.js";
 
 const RS = "\u001e";
 const official = new MessagePackHubProtocol();
@@ -36,37 +30,6 @@ const parse = (bytes: Buffer) =>
     bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.length) as ArrayBuffer,
     NullLogger.instance,
   );
-
-async function serve(options: Partial<SignalRBindingOptions<WebSocket>> = {}) {
-  const http = createServer();
-  const wss = new WebSocketServer({ noServer: true });
-  const errors: unknown[] = [];
-  const hub = bindSignalR(wss, {
-    store: new InMemoryMembershipStore(),
-    path: "/hub",
-    userIdOf: (request) => accessTokenOf(request),
-    methods: { Echo: (_c, value) => value },
-    onConnection: (connection) => hub.send(connection.id, "welcome", connection.id),
-    onError: (error) => errors.push(error),
-    ...options,
-  });
-  http.on("request", (request, response) => void hub.handleRequest(request, response));
-  http.on("upgrade", (request, socket, head) => void hub.handleUpgrade(request, socket, head));
-  http.listen(0, "127.0.0.1");
-  await once(http, "listening");
-  const url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/hub`;
-  return {
-    hub,
-    url,
-    errors,
-    async close() {
-      for (const client of wss.clients) client.terminate();
-      await hub.close();
-      http.closeAllConnections();
-      http.close();
-    },
-  };
-}
 
 describe("bindSignalR: the MessagePack hub protocol", () => {
   const cleanup: Array<() => Promise<unknown>> = [];
