@@ -128,6 +128,11 @@ export class ReplayableConnection<S extends BoundSocket> {
       for (const { frame, binary } of this.#buffer) current.send(frame, { binary });
   }
 
+  /** Bytes of trackable messages sent and not acked by the client yet (what a replay holds). */
+  get unacked(): number {
+    return this.#bufferedBytes;
+  }
+
   /** Whether a WebSocket carries it right now. */
   get attached(): boolean {
     return this.#current !== undefined;

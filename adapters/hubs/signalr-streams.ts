@@ -1,5 +1,6 @@
 /** Unsent bytes on a connection past which a stream waits before it takes its next item. */
-const HIGH_WATER = 64 * 1024;
+/** Unsent bytes past which a stream waits before taking its next item. */
+export const HIGH_WATER = 64 * 1024;
 /**
  * Items (or bytes, as they came on the wire) of an upload the hub method has not taken yet, past
  * which the client is not read: a parsed item can weigh far more than its bytes.
@@ -82,8 +83,11 @@ class Upload implements AsyncIterable<unknown> {
 export interface StreamSink {
   item(item: unknown): void;
   complete(error?: string): void;
-  /** Bytes written but not sent yet (the socket's `bufferedAmount`). */
-  buffered(): number;
+  /**
+   * Whether the connection has no room for another item now: its unsent bytes past
+   * {@link HIGH_WATER}, or (with stateful reconnect) its unacked bytes near the replay buffer.
+   */
+  full(): boolean;
   /** Whether the connection can still take messages. */
   open(): boolean;
 }
@@ -213,7 +217,7 @@ export class Streams {
     try {
       iterator = source[Symbol.asyncIterator]();
       for (;;) {
-        while (sink.buffered() > HIGH_WATER && sink.open() && !canceled)
+        while (sink.full() && sink.open() && !canceled)
           await new Promise((resolve) => setTimeout(resolve, 10));
         if (canceled || !sink.open()) break;
         const next = await iterator.next();

@@ -18,7 +18,7 @@ import {
 } from "./signalr-msgpack.js";
 import { ReplayableConnection } from "./signalr-reconnect.js";
 import { ClientResults } from "./signalr-results.js";
-import { isStream, Streams } from "./signalr-streams.js";
+import { HIGH_WATER, isStream, Streams } from "./signalr-streams.js";
 import {
   type BoundServer,
   type BoundSocket,
@@ -1054,7 +1054,12 @@ export class SignalRHub<S extends BoundSocket> {
         item: (item) => send({ type: STREAM_ITEM, invocationId, item }),
         complete: (error) =>
           send({ type: COMPLETION, invocationId, ...(error !== undefined && { error }) }),
-        buffered: () => connection.socket.bufferedAmount,
+        // With stateful reconnect, what the client has not acked (it acks once a second) counts
+        // too: a stream that outran the replay buffer would leave the connection unresumable.
+        full: () =>
+          connection.socket.bufferedAmount > HIGH_WATER ||
+          (this.#replays.get(connection.id)?.unacked ?? 0) >
+            (this.#stateful?.bufferBytes ?? Infinity) / 2,
         open: () => this.#states.has(connection.id),
       },
       (error) => this.#failure(error, "An error occurred on the server while streaming results."),
