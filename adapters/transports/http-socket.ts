@@ -70,9 +70,11 @@ export abstract class HttpSocket extends EventEmitter {
     request.on("data", (chunk: Buffer) => {
       if (this.#state === OPEN) this.emit("message", chunk, binary);
     });
+    // Read while open, so received: 200 even if the connection ended meanwhile (its messages
+    // may be what ended it: a refused handshake, a close message).
     request.on("end", () => {
       done();
-      respond(response, this.#state === OPEN ? 200 : 404);
+      respond(response, 200);
     });
     request.on("error", done);
     request.on("close", done);

@@ -203,6 +203,29 @@ describe("every frame counts, of every type, on every endpoint", { timeout: 60_0
       (l) => l.event === "connection.closed" && l.reason === "rate_limited" && l.userId === user,
     );
 
+  it("SignalR over long polling and SSE: a connection takes a slot of the cap when it opens, is closed past it, and gives it back", async () => {
+    const as = token(env, "poller");
+    const first = await connectSignalR(sample.url, as, { transport: "LongPolling" });
+    const second = await connectSignalR(sample.url, as, { transport: "ServerSentEvents" });
+    // Polls and POSTs are not negotiations: a while of them spends none of the budget.
+    for (let i = 0; i < 4; i++) {
+      await sleep(300);
+      expect(await first.invoke("Leave", "nowhere")).toEqual({ error: "not_member" });
+    }
+    // Refused once its slot is asked for: its start() fails, or it closes, with the reason.
+    const third = await connectSignalR(sample.url, as, { transport: "LongPolling" }).then(
+      (client) => client.closed,
+      (error: unknown) => error as Error,
+    );
+    expect(third?.message).toContain("Too Many Connections");
+    await first.connection.stop();
+    await sleep(300);
+    const fourth = await connectSignalR(sample.url, as, { transport: "LongPolling" });
+    await sleep(500);
+    expect(fourth.connection.state).toBe("Connected");
+    expect(second.connection.state).toBe("Connected");
+  });
+
   it("SignalR: pings, completions, stream items, cancels and unknown types are counted, and a flood of them is closed", async () => {
     const messages = {
       ping: { type: 6 },
