@@ -15,7 +15,7 @@ import { accessTokenOf, bindSignalR, HubError } from "../adapters/hubs/signalr.j
 import { InMemoryMembershipStore } from "../adapters/index.js";
 import { type HarnessConnection, testHubBinding } from "../adapters/testing/index.js";
 import { httpRequest, rawRequest, WEBSOCKET_HEADERS } from "./support/raw-http.js";
-import { serve } from "./support/signalr-hub.js";
+import { serve, useHubs } from "./support/signalr-hub.js";
 
 type Message = { group: string; text: string };
 const RS = "\u001e";
@@ -120,21 +120,9 @@ for (const [transport, protocol] of CLIENTS)
   });
 
 describe("bindSignalR: the protocol, with the official client", () => {
-  const servers: Array<{ close(): Promise<void> }> = [];
-  const clients: HubConnection[] = [];
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((client) => client.stop()));
-    await Promise.all(servers.splice(0).map((server) => server.close()));
-  });
-  const start = async (options: Parameters<typeof serve>[0] = {}) => {
-    const server = await serve(options);
-    servers.push(server);
-    return server;
-  };
+  const { start, track } = useHubs();
   const connect = async (...args: Parameters<typeof official>) => {
-    const client = await official(...args);
-    clients.push(client.connection);
-    return client;
+    return track(await official(...args));
   };
 
   it("negotiates, welcomes with the stored groups, and completes invocations with results and errors", async () => {
@@ -214,7 +202,7 @@ describe("bindSignalR: the protocol, with the official client", () => {
       .withUrl(server.url, { accessTokenFactory: () => "Zoe" })
       .configureLogging(LogLevel.None)
       .build();
-    clients.push(connection);
+    track({ connection });
     await connection.start();
     expect(server.hub.isInGroup(connection.connectionId ?? "", "room")).toBe(true);
     expect(await connection.invoke("InRoom")).toBe(true);
@@ -463,24 +451,50 @@ describe("bindSignalR: the protocol, with the official client", () => {
   });
 });
 
-describe("bindSignalR: Server-Sent Events and long polling", () => {
-  const servers: Array<{ close(): Promise<void> }> = [];
-  const clients: HubConnection[] = [];
-  afterEach(async () => {
-    await Promise.all(clients.splice(0).map((client) => client.stop()));
-    await Promise.all(servers.splice(0).map((server) => server.close()));
+describe("bindSignalR: streams under stateful reconnect", () => {
+  it("paces a stream by what the client has acked, so a drop right after it still resumes", async () => {
+    const server = await serve({
+      statefulReconnect: true,
+      methods: { Echo: (_c, text) => text },
+      streams: {
+        Big: async function* () {
+          for (let i = 0; i < 150; i++) yield "x".repeat(1_000);
+        },
+      },
+    });
+    const { connection } = await official(server.url, "ann", (builder) =>
+      builder.withStatefulReconnect(),
+    );
+    try {
+      const id = connection.connectionId;
+      let items = 0;
+      await new Promise<void>((resolve, reject) =>
+        connection
+          .stream("Big")
+          .subscribe({ next: () => items++, complete: resolve, error: reject }),
+      );
+      expect(items).toBe(150);
+      // 150 KB sent in a burst would outgrow the 100,000-byte replay buffer before the client's
+      // once-a-second ack: the connection could then not resume.
+      const transport = (connection as unknown as { connection: { transport: unknown } }).connection
+        .transport as { _webSocket: { terminate(): void } };
+      transport._webSocket.terminate();
+      expect(await connection.invoke("Echo", "after the drop")).toBe("after the drop");
+      expect(connection.connectionId).toBe(id);
+    } finally {
+      await connection.stop();
+      await server.close();
+    }
   });
-  const start = async (options: Parameters<typeof serve>[0] = {}) => {
-    const server = await serve(options);
-    servers.push(server);
-    return server;
-  };
+});
+
+describe("bindSignalR: Server-Sent Events and long polling", () => {
+  const { start, track } = useHubs();
   const connect = async (url: string, userId: string, transport: HttpTransportType) => {
     const client = await official(url, userId, (builder) =>
       builder.withUrl(url, { accessTokenFactory: () => userId, transport }),
     );
-    clients.push(client.connection);
-    return client;
+    return track(client);
   };
   /** Negotiates as `user` and opens a long-polling connection by hand: its token. */
   const longPoll = async (url: string, user: string) => {
@@ -681,15 +695,7 @@ describe("bindSignalR: Server-Sent Events and long polling", () => {
 });
 
 describe("bindSignalR: the protocol by hand", () => {
-  const servers: Array<{ close(): Promise<void> }> = [];
-  afterEach(async () => {
-    await Promise.all(servers.splice(0).map((server) => server.close()));
-  });
-  const start = async (options: Parameters<typeof serve>[0] = {}) => {
-    const server = await serve(options);
-    servers.push(server);
-    return server;
-  };
+  const { start } = useHubs();
 
   it("answers a handshake it cannot take with ASP.NET Core's texts, and closes", async () => {
     const clientErrors: string[] = [];

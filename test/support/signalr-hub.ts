@@ -1,6 +1,8 @@
 import { once } from "node:events";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
+import type { HubConnection } from "@microsoft/signalr";
+import { afterEach } from "vitest";
 import { type WebSocket, WebSocketServer } from "ws";
 import {
   accessTokenOf,
@@ -41,6 +43,30 @@ export async function serve(options: Partial<SignalRBindingOptions<WebSocket>> =
       await hub.close();
       http.closeAllConnections();
       http.close();
+    },
+  };
+}
+
+/**
+ * The hubs and official clients of a describe block, all closed after each test: `start` serves
+ * one (as {@link serve}), `track` registers a client to stop.
+ */
+export function useHubs() {
+  const servers: Array<{ close(): Promise<void> }> = [];
+  const clients: HubConnection[] = [];
+  afterEach(async () => {
+    await Promise.all(clients.splice(0).map((client) => client.stop()));
+    await Promise.all(servers.splice(0).map((server) => server.close()));
+  });
+  return {
+    async start(options: Parameters<typeof serve>[0] = {}) {
+      const server = await serve(options);
+      servers.push(server);
+      return server;
+    },
+    track<C extends { connection: HubConnection }>(client: C): C {
+      clients.push(client.connection);
+      return client;
     },
   };
 }
