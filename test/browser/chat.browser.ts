@@ -115,6 +115,9 @@ describe("the sample's web page in Chromium", () => {
       const bob = await signIn("bob");
       expect(await dan.locator("#protocol").textContent()).toBe("SignalR");
       expect(await groupsOf(dan)).toEqual(["Sports"]);
+      // Who is online was asked once the client was connected, on every transport.
+      await expect.poll(() => dan.locator("#online").textContent()).toMatch(/^Online: /);
+      expect(await dan.locator("#notice").textContent()).not.toContain("Not connected");
       await dan.getByRole("button", { name: "Sports", exact: true }).click();
       await dan.getByLabel(/Message to/).fill(`hello from ${user}`);
       await dan.getByLabel(/Message to/).press("Enter");
