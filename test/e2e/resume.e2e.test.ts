@@ -132,6 +132,8 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
         stateful: true,
       });
       const dot = await connect(sample.wsUrl, token(env, "dot"));
+      // Another connection of cal's, not cut: it says when the server has applied the revoke.
+      const calWatcher = await connect(sample.wsUrl, token(env, "cal"));
       dot.send({ type: "send", group: "Stateful", text: "before" });
       await cal.next((m) => m.text === "before");
       const id = cal.connection.connectionId;
@@ -140,7 +142,9 @@ describe("the ws protocol resumes: nothing lost, nothing leaked", { timeout: 60_
       proxy.cut();
       const sent = await chatter(dot, "Stateful", "gap", 50, 20);
       expect((await admin(env, "revoke", "cal", "Stateful-revoked")).code).toBe(0);
-      await sleep(200);
+      // The admin script's exit is not the server's learning of it (the table log's poll is):
+      // what is sent once the server has applied it must not reach cal.
+      await calWatcher.next(isRemoved("Stateful-revoked"));
       dot.send({ type: "send", group: "Stateful-revoked", text: "after the revoke" });
       sent.push(...(await chatter(dot, "Stateful", "gap 2", 50, 10)));
       await cal.next((m) => m.text === sent.at(-1), 15_000);
