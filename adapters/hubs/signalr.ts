@@ -535,13 +535,14 @@ export class SignalRHub<S extends BoundSocket> {
       if (socket instanceof LongPollingSocket) return socket.poll(response);
       return respond(response, 409, "Conflict");
     }
-    const negotiated = this.#negotiated.get(id);
-    // Another user's token is as unknown as a made-up one.
-    if (negotiated === undefined || negotiated.userId !== userId || method !== "GET")
-      return respond(response, 404, "No Connection with that ID");
-    if (negotiated.used) return respond(response, 409, "Conflict");
-    negotiated.used = true;
-    this.#settle(userId);
+    if (method !== "GET") return respond(response, 404, "No Connection with that ID");
+    let connectionId: string;
+    try {
+      ({ connectionId } = this.#claim(id, userId));
+    } catch (error) {
+      const { status, message } = error as WsRefusal;
+      return respond(response, status, message);
+    }
     const socket = sse
       ? new ServerSentEventsSocket(response)
       : new LongPollingSocket(this.#options.longPolling);
@@ -549,7 +550,6 @@ export class SignalRHub<S extends BoundSocket> {
     socket.on("close", () => {
       setTimeout(() => this.#http.delete(id), ENDED_TTL_MS).unref();
     });
-    const { connectionId } = negotiated;
     this.#accepted.set(
       request,
       typeof principal === "string" ? { userId, connectionId } : { ...principal, connectionId },
@@ -676,16 +676,24 @@ export class SignalRHub<S extends BoundSocket> {
         return withId(resumed.connectionId);
       }
     }
-    const negotiated = this.#negotiated.get(id);
-    // Another user's token is as unknown as a made-up one.
+    const { connectionId, stateful } = this.#claim(id, userId);
+    if (stateful) this.#upgrades.set(request, { token: id });
+    return withId(connectionId);
+  }
+
+  /**
+   * Takes a negotiation's token for the connection it names: once, and only for the user it was
+   * given to (another user's token is as unknown as a made-up one).
+   * @throws WsRefusal 404 for an unknown token, 409 for one already used
+   */
+  #claim(token: string, userId: string): { connectionId: string; stateful: boolean } {
+    const negotiated = this.#negotiated.get(token);
     if (negotiated === undefined || negotiated.userId !== userId)
       throw new WsRefusal(404, "No Connection with that ID");
     if (negotiated.used) throw new WsRefusal(409, "Conflict");
     negotiated.used = true;
     this.#settle(userId);
-    const { connectionId } = negotiated;
-    if (negotiated.stateful) this.#upgrades.set(request, { token: id });
-    return withId(connectionId);
+    return negotiated;
   }
 
   /**
@@ -838,7 +846,7 @@ export class SignalRHub<S extends BoundSocket> {
     }
     const buffer = this.#joined(state, data);
     const { payloads, rest, tooLarge, need } = splitMessagePack(buffer, this.#maxMessageBytes);
-    for (const payload of payloads) if (!(await this.#dispatch(connection, payload))) return;
+    for (const payload of payloads) if (!(await this.#dispatch(connection, payload, true))) return;
     if (tooLarge) return void this.#tooLarge(connection);
     state.need = need ?? 0;
     if (rest.length > 0) this.#hold(state, Buffer.from(rest));
@@ -862,14 +870,17 @@ export class SignalRHub<S extends BoundSocket> {
   }
 
   /** Handles one message; false when it ended the connection. */
-  async #dispatch(connection: SignalRConnection<S>, data: Buffer): Promise<boolean> {
+  async #dispatch(
+    connection: SignalRConnection<S>,
+    data: Buffer,
+    messagePack = false,
+  ): Promise<boolean> {
     if (data.length > this.#maxMessageBytes) return this.#tooLarge(connection);
     const refusal = await this.#admit(connection, data.length);
     if (connection.socket.readyState !== 1) return false;
-    const message =
-      this.#states.get(connection.id)?.protocol === "messagepack"
-        ? fromMessagePack(data)
-        : (parseObject(data) ?? "Error reading JSON.");
+    const message = messagePack
+      ? fromMessagePack(data)
+      : (parseObject(data) ?? "Error reading JSON.");
     if (typeof message === "string") return this.#protocolError(connection, message);
     const { type, invocationId, target, arguments: args, streamIds } = message;
     if (typeof type !== "number")
